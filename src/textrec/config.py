@@ -1,0 +1,252 @@
+"""Strict, typed run configuration: TOML files plus ``key=value`` overrides.
+
+A run is configured by one nested config::
+
+    [model]            # name selects the model; the other keys are that model's config dataclass
+    name = "sasrec"
+    hidden_size = 300
+    [data]
+    max_seq_len = 50
+    [train]
+    lr = 0.001
+    [eval]
+    ks = [10, 50]
+
+Overrides use dotted keys: ``train.lr=3e-3 model.hidden_size=64 eval.ks=[10,20]``; values are parsed as
+TOML (so ``true``, ``[1, 2]`` and numbers work) and fall back to a plain string. An unknown key or a value
+of the wrong type is a ``ConfigError`` that lists the valid keys or choices: a typo never silently
+becomes a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from textrec.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    max_seq_len: int = 50  # histories keep their last 50 items (the references' MAX_ITEM_LIST_LENGTH)
+
+    def __post_init__(self) -> None:
+        _check(self.max_seq_len >= 1, "data.max_seq_len must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 300  # upper bound; early stopping usually ends the run much earlier (references: 300)
+    batch_size: int = 2048  # next-item targets per batch, the references' unit (2048 prefix rows)
+    lr: float = 1e-3  # references: Adam, learning_rate 0.001
+    weight_decay: float = 0.0  # references: 0
+    optimizer: Literal["adam", "adamw"] = "adam"  # references use Adam
+    patience: int = 10  # evaluations without a better valid metric before stopping (references: 10)
+    seed: int = 2020  # RecBole's default seed
+    device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda" or "cuda:N"
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU, where fp32 is faster and exact
+    compile: bool = False  # torch.compile the training step (helps on GPU, costs start-up time)
+    batching: Literal["bucket", "random"] = "bucket"  # how rows are grouped (see textrec.data.batching)
+    grad_clip: float = 0.0  # max gradient norm; 0 disables clipping (references do not clip)
+    eval_every: int = 1  # evaluate on validation every N epochs (references: eval_step 1)
+    tensorboard: bool = False  # also write TensorBoard event files (needs the tensorboard package)
+    num_threads: int = 0  # CPU threads for torch; 0 keeps torch's default
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs must be >= 1")
+        _check(self.batch_size >= 1, "train.batch_size must be >= 1")
+        _check(self.lr > 0, "train.lr must be > 0")
+        _check(self.patience >= 1, "train.patience must be >= 1")
+        _check(self.eval_every >= 1, "train.eval_every must be >= 1")
+        _check(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            f"train.device must be auto, cpu, cuda or cuda:N, not {self.device!r}",
+        )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    ks: tuple[int, ...] = (10, 50)  # cut-offs of Recall/NDCG/MRR (the papers report 10 and 50)
+    select_metric: str = "ndcg@10"  # validation metric for early stopping and model selection (references)
+    mask_history: bool = False  # references do not mask history items (REFERENCE_NOTES section 0)
+    batch_size: int = 256  # users per scoring batch (batches are length-sorted, so small ones trim more padding)
+    item_chunk: int = 65536  # items per scoring chunk; bounds memory for large catalogues
+
+    def __post_init__(self) -> None:
+        _check(len(self.ks) > 0 and all(k >= 1 for k in self.ks), "eval.ks must be positive integers")
+        name, _, k = self.select_metric.partition("@")
+        _check(
+            name in ("recall", "ndcg", "mrr") and k.isdigit() and int(k) in self.ks,
+            f"eval.select_metric must be recall@K, ndcg@K or mrr@K with K in eval.ks {list(self.ks)}, not {self.select_metric!r}",
+        )
+        _check(self.batch_size >= 1 and self.item_chunk >= 1, "eval.batch_size and eval.item_chunk must be >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str  # registry name
+    model_config: Any  # the model's own config dataclass
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": {"name": self.model, **dataclasses.asdict(self.model_config)},
+            "data": dataclasses.asdict(self.data),
+            "train": dataclasses.asdict(self.train),
+            "eval": dataclasses.asdict(self.eval),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, registry: dict | None = None) -> RunConfig:
+        """Build from nested dicts (a parsed TOML file or a saved config.json), strictly."""
+        if registry is None:
+            from textrec.models import MODELS as registry
+        d = dict(d)
+        unknown = set(d) - {"model", "data", "train", "eval"}
+        if unknown:
+            raise ConfigError(f"unknown config section {sorted(unknown)[0]!r} (valid: model, data, train, eval)")
+        model_section = dict(d.get("model", {}))
+        name = model_section.pop("name", None)
+        if name is None:
+            raise ConfigError("no model given: set model.name in the config or pass --model")
+        if name not in registry:
+            raise ConfigError(f"unknown model {name!r} (valid: {', '.join(sorted(registry))})")
+        model_cls = registry[name][0]
+        return cls(
+            model=name,
+            model_config=from_dict(model_cls, model_section, "model"),
+            data=from_dict(DataConfig, d.get("data", {}), "data"),
+            train=from_dict(TrainConfig, d.get("train", {}), "train"),
+            eval=from_dict(EvalConfig, d.get("eval", {}), "eval"),
+        )
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+# ---- strict dataclass construction -------------------------------------------------------------
+
+
+def from_dict(cls, values: dict, where: str):
+    """Instantiate dataclass ``cls`` from ``values``; unknown keys and wrong types raise ConfigError."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must be a table of keys, not {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in names:
+            raise ConfigError(f"unknown config key {where}.{key} (valid keys: {', '.join(names)})")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value, tp, where: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where} must be one of {', '.join(map(str, args))}, not {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {tp}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, not {value!r}")
+        elem = args[0] if args else Any
+        items = [_coerce(v, elem, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, not {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, not {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, not {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, not {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported config type {_type_name(tp)}")
+
+
+# ---- files and overrides -----------------------------------------------------------------------
+
+
+def parse_value(text: str):
+    """Parse an override value as TOML (numbers, booleans, lists, quoted strings), else a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(d: dict, overrides: list[str]) -> dict:
+    """Return a copy of nested dict ``d`` with ``section.key=value`` overrides applied."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. train.lr=0.003)")
+        section, dot, name = key.strip().partition(".")
+        if not dot or not name or "." in name:
+            raise ConfigError(f"override key {key!r} must be section.key with section one of model, data, train, eval")
+        if section not in ("model", "data", "train", "eval"):
+            raise ConfigError(f"unknown config section {section!r} in {key!r} (valid: model, data, train, eval)")
+        out.setdefault(section, {})[name] = parse_value(value.strip())
+    return out
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] = (), model: str | None = None, registry: dict | None = None
+) -> RunConfig:
+    """Config from an optional TOML file, a model name and overrides (later ones win)."""
+    d: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            d = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: invalid TOML ({e})") from None
+    if model is not None:
+        d.setdefault("model", {})
+        file_model = d["model"].get("name")
+        if file_model is not None and file_model != model:
+            raise ConfigError(f"--model {model} disagrees with model.name = {file_model!r} in {path}")
+        d["model"]["name"] = model
+    d = apply_overrides(d, list(overrides))
+    return RunConfig.from_dict(d, registry)

@@ -1,0 +1,142 @@
+"""Leave-one-out split and the training / evaluation instances built from it.
+
+Split (as UniSRec's ``process_amazon.py`` and RecBole's ``benchmark_filename`` files): for a user sequence
+``s`` (oldest first) the training part is ``s[:-2]``, the validation target ``s[-2]`` with history
+``s[:-2]``, and the test target ``s[-1]`` with history ``s[:-1]``; histories are truncated to their last
+``max_seq_len`` items.
+
+Training instances. The references materialise every prefix of the training part as its own padded row:
+target ``s[p]`` with history ``s[:p][-max_seq_len:]`` for p = 1..len(train)-1 (``prefix_rows`` builds
+exactly these; the Scientific ``.train.inter`` file is that list). textrec trains on *windows* instead: one
+row per user holding the whole training part, with a next-item target at every position. With a causal
+encoder and positions counted from the row start, the hidden state at position t of a window equals the
+hidden state of the prefix that ends at t, so a window yields the same (history, target) pairs as its
+prefix rows at a fraction of the cost. Training parts longer than ``max_seq_len + 1`` need extra rows:
+for each target p > max_seq_len one row with history ``s[p - max_seq_len:p]`` whose only loss position is
+the last. ``tests/test_split.py`` checks that windows and prefix rows give the same pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from textrec.data.dataset import Dataset
+
+Split = Literal["valid", "test"]
+
+
+@dataclass
+class TrainWindows:
+    """Right-padded training rows; ``targets[r, t]`` is the item after ``inputs[r, :t + 1]`` (0 = no loss)."""
+
+    inputs: np.ndarray  # (R, max_seq_len) int32
+    targets: np.ndarray  # (R, max_seq_len) int32
+    lengths: np.ndarray  # (R,) int32, number of real items in inputs
+    users: np.ndarray  # (R,) int64 user row each window comes from
+
+    @property
+    def n_targets(self) -> np.ndarray:
+        """(R,) number of loss positions per row."""
+        return (self.targets > 0).sum(axis=1)
+
+
+@dataclass
+class EvalExamples:
+    """One (history, target) pair per user for the validation or the test split."""
+
+    histories: np.ndarray  # (U, max_seq_len) int32, right-padded
+    lengths: np.ndarray  # (U,) int32
+    targets: np.ndarray  # (U,) int32
+    users: np.ndarray  # (U,) int64 user rows
+    full_offsets: np.ndarray  # (U + 1,) offsets of the *untruncated* histories in full_items
+    full_items: np.ndarray  # every item the user had before the target (for optional history masking)
+
+
+def _gather(items: np.ndarray, starts: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
+    """Rows ``items[starts[r] : starts[r] + lengths[r]]``, right-padded with 0 to ``width``."""
+    cols = np.arange(width)
+    valid = cols[None, :] < lengths[:, None]
+    idx = np.where(valid, starts[:, None] + cols[None, :], 0)
+    return np.where(valid, items[idx], 0).astype(np.int32)
+
+
+def train_windows(ds: Dataset, max_seq_len: int) -> TrainWindows:
+    """Whole-sequence training rows equivalent to the references' all-prefix rows (see module doc)."""
+    off = ds.seq_offsets
+    n_train = ds.seq_lengths - 2  # length of each user's training part
+    users = np.flatnonzero(n_train >= 2)
+    starts = off[users]
+    m = np.minimum(n_train[users] - 1, max_seq_len)
+    inputs = _gather(ds.seq_items, starts, m, max_seq_len)
+    targets = _gather(ds.seq_items, starts + 1, m, max_seq_len)
+
+    # Targets beyond the first window: p = max_seq_len + 1 .. n_train - 1, history s[p - L : p].
+    n_extra = np.maximum(n_train - 1 - max_seq_len, 0)
+    extra_users = np.repeat(np.arange(ds.n_users), n_extra)
+    if extra_users.size:
+        group_start = np.repeat(np.cumsum(n_extra) - n_extra, n_extra)
+        p = max_seq_len + 1 + (np.arange(extra_users.size) - group_start)
+        base = off[extra_users]
+        full = np.full(extra_users.size, max_seq_len)
+        x_inputs = _gather(ds.seq_items, base + p - max_seq_len, full, max_seq_len)
+        x_targets = np.zeros_like(x_inputs)
+        x_targets[:, -1] = ds.seq_items[base + p]
+        inputs = np.concatenate([inputs, x_inputs])
+        targets = np.concatenate([targets, x_targets])
+        m = np.concatenate([m, full])
+        users = np.concatenate([users, extra_users])
+    return TrainWindows(inputs, targets, m.astype(np.int32), users.astype(np.int64))
+
+
+def prefix_rows(ds: Dataset, max_seq_len: int) -> TrainWindows:
+    """The references' training rows: one right-padded row per (prefix, next item), loss at the last item.
+
+    Used by tests (the window/prefix equivalence) and by benchmarks that reproduce the reference cost.
+    """
+    n_train = ds.seq_lengths - 2
+    counts = np.maximum(n_train - 1, 0)
+    users = np.repeat(np.arange(ds.n_users), counts)
+    group_start = np.repeat(np.cumsum(counts) - counts, counts)
+    p = 1 + (np.arange(users.size) - group_start)  # target position inside the training part
+    hist_len = np.minimum(p, max_seq_len)
+    base = ds.seq_offsets[users]
+    inputs = _gather(ds.seq_items, base + p - hist_len, hist_len, max_seq_len)
+    targets = np.zeros_like(inputs)
+    targets[np.arange(users.size), hist_len - 1] = ds.seq_items[base + p]
+    return TrainWindows(inputs, targets, hist_len.astype(np.int32), users.astype(np.int64))
+
+
+def eval_examples(ds: Dataset, split: Split, max_seq_len: int) -> EvalExamples:
+    """Validation (target ``s[-2]``) or test (target ``s[-1]``) pairs, histories cut to ``max_seq_len``."""
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', not {split!r}")
+    off = ds.seq_offsets
+    target_pos = off[1:] - (2 if split == "valid" else 1)
+    full_len = target_pos - off[:-1]
+    hist_len = np.minimum(full_len, max_seq_len)
+    histories = _gather(ds.seq_items, target_pos - hist_len, hist_len, max_seq_len)
+    full_offsets = np.concatenate([[0], np.cumsum(full_len)])
+    mask = np.ones(ds.n_interactions, dtype=bool)
+    mask[off[1:] - 1] = False  # drop each user's test item
+    if split == "valid":
+        mask[off[1:] - 2] = False
+    return EvalExamples(
+        histories=histories,
+        lengths=hist_len.astype(np.int32),
+        targets=ds.seq_items[target_pos].astype(np.int32),
+        users=np.arange(ds.n_users, dtype=np.int64),
+        full_offsets=full_offsets,
+        full_items=ds.seq_items[mask],
+    )
+
+
+def training_item_ids(ds: Dataset) -> np.ndarray:
+    """Sorted ids of the items that occur in some user's training part (the references' "strict" items)."""
+    off = ds.seq_offsets
+    keep = np.ones(ds.n_interactions, dtype=bool)
+    keep[off[1:] - 1] = False
+    keep[off[1:] - 2] = False
+    return np.unique(ds.seq_items[keep])

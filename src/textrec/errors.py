@@ -1,0 +1,24 @@
+"""Errors a user can act on.
+
+Every error that reaches the command line is one of these: the CLI prints ``textrec: error: <message>``
+and exits with status 2, without a traceback. The message names the problem and where it is (a file and
+line, a config key, a user or item id).
+"""
+
+from __future__ import annotations
+
+
+class TextrecError(Exception):
+    """Base class for errors caused by input (files, configs, ids), not by a bug."""
+
+
+class DataError(TextrecError):
+    """A malformed, missing, empty or inconsistent data file or dataset directory."""
+
+
+class ConfigError(TextrecError):
+    """An unknown config key, a value of the wrong type or out of range."""
+
+
+class NotFoundError(TextrecError):
+    """An unknown user, item, model name or run directory."""

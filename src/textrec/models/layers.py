@@ -1,0 +1,106 @@
+"""Leaf blocks used unchanged by several models: the RecBole Transformer encoder and its init.
+
+``TransformerEncoder`` is RecBole's ``TransformerEncoder`` as SASRec, UniSRec and VQ-Rec use it
+(REFERENCE_NOTES section 1): post-LayerNorm layers, each multi-head self-attention -> dropout ->
+residual + LayerNorm, then a GELU feed-forward -> dropout -> residual + LayerNorm, ``layer_norm_eps``
+1e-12, every Linear and Embedding initialised N(0, 0.02) with zero biases.
+
+Deliberate differences, none of which change the function computed:
+
+* the query, key and value projections are one fused ``Linear(d, 3d)`` (same init distribution);
+* attention is ``F.scaled_dot_product_attention`` with ``is_causal=True``. RecBole adds a -10000 mask for
+  future *and* padded keys; with right-padded rows a real query at position t only sees positions <= t,
+  which are all real, so the causal mask alone gives identical outputs at every real position.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class MultiHeadSelfAttention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, attn_dropout: float, hidden_dropout: float, eps: float) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"hidden size {d_model} is not a multiple of the number of heads {n_heads}")
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.attn_dropout = attn_dropout
+        self.dropout = nn.Dropout(hidden_dropout)
+        self.norm = nn.LayerNorm(d_model, eps=eps)
+
+    def forward(self, x: Tensor, causal: bool = True, key_padding: Tensor | None = None) -> Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # 3x (B, H, L, Dh)
+        mask = None
+        if key_padding is not None:  # (B, L) True = padding; only for non-causal use
+            mask = ~key_padding[:, None, None, :]
+        h = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0, is_causal=causal and mask is None
+        )  # (B, H, L, Dh)
+        h = h.transpose(1, 2).reshape(B, L, D)
+        return self.norm(x + self.dropout(self.out(h)))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d_model: int, inner_size: int, hidden_dropout: float, eps: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, inner_size)
+        self.fc2 = nn.Linear(inner_size, d_model)
+        self.dropout = nn.Dropout(hidden_dropout)
+        self.norm = nn.LayerNorm(d_model, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(x + self.dropout(self.fc2(F.gelu(self.fc1(x)))))
+
+
+class TransformerLayer(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, inner_size: int, hidden_dropout: float, attn_dropout: float, eps: float) -> None:
+        super().__init__()
+        self.attn = MultiHeadSelfAttention(d_model, n_heads, attn_dropout, hidden_dropout, eps)
+        self.ffn = FeedForward(d_model, inner_size, hidden_dropout, eps)
+
+    def forward(self, x: Tensor, causal: bool = True, key_padding: Tensor | None = None) -> Tensor:
+        return self.ffn(self.attn(x, causal, key_padding))
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of post-LN Transformer layers; causal by default."""
+
+    def __init__(
+        self, n_layers: int, d_model: int, n_heads: int, inner_size: int, hidden_dropout: float, attn_dropout: float, eps: float
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            TransformerLayer(d_model, n_heads, inner_size, hidden_dropout, attn_dropout, eps) for _ in range(n_layers)
+        )
+
+    def forward(self, x: Tensor, causal: bool = True, key_padding: Tensor | None = None) -> Tensor:
+        for layer in self.layers:
+            x = layer(x, causal, key_padding)
+        return x  # (B, L, D)
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """RecBole / BERT init: N(0, std) for Linear and Embedding weights, zero biases, LayerNorm (1, 0)."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def last_position(hidden: Tensor, seq_len: Tensor) -> Tensor:
+    """Hidden state at each row's last real item: (B, L, D), (B,) -> (B, D)."""
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), seq_len - 1]
+
+
+def next_item_positions(hidden: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Hidden states and targets at the positions that carry a next-item loss: -> (N, D), (N,)."""
+    mask = targets > 0
+    return hidden[mask], targets[mask]

@@ -1,0 +1,118 @@
+"""Runs: train a model on a dataset directory, and load a finished run back.
+
+``train_run`` is what ``textrec train`` calls: it loads the dataset, seeds, builds the model with its
+item-side inputs (``build_model``), builds the device-resident batchers, writes ``config.json`` and hands
+over to ``textrec.train.loop.fit``. ``load_run`` rebuilds the model from a run directory's
+``config.json`` and ``model.safetensors`` for evaluation and recommendation.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model
+
+from textrec import __version__
+from textrec.config import RunConfig
+from textrec.data.batching import EvalBatcher, TrainBatcher
+from textrec.data.dataset import Dataset
+from textrec.data.split import eval_examples, train_windows
+from textrec.errors import DataError, NotFoundError, TextrecError
+from textrec.io import read_json, write_json
+from textrec.models import model_entry
+from textrec.train.loop import FitResult, fit, resolve_device, seed_everything
+
+
+def build_model(cfg: RunConfig, ds: Dataset) -> torch.nn.Module:
+    """Instantiate ``cfg.model`` for dataset ``ds``, passing the item-side inputs that model needs."""
+    _, model_cls = model_entry(cfg.model)
+    if cfg.model == "sasrec":
+        return model_cls(cfg.model_config, n_items=ds.n_items, max_seq_len=cfg.data.max_seq_len)
+    raise NotFoundError(f"no builder for model {cfg.model!r}")
+
+
+def dataset_record(ds: Dataset, path: Path) -> dict:
+    return {
+        "path": str(Path(path).resolve()),
+        "name": ds.name,
+        "content_hash": ds.meta.get("content_hash") or ds.content_hash(),
+        "n_items": ds.n_items,
+        "n_users": ds.n_users,
+    }
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    fit: FitResult
+
+
+def train_run(
+    data_dir: str | Path, cfg: RunConfig, out_dir: str | Path, resume: bool = False, overwrite: bool = False, quiet: bool = False
+) -> RunResult:
+    """Train ``cfg`` on the dataset at ``data_dir``; everything is written to ``out_dir``."""
+    data_dir, out = Path(data_dir), Path(out_dir)
+    ds = Dataset.load(data_dir)
+    config = {"textrec_version": __version__, **cfg.to_dict(), "dataset": dataset_record(ds, data_dir)}
+    if out.exists() and any(out.iterdir()):
+        if resume:
+            saved = read_json(out / "config.json")
+            if {k: v for k, v in saved.items() if k != "textrec_version"} != {k: v for k, v in config.items() if k != "textrec_version"}:
+                raise TextrecError(f"{out}: cannot resume, its config.json differs from this run's config")
+        elif not overwrite:
+            raise TextrecError(f"{out} already exists and is not empty (pass --resume to continue it or --overwrite)")
+        else:
+            for f in ("model.safetensors", "state.pt", "log.jsonl", "metrics.json"):
+                (out / f).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", config)
+
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg, ds).to(device)
+    L = cfg.data.max_seq_len
+    train_b = TrainBatcher(train_windows(ds, L), cfg.train.batch_size, device, cfg.train.batching, seed=cfg.train.seed)
+    valid_b = EvalBatcher(eval_examples(ds, "valid", L), cfg.eval.batch_size, device)
+    test_b = EvalBatcher(eval_examples(ds, "test", L), cfg.eval.batch_size, device)
+    if not quiet:
+        n_params = sum(p.numel() for p in model.parameters())
+        print(
+            f"training {cfg.model} on {ds.name} ({ds.n_users:,} users, {ds.n_items:,} items, "
+            f"{train_b.total_targets:,} training targets) on {device}, {n_params:,} parameters -> {out}",
+            file=sys.stderr,
+        )
+    result = fit(model, train_b, valid_b, test_b, cfg, out, resume=resume, quiet=quiet)
+    return RunResult(out, result)
+
+
+@dataclass
+class LoadedRun:
+    model: torch.nn.Module
+    cfg: RunConfig
+    dataset: Dataset
+    config: dict  # the raw config.json
+    device: torch.device
+
+
+def load_run(run_dir: str | Path, data_dir: str | Path | None = None, device: str = "auto") -> LoadedRun:
+    """Rebuild a trained model from ``run_dir`` (and its dataset, or ``data_dir`` instead)."""
+    run = Path(run_dir)
+    if not (run / "config.json").exists():
+        raise NotFoundError(f"{run}: not a textrec run directory (no config.json)")
+    if not (run / "model.safetensors").exists():
+        raise NotFoundError(f"{run}: no model.safetensors yet (the run has not finished an evaluation)")
+    config = read_json(run / "config.json")
+    cfg = RunConfig.from_dict({k: v for k, v in config.items() if k in ("model", "data", "train", "eval")})
+    data_path = Path(data_dir) if data_dir is not None else Path(config["dataset"]["path"])
+    ds = Dataset.load(data_path)
+    expected = config["dataset"]["n_items"]
+    if ds.n_items != expected:
+        raise DataError(f"{data_path}: {ds.n_items} items but the model in {run} was trained for {expected}")
+    dev = resolve_device(device)
+    model = build_model(cfg, ds)
+    load_model(model, str(run / "model.safetensors"), device=str(dev))
+    model.to(dev).eval()
+    return LoadedRun(model, cfg, ds, config, dev)
