@@ -25,7 +25,10 @@ def clean_text(value: Any, max_chars: int = MAX_CHARS) -> str:
         value = str(value)
     text = html.unescape(str(value))
     text = text.replace('"', "").replace("\n", "").replace("\r", "")
-    text = text.rstrip(".") + "."
+    end = len(text)
+    while end > 1 and text[end - 1] == ".":  # the reference never strips the first character
+        end -= 1
+    text = text[:end] + "."
     if len(text) >= max_chars:
         return ""
     return text

@@ -8,6 +8,7 @@ over to ``textrec.train.loop.fit``. ``load_run`` rebuilds the model from a run d
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,7 @@ def train_run(
     data_dir, out = Path(data_dir), Path(out_dir)
     ds = Dataset.load(data_dir)
     config = {"textrec_version": __version__, **cfg.to_dict(), "dataset": dataset_record(ds, data_dir)}
+    config = json.loads(json.dumps(config))  # tuples -> lists, as config.json will hold them
     if out.exists() and any(out.iterdir()):
         if resume:
             saved = read_json(out / "config.json")

@@ -1,0 +1,269 @@
+"""The ``textrec`` command: each subcommand parses arguments and calls one library function.
+
+Human-readable progress and tables go to stderr; ``--json`` puts exactly one JSON object on stdout so
+scripts can read it. Errors caused by input exit with status 2 and one line ``textrec: error: ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from textrec import __version__
+from textrec.errors import TextrecError
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def _err(*args) -> None:
+    print(*args, file=sys.stderr)
+
+
+# ---- prepare / info ----------------------------------------------------------------------------
+
+
+def cmd_prepare(args) -> None:
+    from textrec.data.formats import read_dataset
+    from textrec.data.formats.common import PrepareOptions
+
+    opts = PrepareOptions(
+        name=args.name,
+        k_core=args.k_core,
+        text_fields=tuple(f.strip() for f in args.text_fields.split(",") if f.strip()),
+        skip_bad_lines=args.skip_bad_lines,
+        items=args.items,
+        user_col=args.user_col,
+        item_col=args.item_col,
+        time_col=args.time_col,
+        text_col=args.text_col,
+        min_rating=args.min_rating,
+    )
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise TextrecError(f"{out} already exists (pass --overwrite to replace it)")
+    ds = read_dataset(args.source, args.format, opts)
+    ds.save(out, overwrite=args.overwrite)
+    stats = ds.statistics()
+    if args.json:
+        _print_json({"out": str(out), **stats})
+    else:
+        _err(_format_stats(stats))
+        _err(f"wrote {out}")
+
+
+def _format_stats(stats: dict) -> str:
+    keys = [
+        ("name", "dataset"),
+        ("users", "users"),
+        ("items", "items"),
+        ("interactions", "interactions"),
+        ("avg_seq_len", "avg sequence length"),
+        ("max_seq_len", "max sequence length"),
+        ("avg_text_words", "avg text words"),
+        ("avg_text_chars", "avg text characters"),
+        ("items_without_text", "items without text"),
+    ]
+    lines = [f"{label:<22}{stats[k]:,}" if isinstance(stats[k], int) else f"{label:<22}{stats[k]}" for k, label in keys]
+    if stats.get("features"):
+        lines.append(f"{'features':<22}" + ", ".join(f"{k} {tuple(v)}" for k, v in stats["features"].items()))
+    return "\n".join(lines)
+
+
+def cmd_info(args) -> None:
+    from textrec.data.dataset import Dataset
+
+    ds = Dataset.load(args.data)
+    stats = ds.statistics()
+    stats["content_hash"] = ds.meta.get("content_hash")
+    stats["source"] = ds.meta.get("source")
+    for sub in ("embeddings", "codes"):
+        folder = Path(args.data) / sub
+        stats[sub] = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+    if args.json:
+        _print_json(stats)
+    else:
+        print(_format_stats(stats))
+        for sub in ("embeddings", "codes"):
+            if stats[sub]:
+                print(f"{sub:<22}{', '.join(stats[sub])}")
+
+
+# ---- train / evaluate / recommend --------------------------------------------------------------
+
+
+def cmd_train(args) -> None:
+    from textrec.config import load_config
+    from textrec.report import metrics_table
+    from textrec.train.run import train_run
+
+    cfg = load_config(args.config, args.overrides, model=args.model)
+    result = train_run(args.data, cfg, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    fit = result.fit
+    if args.json:
+        _print_json({"run": str(result.out_dir), **fit.to_dict()})
+    else:
+        _err(metrics_table([(f"{cfg.model} valid", fit.valid), (f"{cfg.model} test", fit.test)]))
+        _err(f"best epoch {fit.best_epoch} of {fit.epochs_run}; wrote {result.out_dir}")
+
+
+def cmd_evaluate(args) -> None:
+    from textrec.data.batching import EvalBatcher
+    from textrec.data.split import eval_examples
+    from textrec.eval.ranking import evaluate
+    from textrec.report import metrics_table
+    from textrec.train.run import load_run
+
+    run = load_run(args.run, args.data, args.device)
+    ec = run.cfg.eval
+    ks = tuple(args.ks) if args.ks else ec.ks
+    mask = args.mask_history or ec.mask_history
+    batcher = EvalBatcher(eval_examples(run.dataset, args.split, run.cfg.data.max_seq_len), ec.batch_size, run.device)
+    res = evaluate(run.model, batcher, ks, mask, ec.item_chunk)
+    if args.json:
+        _print_json({"run": str(args.run), "split": args.split, "mask_history": mask, "users": len(res.ranks), "seconds": res.seconds, **res.metrics})
+    else:
+        cols = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg", "mrr")]
+        print(metrics_table([(f"{run.cfg.model} {args.split}", res.metrics)], cols))
+        _err(f"{len(res.ranks):,} users x {run.dataset.n_items:,} items in {res.seconds:.2f}s")
+
+
+def cmd_recommend(args) -> None:
+    from textrec.report import shorten
+    from textrec.serve.recommend import item_ids, recommend, user_history
+    from textrec.train.run import load_run
+
+    if (args.user is None) == (args.items is None):
+        raise TextrecError("give exactly one of --user ID or --items ID,ID,...")
+    run = load_run(args.run, args.data, args.device)
+    ds = run.dataset
+    if args.user is not None:
+        history = user_history(ds, args.user)
+    else:
+        history = item_ids(ds, [k.strip() for k in args.items.split(",") if k.strip()])
+    recs = recommend(run.model, ds, history, args.k, run.cfg.data.max_seq_len, exclude_history=not args.include_history)
+    if args.json:
+        hist = [{"item": ds.item_keys[i - 1], "text": ds.item_texts[i - 1]} for i in history[-run.cfg.data.max_seq_len :]]
+        _print_json({"run": str(args.run), "user": args.user, "history": hist, "recommendations": [r.to_dict() for r in recs]})
+        return
+    print("history (most recent last):")
+    for i in history[-5:]:
+        print(f"      {ds.item_keys[i - 1]:<14} {shorten(ds.item_texts[i - 1])}")
+    print(f"top {len(recs)}:")
+    for r in recs:
+        print(f"  {r.rank:>3}. {r.item_key:<14} {r.score:8.3f}  {shorten(r.text)}")
+
+
+# ---- demo --------------------------------------------------------------------------------------
+
+
+def cmd_demo(args) -> None:
+    from textrec.demo import run_demo
+
+    summary = run_demo(data=args.data, out=args.out, quick=args.quick, device=args.device)
+    if args.json:
+        _print_json(summary)
+
+
+# ---- parser ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="textrec", description="Transferable sequential recommendation from item text.")
+    p.add_argument("--version", action="version", version=f"textrec {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("prepare", help="raw or published files -> a processed dataset directory")
+    s.add_argument("source", help="file or directory to read")
+    s.add_argument("--format", required=True, help="unisrec, amazon2018, amazon2023, movielens, csv, parquet, rechorus")
+    s.add_argument("--out", required=True, help="dataset directory to write")
+    s.add_argument("--name", help="dataset name (also picks one dataset when SOURCE holds several)")
+    s.add_argument("--k-core", type=int, default=5, help="iterative user/item k-core (default 5, as the references)")
+    s.add_argument("--text-fields", default="title,category,brand", help="item text fields in order (default title,category,brand)")
+    s.add_argument("--items", help="csv/parquet format: the items table (item, text, other columns)")
+    s.add_argument("--user-col", default="user")
+    s.add_argument("--item-col", default="item")
+    s.add_argument("--time-col", default="timestamp")
+    s.add_argument("--text-col", default="text")
+    s.add_argument("--min-rating", type=float, default=None, help="keep interactions rated at least this")
+    s.add_argument("--skip-bad-lines", action="store_true", help="count and skip malformed lines instead of failing")
+    s.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("info", help="users, items, interactions, sequence and text statistics")
+    s.add_argument("data", help="dataset directory")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("train", help="train a model on one dataset, select on validation, report test")
+    s.add_argument("data", help="dataset directory")
+    s.add_argument("--model", help="model name (sasrec, ...); may come from --config instead")
+    s.add_argument("--out", required=True, help="run directory to write")
+    s.add_argument("--config", help="TOML config file")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.003")
+    s.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT")
+    s.add_argument("--overwrite", action="store_true", help="start over in an existing OUT")
+    s.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="full-ranking metrics of a trained run")
+    s.add_argument("run", help="run directory")
+    s.add_argument("--data", help="dataset directory (default: the one the run was trained on)")
+    s.add_argument("--split", choices=("valid", "test"), default="test")
+    s.add_argument("--ks", type=int, nargs="+", help="cut-offs (default: the run's eval.ks)")
+    s.add_argument("--mask-history", action="store_true", help="remove history items from the candidates")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("recommend", help="top-k items for a user or an item history, with item texts")
+    s.add_argument("run", help="run directory")
+    s.add_argument("--user", help="a user key of the dataset")
+    s.add_argument("--items", help="comma-separated item keys, oldest first")
+    s.add_argument("-k", type=int, default=10)
+    s.add_argument("--include-history", action="store_true", help="allow items already in the history")
+    s.add_argument("--data", help="dataset directory (default: the one the run was trained on)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_recommend)
+
+    s = sub.add_parser("demo", help="the whole pipeline end to end on the built-in synthetic world (or --data DIR)")
+    s.add_argument("--data", help="a prepared dataset directory to run the demo on instead")
+    s.add_argument("--out", default="textrec-demo", help="where datasets and runs go (default ./textrec-demo)")
+    s.add_argument("--quick", action="store_true", help="smaller world and fewer epochs (about a minute)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come anywhere after the subcommand; argparse only collects the first run
+    if hasattr(args, "overrides"):
+        args.overrides = list(args.overrides) + [e for e in extra if "=" in e and not e.startswith("-")]
+        extra = [e for e in extra if not ("=" in e and not e.startswith("-"))]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        args.func(args)
+    except (TextrecError, FileExistsError) as e:
+        print(f"textrec: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("textrec: interrupted (a training run can continue with --resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

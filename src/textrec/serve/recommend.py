@@ -1,0 +1,74 @@
+"""Top-k recommendations from a trained run, for a known user or an explicit item history.
+
+The history is the user's whole sequence (training, validation and test items: everything known), cut to
+the model's ``max_seq_len``. Items already in the history are left out of the recommendations by default
+(``exclude_history``), which is what a product wants; evaluation follows the papers' protocol instead
+(see ``textrec.eval.ranking``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from textrec.data.batching import SeqBatch
+from textrec.errors import NotFoundError, TextrecError
+
+
+@dataclass
+class Recommendation:
+    rank: int
+    item_id: int
+    item_key: str
+    score: float
+    text: str
+
+    def to_dict(self) -> dict:
+        return {"rank": self.rank, "item": self.item_key, "item_id": self.item_id, "score": self.score, "text": self.text}
+
+
+def user_history(ds, user_key: str) -> np.ndarray:
+    """All item ids of user ``user_key``, oldest first."""
+    rows = ds.user_index()
+    if user_key not in rows:
+        example = ", ".join(ds.user_keys[:3])
+        raise NotFoundError(f"unknown user {user_key!r} in dataset {ds.name!r} (users look like: {example}, ...)")
+    return ds.sequence(rows[user_key])
+
+
+def item_ids(ds, item_keys: list[str]) -> np.ndarray:
+    """Item ids of original item keys; an unknown key is an error naming it."""
+    index = ds.item_index()
+    missing = [k for k in item_keys if k not in index]
+    if missing:
+        example = ", ".join(ds.item_keys[:3])
+        raise NotFoundError(f"unknown item {missing[0]!r} in dataset {ds.name!r} (items look like: {example}, ...)")
+    return np.array([index[k] for k in item_keys], dtype=np.int64)
+
+
+@torch.no_grad()
+def recommend(model, ds, history: np.ndarray, k: int = 10, max_seq_len: int = 50, exclude_history: bool = True) -> list[Recommendation]:
+    """The ``k`` best items after ``history`` (item ids, oldest first)."""
+    if len(history) == 0:
+        raise TextrecError("the history is empty: give at least one item")
+    if k < 1:
+        raise TextrecError(f"k must be >= 1, not {k}")
+    device = next(model.parameters()).device
+    hist = torch.as_tensor(np.asarray(history, dtype=np.int64)[-max_seq_len:], device=device)
+    batch = SeqBatch(hist[None, :], torch.tensor([hist.numel()], device=device))
+    model.eval()
+    seq_repr = model.encode(batch).float()  # (1, D)
+    items = model.item_embeddings().float()
+    score_fn = getattr(model, "score_items", None)
+    scores = (score_fn(seq_repr, items) if score_fn else seq_repr @ items.T)[0]  # (n_items + 1,)
+    scores[0] = float("-inf")
+    if exclude_history:
+        scores[torch.as_tensor(np.asarray(history, dtype=np.int64), device=device)] = float("-inf")
+    k = min(k, int(torch.isfinite(scores).sum()))
+    top = torch.topk(scores, k)
+    return [
+        Recommendation(r + 1, int(i), ds.item_keys[int(i) - 1], float(s), ds.item_texts[int(i) - 1])
+        for r, (s, i) in enumerate(zip(top.values.tolist(), top.indices.tolist()))
+    ]

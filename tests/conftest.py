@@ -1,0 +1,33 @@
+"""Shared fixtures: a seeded synthetic world with a planted pattern, and the real data folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from textrec.data.synthetic import WorldSpec, make_domain
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SCIENTIFIC = SHARED_DATA / "amazon-scientific-unisrec"
+
+
+def requires_shared(folder: str) -> Path:
+    """The real-data folder, or skip the test with the reason."""
+    path = SHARED_DATA / folder
+    if not path.is_dir():
+        pytest.skip(f"real data not available: {path} does not exist")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_world():
+    """One synthetic domain: 60 items, 300 users, sequences of 5-20 items, 10% noise."""
+    return make_domain("tools", WorldSpec(n_items=60, n_users=300, min_len=5, max_len=20, noise=0.1), seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tiny_world, tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "tools"
+    tiny_world.save(path)
+    return path

@@ -1,0 +1,85 @@
+"""The command line as a new user meets it: prepare -> info -> train -> evaluate -> recommend, and errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from test_unisrec_reader import _write_atomic
+from textrec.cli import main
+
+TINY = ["model.hidden_size=16", "model.inner_size=16", "train.epochs=2", "train.batch_size=64", "train.device=cpu"]
+
+
+def _json(capsys, argv):
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_pipeline(tmp_path, capsys, tiny_world):
+    import numpy as np
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rng = np.random.default_rng(0)
+    _write_atomic(raw, {u: rng.integers(0, 40, size=8).tolist() for u in range(50)}, 40)
+    data = tmp_path / "data"
+    out = _json(capsys, ["prepare", str(raw), "--format", "unisrec", "--out", str(data), "--json"])
+    assert out["users"] == 50 and out["items"] == 40
+    info = _json(capsys, ["info", str(data), "--json"])
+    assert info["interactions"] == 400 and info["content_hash"]
+    run = tmp_path / "run"
+    res = _json(capsys, ["train", str(data), "--model", "sasrec", "--out", str(run), "--quiet", "--json", *TINY])
+    assert set(res["test"]) >= {"recall@10", "ndcg@10", "recall@50", "ndcg@50", "mrr@10"}
+    ev = _json(capsys, ["evaluate", str(run), "--json"])
+    assert ev["users"] == 50 and ev["ndcg@10"] == pytest.approx(res["test"]["ndcg@10"])
+    ev_masked = _json(capsys, ["evaluate", str(run), "--json", "--mask-history", "--split", "valid", "--ks", "5"])
+    assert ev_masked["mask_history"] is True and "recall@5" in ev_masked
+    rec = _json(capsys, ["recommend", str(run), "--user", "USER3", "-k", "5", "--json"])
+    assert len(rec["recommendations"]) == 5 and rec["recommendations"][0]["text"].startswith("Item ")
+    history = {h["item"] for h in rec["history"]}
+    assert not history & {r["item"] for r in rec["recommendations"]}  # seen items are not recommended
+    rec2 = _json(capsys, ["recommend", str(run), "--items", "ASIN001,ASIN002", "--json"])
+    assert len(rec2["recommendations"]) == 10
+    assert main(["recommend", str(run), "--items", "ASIN001"]) == 0
+    assert "top 10:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["info", "/nonexistent/data"], "no such dataset directory"),
+        (["train", "/nonexistent/data", "--model", "sasrec", "--out", "{tmp}/r"], "no such dataset directory"),
+        (["train", "{data}", "--model", "sasrek", "--out", "{tmp}/r"], "unknown model 'sasrek'"),
+        (["train", "{data}", "--model", "sasrec", "--out", "{tmp}/r", "train.lrr=1"], "unknown config key train.lrr"),
+        (["prepare", "{tmp}", "--format", "nope", "--out", "{tmp}/x"], "unknown format 'nope'"),
+        (["prepare", "{tmp}", "--format", "unisrec", "--out", "{tmp}/x"], "no <name>.train.inter"),
+        (["prepare", "{tmp}", "--format", "unisrec", "--out", "{data}"], "already exists"),
+        (["evaluate", "{tmp}"], "not a textrec run directory"),
+    ],
+)
+def test_errors_are_one_line(tmp_path, capsys, tiny_dir, argv, message):
+    argv = [a.format(tmp=tmp_path, data=tiny_dir) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("textrec: error: ") and message in err[0]
+
+
+def test_recommend_unknown_user_and_item(tmp_path, capsys, tiny_dir):
+    run = tmp_path / "run"
+    assert main(["train", str(tiny_dir), "--model", "sasrec", "--out", str(run), "--quiet", *TINY]) == 0
+    capsys.readouterr()
+    assert main(["recommend", str(run), "--user", "nobody"]) == 2
+    assert "unknown user 'nobody'" in capsys.readouterr().err
+    assert main(["recommend", str(run), "--items", "tools-00001,nothing"]) == 2
+    assert "unknown item 'nothing'" in capsys.readouterr().err
+    assert main(["recommend", str(run)]) == 2
+    assert "exactly one of --user" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([sys.executable, "-m", "textrec.cli", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("textrec ")

@@ -1,0 +1,96 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from textrec.data.batching import EvalBatcher, SeqBatch
+from textrec.data.dataset import Dataset
+from textrec.data.split import eval_examples
+from textrec.eval.metrics import compute_metrics
+from textrec.eval.ranking import count_ranks, evaluate
+
+
+def test_metrics_by_hand():
+    ranks = np.array([0, 1, 4, 9, 10, 60])
+    m = compute_metrics(ranks, ks=(10, 50))
+    assert m["recall@10"] == pytest.approx(4 / 6)
+    assert m["recall@50"] == pytest.approx(5 / 6)
+    assert m["ndcg@10"] == pytest.approx((1 + 1 / math.log2(3) + 1 / math.log2(6) + 1 / math.log2(11)) / 6)
+    assert m["ndcg@50"] == pytest.approx((1 + 1 / math.log2(3) + 1 / math.log2(6) + 1 / math.log2(11) + 1 / math.log2(12)) / 6)
+    assert m["mrr@10"] == pytest.approx((1 + 1 / 2 + 1 / 5 + 1 / 10) / 6)
+
+
+def test_ranks_pessimistic_on_ties_and_padding_never_ranked():
+    table = torch.tensor([[100.0], [1.0], [2.0], [2.0], [3.0]])  # row 0 = padding with a huge score
+    seq = torch.tensor([[1.0], [1.0], [1.0]])
+    ranks = count_ranks(seq, table, torch.tensor([4, 2, 3]))
+    assert ranks.tolist() == [0, 2, 2]  # item 4 is best; items 2 and 3 tie, each counts the other
+
+
+def test_constant_scores_rank_every_target_last():
+    table = torch.ones(11, 4)
+    ranks = count_ranks(torch.ones(5, 4), table, torch.tensor([1, 3, 5, 7, 10]))
+    assert ranks.tolist() == [9] * 5
+    assert compute_metrics(ranks.numpy(), ks=(10,))["recall@10"] == 1.0  # 10 items: everything is in the top 10
+    assert compute_metrics(ranks.numpy(), ks=(5,))["recall@5"] == 0.0
+
+
+def test_nan_target_ranks_last():
+    table = torch.tensor([[0.0], [float("nan")], [1.0], [2.0]])
+    ranks = count_ranks(torch.ones(1, 1), table, torch.tensor([1]))
+    assert ranks.tolist() == [2]
+
+
+def test_chunked_ranks_equal_unchunked_and_exclusion():
+    g = torch.Generator().manual_seed(0)
+    table, seq = torch.randn(101, 8, generator=g), torch.randn(30, 8, generator=g)
+    targets = torch.randint(1, 101, (30,), generator=g)
+    full = count_ranks(seq, table, targets)
+    for chunk in (1, 7, 50, 100):
+        assert torch.equal(count_ranks(seq, table, targets, item_chunk=chunk), full)
+    # excluding the items that beat the target gives rank 0; excluding the target itself is ignored
+    scores = seq @ table.T
+    rows, items = [], []
+    for r in range(30):
+        better = torch.nonzero(scores[r, 1:] > scores[r, targets[r]]).flatten() + 1
+        rows += [r] * (len(better) + 1)
+        items += better.tolist() + [int(targets[r])]
+    excl = (torch.tensor(rows), torch.tensor(items))
+    for chunk in (7, 1000):
+        assert count_ranks(seq, table, targets, item_chunk=chunk, exclude=excl).tolist() == [0] * 30
+
+
+class _ItemScorer(torch.nn.Module):
+    """Scores item i as -(i - last item - 1)^2: always predicts 'the next id'."""
+
+    def __init__(self, n_items):
+        super().__init__()
+        self.n_items = n_items
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def encode(self, batch: SeqBatch):
+        last = batch.item_seq[torch.arange(len(batch.seq_len)), batch.seq_len - 1].float()
+        return torch.stack([last + 1, torch.ones_like(last)], 1)  # (B, 2)
+
+    def item_embeddings(self):
+        ids = torch.arange(self.n_items + 1, dtype=torch.float)
+        return torch.stack([ids, -(ids**2) / 2], 1)  # score = (l+1) i - i^2/2, maximal at i = l + 1
+
+
+def test_evaluate_end_to_end_and_history_masking():
+    seqs = [[1, 2, 3, 4, 5], [3, 4, 5, 6, 7], [2, 3, 9, 3, 4]]
+    ds = Dataset.from_sequences("s", [str(i) for i in range(1, 11)], ["t"] * 10, ["a", "b", "c"], seqs)
+    model = _ItemScorer(10)
+    res = evaluate(model, EvalBatcher(eval_examples(ds, "test", 50), batch_size=2), ks=(1, 10))
+    # users a, b: target = last + 1 -> rank 0; user c: history ends 3, predicts 4 -> rank 0
+    assert res.ranks.tolist() == [0, 0, 0]
+    res_valid = evaluate(model, EvalBatcher(eval_examples(ds, "valid", 50)), ks=(1,))
+    # user c valid: history [2, 3, 9] predicts 10, target 3 -> scores: 10 > 9=11? rank of 3 among the parabola
+    s = [(10) * i - i * i / 2 for i in range(1, 11)]
+    expected_c = sum(v >= s[2] for j, v in enumerate(s) if j != 2)
+    assert res_valid.ranks.tolist() == [0, 0, expected_c]
+    masked = evaluate(model, EvalBatcher(eval_examples(ds, "valid", 50)), ks=(1,), mask_history=True)
+    # masking removes history items 2 and 9 (not the target 3) from user c's candidates
+    expected_masked = sum(v >= s[2] for j, v in enumerate(s) if j not in (2, 1, 8))
+    assert masked.ranks.tolist() == [0, 0, expected_masked]

@@ -1,0 +1,57 @@
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from textrec.data.dataset import Dataset
+from textrec.data.split import eval_examples, prefix_rows, train_windows, training_item_ids
+
+
+def _pairs_from_rows(rows, max_seq_len):
+    """(history tuple, target) for every loss position of every row, history cut to max_seq_len."""
+    out = Counter()
+    for inp, tgt in zip(rows.inputs, rows.targets):
+        for t in np.flatnonzero(tgt):
+            out[(tuple(inp[: t + 1][-max_seq_len:]), int(tgt[t]))] += 1
+    return out
+
+
+def _reference_pairs(ds, max_seq_len):
+    out = Counter()
+    for u in range(ds.n_users):
+        train = list(ds.sequence(u)[:-2])
+        for p in range(1, len(train)):
+            out[(tuple(train[:p][-max_seq_len:]), train[p])] += 1
+    return out
+
+
+@pytest.mark.parametrize("max_seq_len", [3, 7, 50])
+def test_windows_give_exactly_the_reference_prefix_pairs(tiny_world, max_seq_len):
+    ref = _reference_pairs(tiny_world, max_seq_len)
+    windows = train_windows(tiny_world, max_seq_len)
+    assert _pairs_from_rows(windows, max_seq_len) == ref
+    assert _pairs_from_rows(prefix_rows(tiny_world, max_seq_len), max_seq_len) == ref
+    assert windows.n_targets.sum() == sum(ref.values())
+    # a window has as many rows as users with >= 2 training items, plus one per target beyond the first window
+    n_train = tiny_world.seq_lengths - 2
+    assert len(windows.lengths) == (n_train >= 2).sum() + np.maximum(n_train - 1 - max_seq_len, 0).sum()
+
+
+def test_windows_are_right_padded_with_lengths(tiny_world):
+    w = train_windows(tiny_world, 5)
+    cols = np.arange(5)
+    assert ((w.inputs > 0) == (cols[None, :] < w.lengths[:, None])).all()
+    assert (w.targets[w.inputs == 0] == 0).all()
+
+
+def test_eval_examples_leave_one_out():
+    ds = Dataset.from_sequences("s", list("abcdefg"), ["t"] * 7, ["u", "v"], [[1, 2, 3, 4, 5, 6, 7], [3, 2, 1]])
+    valid, test = eval_examples(ds, "valid", 3), eval_examples(ds, "test", 3)
+    assert valid.targets.tolist() == [6, 2] and test.targets.tolist() == [7, 1]
+    assert valid.histories.tolist() == [[3, 4, 5], [3, 0, 0]]
+    assert test.histories.tolist() == [[4, 5, 6], [3, 2, 0]]
+    assert valid.lengths.tolist() == [3, 1] and test.lengths.tolist() == [3, 2]
+    # untruncated histories for optional masking
+    assert valid.full_items[valid.full_offsets[0] : valid.full_offsets[1]].tolist() == [1, 2, 3, 4, 5]
+    assert test.full_items[test.full_offsets[1] : test.full_offsets[2]].tolist() == [3, 2]
+    assert training_item_ids(ds).tolist() == [1, 2, 3, 4, 5]
