@@ -41,7 +41,9 @@ def cmd_prepare(args) -> None:
         item_col=args.item_col,
         time_col=args.time_col,
         text_col=args.text_col,
+        rating_col=args.rating_col,
         min_rating=args.min_rating,
+        drop_items_without_text=not args.keep_items_without_text,
     )
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -189,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--item-col", default="item")
     s.add_argument("--time-col", default="timestamp")
     s.add_argument("--text-col", default="text")
+    s.add_argument("--rating-col", default="rating")
     s.add_argument("--min-rating", type=float, default=None, help="keep interactions rated at least this")
+    s.add_argument("--keep-items-without-text", action="store_true", help="keep items that have no text/metadata")
     s.add_argument("--skip-bad-lines", action="store_true", help="count and skip malformed lines instead of failing")
     s.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     s.add_argument("--json", action="store_true")

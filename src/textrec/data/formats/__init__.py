@@ -10,7 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from textrec.data.dataset import Dataset
+from textrec.data.formats.amazon import read_amazon2018, read_amazon2023
 from textrec.data.formats.common import PrepareOptions
+from textrec.data.formats.generic import read_generic
+from textrec.data.formats.movielens import read_movielens
+from textrec.data.formats.rechorus import read_rechorus
 from textrec.data.formats.unisrec import read_unisrec
 from textrec.errors import NotFoundError
 
@@ -18,6 +22,12 @@ Reader = Callable[[Path, PrepareOptions], Dataset]
 
 READERS: dict[str, Reader] = {
     "unisrec": read_unisrec,
+    "amazon2018": read_amazon2018,
+    "amazon2023": read_amazon2023,
+    "movielens": read_movielens,
+    "csv": read_generic,
+    "parquet": read_generic,  # the same reader: it tells CSV/TSV from Parquet by the file extension
+    "rechorus": read_rechorus,
 }
 
 

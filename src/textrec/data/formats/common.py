@@ -33,6 +33,7 @@ class PrepareOptions:
     item_col: str = "item"
     time_col: str = "timestamp"
     text_col: str = "text"
+    rating_col: str = "rating"  # generic format: used (dedup, min_rating) only when the column exists
     min_rating: float | None = None  # keep only interactions rated at least this (None keeps all)
     drop_items_without_text: bool = True  # references drop items without metadata
 

@@ -1,0 +1,70 @@
+"""Helpers shared by the benchmark scripts: machine description and docs/RESULTS.md sections."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+RESULTS_MD = ROOT / "docs" / "RESULTS.md"
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "date": dt.date.today().isoformat(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    return info
+
+
+def machine_line(m: dict) -> str:
+    gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
+    return f"{m['date']}, {m['cpu']} ({m['cores']} cores){gpu}, Python {m['python']}, torch {m['torch']}"
+
+
+def run_json(cmd: list[str], env: dict | None = None) -> dict:
+    """Run a command whose stdout's last line is a JSON object; stream its stderr."""
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None, text=True, env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}")
+    out = proc.stdout.strip()
+    start = out.rfind("\n{") + 1 if not out.startswith("{") else 0
+    return json.loads(out[start:])
+
+
+def update_results(section: str, markdown: str, path: Path = RESULTS_MD) -> None:
+    """Replace (or append) the block between ``<!-- section:start -->`` and ``<!-- section:end -->``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = path.read_text() if path.exists() else "# textrec results\n\nEvery table below is written by a script in `benchmarks/`; rerun it to refresh.\n"
+    block = f"<!-- {section}:start -->\n{markdown.rstrip()}\n<!-- {section}:end -->"
+    pattern = re.compile(rf"<!-- {re.escape(section)}:start -->.*?<!-- {re.escape(section)}:end -->", re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def fmt(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
