@@ -95,6 +95,59 @@ def cmd_info(args) -> None:
                 print(f"{sub:<22}{', '.join(stats[sub])}")
 
 
+# ---- encode / quantize --------------------------------------------------------------------------
+
+
+def cmd_encode(args) -> None:
+    from textrec.text.encode import attach_embeddings, encode_dataset
+
+    if args.attach:
+        if not args.name:
+            raise TextrecError("--attach needs --name for the attached embeddings")
+        path = attach_embeddings(args.data, args.attach, args.name)
+        if args.json:
+            _print_json({"name": args.name, "path": str(path)})
+        else:
+            _err(f"attached {args.attach} as {args.name}; wrote {path}")
+        return
+    res = encode_dataset(
+        args.data, args.encoder, pooling=args.pooling, max_length=args.max_length, batch_size=args.batch_size,
+        device=args.device, word_drop=args.word_drop, name=args.name, cache=not args.no_cache, progress=not args.json,
+        seed=args.seed,
+    )
+    out = {"name": res.name, "path": str(res.path), "items": res.n_items, "dim": res.dim, "encoded": res.n_encoded,
+           "cached": res.n_cached, "seconds": round(res.seconds, 3)}
+    if args.json:
+        _print_json(out)
+    else:
+        _err(f"{res.n_items:,} items -> {res.dim}-d embeddings {res.name!r}: {res.n_encoded:,} distinct texts encoded, "
+             f"{res.n_cached:,} from the cache, {res.seconds:.1f}s; wrote {res.path}")
+
+
+def cmd_quantize(args) -> None:
+    from textrec.quant.codes import quantize_dataset, quantize_datasets
+
+    common = dict(embeddings=args.embeddings, seed=args.seed, name=args.name)
+    if len(args.data) > 1:
+        if args.from_index or args.quantizer:
+            raise TextrecError("--from-index and --quantizer apply to one dataset; give one DIR")
+        results = quantize_datasets(args.data, n_codebooks=args.codebooks, codebook_size=args.codebook_size,
+                                    out_index=args.out_index, **common)
+    else:
+        results = [quantize_dataset(args.data[0], n_codebooks=args.codebooks, codebook_size=args.codebook_size,
+                                    from_index=args.from_index, quantizer=args.quantizer, **common)]
+    rows = [r._asdict() for r in results]
+    for r in rows:
+        r.update({k: str(v) for k, v in r.items() if isinstance(v, Path)})
+    if args.json:
+        _print_json(rows[0] if len(rows) == 1 else {"results": rows})
+        return
+    for r in results:
+        d = r._asdict()
+        extras = ", ".join(f"{k} {v}" for k, v in d.items() if k in ("collisions", "seconds") and v is not None)
+        _err(f"codes {d.get('name')!r}: {extras}; wrote {d.get('path')}")
+
+
 # ---- train / evaluate / recommend --------------------------------------------------------------
 
 
@@ -105,6 +158,44 @@ def cmd_train(args) -> None:
 
     cfg = load_config(args.config, args.overrides, model=args.model)
     result = train_run(args.data, cfg, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    fit = result.fit
+    if args.json:
+        _print_json({"run": str(result.out_dir), **fit.to_dict()})
+    else:
+        _err(metrics_table([(f"{cfg.model} valid", fit.valid), (f"{cfg.model} test", fit.test)]))
+        _err(f"best epoch {fit.best_epoch} of {fit.epochs_run}; wrote {result.out_dir}")
+
+
+def _overrides_for_finetune(args) -> list[str]:
+    extra = []
+    if args.mode:
+        extra.append(f"model.mode={args.mode}")
+    if args.freeze_encoder is not None:
+        extra.append(f"model.freeze_encoder={'true' if args.freeze_encoder else 'false'}")
+    return extra + list(args.overrides)
+
+
+def cmd_pretrain(args) -> None:
+    from textrec.config import load_config
+    from textrec.report import metrics_table
+    from textrec.train.transfer import pretrain_run
+
+    cfg = load_config(args.config, args.overrides, model=args.model)
+    result = pretrain_run(args.data, cfg, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    fit = result.fit
+    if args.json:
+        _print_json({"run": str(result.out_dir), **fit.to_dict()})
+    else:
+        _err(metrics_table([(f"{cfg.model} pre-training valid", fit.valid)]))
+        _err(f"best epoch {fit.best_epoch} of {fit.epochs_run}; wrote {result.out_dir}")
+
+
+def cmd_finetune(args) -> None:
+    from textrec.report import metrics_table
+    from textrec.train.transfer import finetune_config, finetune_run
+
+    cfg = finetune_config(args.init, _overrides_for_finetune(args))
+    result = finetune_run(args.data, args.init, cfg, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
     fit = result.fit
     if args.json:
         _print_json({"run": str(result.out_dir), **fit.to_dict()})
@@ -142,6 +233,12 @@ def cmd_recommend(args) -> None:
     if (args.user is None) == (args.items is None):
         raise TextrecError("give exactly one of --user ID or --items ID,ID,...")
     run = load_run(args.run, args.data, args.device)
+    if args.new_items:
+        from textrec.serve.catalogue import add_items, read_new_items
+
+        keys, texts = read_new_items(args.new_items)
+        run = add_items(run, keys, texts, args.encoder)
+        _err(f"added {len(keys)} new item(s) to the catalogue from their text")
     ds = run.dataset
     if args.user is not None:
         history = user_history(ds, args.user)
@@ -204,6 +301,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_info)
 
+    s = sub.add_parser("encode", help="item text embeddings into DIR/embeddings (cached)")
+    s.add_argument("data", help="dataset directory")
+    s.add_argument("--encoder", help="'minilm' (default, embedded), 'hashing[-N]', or a local HF / sentence-transformers folder")
+    s.add_argument("--pooling", choices=("mean", "cls"), default="mean")
+    s.add_argument("--max-length", type=int, default=512, help="tokens per text (default 512, as the references)")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--word-drop", type=float, default=0.0, help="encode a word-drop view (UniSRec pre-training uses 0.15)")
+    s.add_argument("--seed", type=int, default=2020, help="word-drop seed")
+    s.add_argument("--name", help="embedding name (default <encoder>-<pooling>[-wdNN])")
+    s.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    s.add_argument("--attach", metavar="FILE", help="attach precomputed features (.npy, raw float32 .feat file, or a dataset feature name)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_encode)
+
+    s = sub.add_parser("quantize", help="OPQ/PQ item codes into DIR/codes (several DIRs: one joint quantizer)")
+    s.add_argument("data", nargs="+", help="dataset directory (several: fit one quantizer jointly)")
+    s.add_argument("--embeddings", help="which embeddings to quantize (default: the only ones)")
+    s.add_argument("--codebooks", type=int, default=32, help="sub-spaces D (default 32)")
+    s.add_argument("--codebook-size", type=int, default=256, help="codewords per sub-space M (default 256)")
+    s.add_argument("--from-index", metavar="FAISS_FILE", help="import codes from a released faiss index (VQ-Rec)")
+    s.add_argument("--quantizer", metavar="FAISS_FILE", help="encode with an existing quantizer (reuse the index set)")
+    s.add_argument("--out-index", metavar="FAISS_FILE", help="several DIRs: also save the joint quantizer here")
+    s.add_argument("--seed", type=int, default=2020)
+    s.add_argument("--name", help="codes name")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_quantize)
+
     s = sub.add_parser("train", help="train a model on one dataset, select on validation, report test")
     s.add_argument("data", help="dataset directory")
     s.add_argument("--model", help="model name (sasrec, ...); may come from --config instead")
@@ -215,6 +340,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("pretrain", help="multi-domain pre-training on several datasets")
+    s.add_argument("data", nargs="+", help="source dataset directories")
+    s.add_argument("--model", help="model name (unisrec, ...); may come from --config instead")
+    s.add_argument("--out", required=True, help="run directory to write")
+    s.add_argument("--config", help="TOML config file")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=50")
+    s.add_argument("--resume", action="store_true")
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_pretrain)
+
+    s = sub.add_parser("finetune", help="transfer a pre-trained run to a target dataset")
+    s.add_argument("data", help="target dataset directory")
+    s.add_argument("--init", required=True, help="the pre-trained run directory")
+    s.add_argument("--out", required=True, help="run directory to write")
+    s.add_argument("--mode", choices=("inductive", "transductive"), help="text/codes only, or plus item-ID embeddings")
+    s.add_argument("--freeze-encoder", dest="freeze_encoder", action="store_true", default=None,
+                   help="freeze position embeddings and Transformer (reference fine-tuning)")
+    s.add_argument("--no-freeze-encoder", dest="freeze_encoder", action="store_false")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.003")
+    s.add_argument("--resume", action="store_true")
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_finetune)
 
     s = sub.add_parser("evaluate", help="full-ranking metrics of a trained run")
     s.add_argument("run", help="run directory")
@@ -232,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--items", help="comma-separated item keys, oldest first")
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--include-history", action="store_true", help="allow items already in the history")
+    s.add_argument("--new-items", metavar="CSV", help="add items (columns item,text) to the catalogue without retraining (text models)")
+    s.add_argument("--encoder", help="with --new-items: the text encoder, when it is not the embedded one")
     s.add_argument("--data", help="dataset directory (default: the one the run was trained on)")
     s.add_argument("--device", default="auto")
     s.add_argument("--json", action="store_true")

@@ -34,6 +34,9 @@ from textrec.errors import ConfigError
 @dataclass(frozen=True)
 class DataConfig:
     max_seq_len: int = 50  # histories keep their last 50 items (the references' MAX_ITEM_LIST_LENGTH)
+    embeddings: str = ""  # text models: name under DIR/embeddings ("" = the only one there)
+    word_drop_embeddings: str = ""  # pre-training: word-drop view ("" = "<embeddings>-wd15" when present)
+    codes: str = ""  # code models: name under DIR/codes ("" = the only one there)
 
     def __post_init__(self) -> None:
         _check(self.max_seq_len >= 1, "data.max_seq_len must be >= 1")

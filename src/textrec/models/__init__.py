@@ -15,6 +15,8 @@ from torch import Tensor
 from textrec.data.batching import SeqBatch
 from textrec.errors import NotFoundError
 from textrec.models.sasrec import SASRec, SASRecConfig
+from textrec.models.unisrec import UniSRec, UniSRecConfig
+from textrec.models.vqrec import VQRec, VQRecConfig
 
 
 class Recommender(Protocol):
@@ -27,6 +29,8 @@ class Recommender(Protocol):
 
 MODELS: dict[str, tuple[type, type]] = {
     "sasrec": (SASRecConfig, SASRec),
+    "unisrec": (UniSRecConfig, UniSRec),
+    "vqrec": (VQRecConfig, VQRec),
 }
 
 

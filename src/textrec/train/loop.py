@@ -169,8 +169,12 @@ def fit(
     resume: bool = False,
     quiet: bool = False,
     stages: list[Stage] | None = None,
+    loss_fn: Callable | None = None,
 ) -> FitResult:
-    """Train ``model`` with early stopping on validation; return metrics of the best epoch."""
+    """Train ``model`` with early stopping on validation; return metrics of the best epoch.
+
+    ``loss_fn(batch)`` defaults to ``model.loss``; pre-training passes ``model.pretrain_loss``.
+    """
     tc, ec = cfg.train, cfg.eval
     out = Path(out_dir) if out_dir is not None else None
     device = train.device
@@ -210,9 +214,9 @@ def fit(
         if out is not None:
             (out / "log.jsonl").unlink(missing_ok=True)
 
-    step = model.loss
+    step = loss_fn or model.loss
     if tc.compile:
-        step = torch.compile(model.loss, dynamic=True)
+        step = torch.compile(step, dynamic=True)
     logger = _Logger(out, tc.tensorboard, quiet)
     best_state = None
     epochs_done = start_epoch

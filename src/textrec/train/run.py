@@ -1,9 +1,10 @@
 """Runs: train a model on a dataset directory, and load a finished run back.
 
-``train_run`` is what ``textrec train`` calls: it loads the dataset, seeds, builds the model with its
-item-side inputs (``build_model``), builds the device-resident batchers, writes ``config.json`` and hands
-over to ``textrec.train.loop.fit``. ``load_run`` rebuilds the model from a run directory's
-``config.json`` and ``model.safetensors`` for evaluation and recommendation.
+``train_run`` is what ``textrec train`` calls: it loads the dataset and the model's item-side inputs,
+seeds, builds the model and the device-resident batchers, writes ``config.json`` and hands over to
+``textrec.train.loop.fit``. ``load_run`` rebuilds the model from a run directory's ``config.json`` and
+``model.safetensors`` for evaluation and recommendation. Pre-training and fine-tuning are in
+``textrec.train.transfer``.
 """
 
 from __future__ import annotations
@@ -23,16 +24,8 @@ from textrec.data.dataset import Dataset
 from textrec.data.split import eval_examples, train_windows
 from textrec.errors import DataError, NotFoundError, TextrecError
 from textrec.io import read_json, write_json
-from textrec.models import model_entry
-from textrec.train.loop import FitResult, fit, resolve_device, seed_everything
-
-
-def build_model(cfg: RunConfig, ds: Dataset) -> torch.nn.Module:
-    """Instantiate ``cfg.model`` for dataset ``ds``, passing the item-side inputs that model needs."""
-    _, model_cls = model_entry(cfg.model)
-    if cfg.model == "sasrec":
-        return model_cls(cfg.model_config, n_items=ds.n_items, max_seq_len=cfg.data.max_seq_len)
-    raise NotFoundError(f"no builder for model {cfg.model!r}")
+from textrec.train.inputs import build_model, load_item_inputs
+from textrec.train.loop import FitResult, Stage, fit, resolve_device, seed_everything
 
 
 def dataset_record(ds: Dataset, path: Path) -> dict:
@@ -51,18 +44,14 @@ class RunResult:
     fit: FitResult
 
 
-def train_run(
-    data_dir: str | Path, cfg: RunConfig, out_dir: str | Path, resume: bool = False, overwrite: bool = False, quiet: bool = False
-) -> RunResult:
-    """Train ``cfg`` on the dataset at ``data_dir``; everything is written to ``out_dir``."""
-    data_dir, out = Path(data_dir), Path(out_dir)
-    ds = Dataset.load(data_dir)
-    config = {"textrec_version": __version__, **cfg.to_dict(), "dataset": dataset_record(ds, data_dir)}
-    config = json.loads(json.dumps(config))  # tuples -> lists, as config.json will hold them
+def prepare_out_dir(out: Path, config: dict, resume: bool, overwrite: bool) -> None:
+    """Create ``out`` and write ``config.json``; refuse to clobber or to resume a different config."""
+    config = json.loads(json.dumps(config))  # tuples -> lists, as config.json holds them
     if out.exists() and any(out.iterdir()):
         if resume:
             saved = read_json(out / "config.json")
-            if {k: v for k, v in saved.items() if k != "textrec_version"} != {k: v for k, v in config.items() if k != "textrec_version"}:
+            strip = lambda c: {k: v for k, v in c.items() if k != "textrec_version"}
+            if strip(saved) != strip(config):
                 raise TextrecError(f"{out}: cannot resume, its config.json differs from this run's config")
         elif not overwrite:
             raise TextrecError(f"{out} already exists and is not empty (pass --resume to continue it or --overwrite)")
@@ -72,21 +61,41 @@ def train_run(
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", config)
 
-    device = resolve_device(cfg.train.device)
-    seed_everything(cfg.train.seed)
-    model = build_model(cfg, ds).to(device)
+
+def make_batchers(ds: Dataset, cfg: RunConfig, device) -> tuple[TrainBatcher, EvalBatcher, EvalBatcher]:
     L = cfg.data.max_seq_len
     train_b = TrainBatcher(train_windows(ds, L), cfg.train.batch_size, device, cfg.train.batching, seed=cfg.train.seed)
     valid_b = EvalBatcher(eval_examples(ds, "valid", L), cfg.eval.batch_size, device)
     test_b = EvalBatcher(eval_examples(ds, "test", L), cfg.eval.batch_size, device)
+    return train_b, valid_b, test_b
+
+
+def describe(what: str, cfg: RunConfig, ds: Dataset, model, train_b: TrainBatcher, device, out: Path) -> None:
+    n_params = sum(p.numel() for p in model.parameters())
+    print(
+        f"{what} {cfg.model} on {ds.name} ({ds.n_users:,} users, {ds.n_items:,} items, "
+        f"{train_b.total_targets:,} training targets) on {device}, {n_params:,} parameters -> {out}",
+        file=sys.stderr,
+    )
+
+
+def train_run(
+    data_dir: str | Path, cfg: RunConfig, out_dir: str | Path, resume: bool = False, overwrite: bool = False, quiet: bool = False,
+    stages: list[Stage] | None = None,
+) -> RunResult:
+    """Train ``cfg`` on the dataset at ``data_dir``; everything is written to ``out_dir``."""
+    data_dir, out = Path(data_dir), Path(out_dir)
+    ds = Dataset.load(data_dir)
+    inputs, record = load_item_inputs(cfg, [data_dir])
+    config = {"textrec_version": __version__, **cfg.to_dict(), "dataset": dataset_record(ds, data_dir), "item_inputs": record}
+    prepare_out_dir(out, config, resume, overwrite)
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg, ds.n_items, inputs).to(device)
+    train_b, valid_b, test_b = make_batchers(ds, cfg, device)
     if not quiet:
-        n_params = sum(p.numel() for p in model.parameters())
-        print(
-            f"training {cfg.model} on {ds.name} ({ds.n_users:,} users, {ds.n_items:,} items, "
-            f"{train_b.total_targets:,} training targets) on {device}, {n_params:,} parameters -> {out}",
-            file=sys.stderr,
-        )
-    result = fit(model, train_b, valid_b, test_b, cfg, out, resume=resume, quiet=quiet)
+        describe("training", cfg, ds, model, train_b, device, out)
+    result = fit(model, train_b, valid_b, test_b, cfg, out, resume=resume, quiet=quiet, stages=stages)
     return RunResult(out, result)
 
 
@@ -99,22 +108,30 @@ class LoadedRun:
     device: torch.device
 
 
-def load_run(run_dir: str | Path, data_dir: str | Path | None = None, device: str = "auto") -> LoadedRun:
-    """Rebuild a trained model from ``run_dir`` (and its dataset, or ``data_dir`` instead)."""
+def read_run_config(run_dir: str | Path) -> tuple[RunConfig, dict]:
     run = Path(run_dir)
     if not (run / "config.json").exists():
         raise NotFoundError(f"{run}: not a textrec run directory (no config.json)")
+    config = read_json(run / "config.json")
+    return RunConfig.from_dict({k: v for k, v in config.items() if k in ("model", "data", "train", "eval")}), config
+
+
+def load_run(run_dir: str | Path, data_dir: str | Path | None = None, device: str = "auto") -> LoadedRun:
+    """Rebuild a trained model from ``run_dir`` (and its dataset, or ``data_dir`` instead)."""
+    run = Path(run_dir)
+    cfg, config = read_run_config(run)
     if not (run / "model.safetensors").exists():
         raise NotFoundError(f"{run}: no model.safetensors yet (the run has not finished an evaluation)")
-    config = read_json(run / "config.json")
-    cfg = RunConfig.from_dict({k: v for k, v in config.items() if k in ("model", "data", "train", "eval")})
+    if "dataset" not in config:
+        raise NotFoundError(f"{run}: a pre-training run; fine-tune it on a dataset with `textrec finetune DIR --init {run}`")
     data_path = Path(data_dir) if data_dir is not None else Path(config["dataset"]["path"])
     ds = Dataset.load(data_path)
     expected = config["dataset"]["n_items"]
     if ds.n_items != expected:
         raise DataError(f"{data_path}: {ds.n_items} items but the model in {run} was trained for {expected}")
     dev = resolve_device(device)
-    model = build_model(cfg, ds)
+    inputs, _ = load_item_inputs(cfg, [data_path])
+    model = build_model(cfg, ds.n_items, inputs)
     load_model(model, str(run / "model.safetensors"), device=str(dev))
     model.to(dev).eval()
     return LoadedRun(model, cfg, ds, config, dev)

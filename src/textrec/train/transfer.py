@@ -1,0 +1,132 @@
+"""Transfer: multi-domain pre-training and fine-tuning a pre-trained model on a target dataset.
+
+``pretrain_run`` merges the source datasets into one catalogue (``merge_domains``: a batch mixes domains,
+which gives the references' mixed-domain negatives), reads and merges their item-side inputs, and trains
+with the model's ``pretrain_loss``. Unlike the references, which pre-train for a fixed 300 epochs with no
+validation, textrec monitors the merged validation split (full ranking over the merged catalogue) and
+keeps the best epoch with the usual patience; ``train.patience`` larger than ``train.epochs`` recovers the
+fixed-length behaviour.
+
+``finetune_run`` builds the model for the target dataset (its own text embeddings or codes), loads every
+pre-trained weight except the catalogue-specific ones (the model's ``CATALOGUE_KEYS``), and trains with the
+model's ``loss``, through the model's ``finetune_stages`` when it has them (e.g. VQ-Rec's permutation
+phase) or, with ``freeze_encoder``, with the position embeddings and the Transformer frozen.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from textrec import __version__
+from textrec.config import RunConfig, apply_overrides
+from textrec.data.dataset import Dataset
+from textrec.data.multidomain import merge_domains
+from textrec.errors import TextrecError
+from textrec.train.inputs import build_model, load_item_inputs
+from textrec.train.loop import Stage, fit, resolve_device, seed_everything
+from textrec.train.run import RunResult, dataset_record, describe, make_batchers, prepare_out_dir, read_run_config
+
+
+def pretrain_run(
+    data_dirs: list[str | Path], cfg: RunConfig, out_dir: str | Path, resume: bool = False, overwrite: bool = False, quiet: bool = False
+) -> RunResult:
+    """Pre-train ``cfg.model`` on the union of ``data_dirs`` with its pre-training loss."""
+    dirs = [Path(d) for d in data_dirs]
+    if not dirs:
+        raise TextrecError("pretrain needs at least one dataset directory")
+    datasets = [Dataset.load(d) for d in dirs]
+    merged, offsets = merge_domains(datasets)
+    inputs, record = load_item_inputs(cfg, dirs, pretraining=True)
+    config = {
+        "textrec_version": __version__,
+        **cfg.to_dict(),
+        "pretrain": {"datasets": [dataset_record(d, p) for d, p in zip(datasets, dirs)], "item_offsets": offsets.tolist()},
+        "item_inputs": record,
+    }
+    out = Path(out_dir)
+    prepare_out_dir(out, config, resume, overwrite)
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg, merged.n_items, inputs).to(device)
+    if not hasattr(model, "pretrain_loss"):
+        raise TextrecError(f"model {cfg.model!r} has no pre-training objective")
+    train_b, valid_b, _ = make_batchers(merged, cfg, device)
+    if not quiet:
+        describe("pre-training", cfg, merged, model, train_b, device, out)
+    result = fit(model, train_b, valid_b, None, cfg, out, resume=resume, quiet=quiet, loss_fn=model.pretrain_loss)
+    return RunResult(out, result)
+
+
+def finetune_config(init_dir: str | Path, overrides: list[str]) -> RunConfig:
+    """The pre-trained run's config with ``overrides`` applied (model architecture must not change)."""
+    init_cfg, _ = read_run_config(init_dir)
+    d = apply_overrides(init_cfg.to_dict(), overrides)
+    cfg = RunConfig.from_dict(d)
+    for key in ("hidden_size", "n_layers", "n_heads", "inner_size"):
+        if getattr(cfg.model_config, key, None) != getattr(init_cfg.model_config, key, None):
+            raise TextrecError(f"model.{key} cannot change when fine-tuning (the pre-trained weights have {getattr(init_cfg.model_config, key)})")
+    return cfg
+
+
+def load_pretrained(model: torch.nn.Module, init_dir: Path) -> list[str]:
+    """Copy every transferable weight of ``init_dir`` into ``model``; return the keys left as initialised."""
+    path = init_dir / "model.safetensors"
+    if not path.exists():
+        raise TextrecError(f"{init_dir}: no model.safetensors to fine-tune from")
+    skip = tuple(getattr(model, "CATALOGUE_KEYS", ()))
+    state = {k: v for k, v in load_file(str(path)).items() if not k.startswith(skip)}
+    own = model.state_dict()
+    bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if bad:
+        raise TextrecError(f"{init_dir}: weight {bad[0]} has shape {tuple(state[bad[0]].shape)}, this model needs {tuple(own[bad[0]].shape)}")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise TextrecError(f"{init_dir}: weights {unexpected[:3]} do not belong to this model")
+    return [k for k in missing if not k.startswith(skip)]
+
+
+def _freeze_encoder_stage(model) -> list[Stage]:
+    def trainable(m):
+        for p in m.parameters():
+            p.requires_grad_(True)
+        for p in [*m.pos_emb.parameters(), *m.encoder.parameters()]:
+            p.requires_grad_(False)
+
+    return [Stage(0, trainable, name="frozen encoder")]
+
+
+def finetune_run(
+    data_dir: str | Path, init_dir: str | Path, cfg: RunConfig, out_dir: str | Path, resume: bool = False, overwrite: bool = False,
+    quiet: bool = False,
+) -> RunResult:
+    """Fine-tune the pre-trained run ``init_dir`` on the dataset at ``data_dir``."""
+    data_dir, init_dir, out = Path(data_dir), Path(init_dir), Path(out_dir)
+    ds = Dataset.load(data_dir)
+    inputs, record = load_item_inputs(cfg, [data_dir])
+    config = {
+        "textrec_version": __version__,
+        **cfg.to_dict(),
+        "dataset": dataset_record(ds, data_dir),
+        "item_inputs": record,
+        "init": str(init_dir.resolve()),
+    }
+    prepare_out_dir(out, config, resume, overwrite)
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg, ds.n_items, inputs)
+    fresh = load_pretrained(model, init_dir)
+    model.to(device)
+    stages = model.finetune_stages() if hasattr(model, "finetune_stages") else None
+    if stages is None and getattr(cfg.model_config, "freeze_encoder", False):
+        stages = _freeze_encoder_stage(model)
+    train_b, valid_b, test_b = make_batchers(ds, cfg, device)
+    if not quiet:
+        describe("fine-tuning", cfg, ds, model, train_b, device, out)
+        if fresh:
+            print(f"newly initialised (not in the pre-trained run): {', '.join(sorted({k.split('.')[0] for k in fresh}))}", file=sys.stderr)
+    result = fit(model, train_b, valid_b, test_b, cfg, out, resume=resume, quiet=quiet, stages=stages)
+    return RunResult(out, result)

@@ -1,0 +1,54 @@
+"""Brand-new items, added by text to a trained run without retraining, are recommended (VQ-Rec, UniSRec)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from textrec.cli import main
+from textrec.data.synthetic import COLORS, WorldSpec, make_domain
+
+SMALL = ["model.hidden_size=32", "model.inner_size=32", "model.hidden_dropout=0.1", "model.attn_dropout=0.1",
+         "train.batch_size=256", "train.lr=0.003", "train.epochs=12", "train.patience=12", "train.device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def garden(tmp_path_factory):
+    path = tmp_path_factory.mktemp("new") / "garden"
+    make_domain("garden", WorldSpec(n_items=120, n_users=500, noise=0.05), seed=4).save(path)
+    assert main(["encode", str(path), "--encoder", "hashing-64", "--json"]) == 0
+    assert main(["quantize", str(path), "--codebooks", "8", "--codebook-size", "16", "--json"]) == 0
+    return path
+
+
+@pytest.mark.parametrize("model", ["vqrec", "unisrec"])
+def test_new_item_is_recommended_without_retraining(garden, tmp_path, capsys, model):
+    run = tmp_path / model
+    assert main(["train", str(garden), "--model", model, "--out", str(run), "--quiet", *SMALL]) == 0
+    capsys.readouterr()
+    from textrec.data.dataset import Dataset
+
+    ds = Dataset.load(garden)
+    # a history of vintage items ending in red: the rule says the next item is vintage and orange
+    vintage_red = [k for k, a in zip(ds.item_keys, ds.item_attributes) if "vintage" in a["title"] and " red " in f" {a['title']} "]
+    history = vintage_red[:1]
+    assert history, "the synthetic world should contain a vintage red item"
+    new = tmp_path / "new.csv"
+    new.write_text("item,text\nNEW-1,Zorblat orange bamboo birdhouse, vintage style. Garden Outdoor Living. Zorblat.\n"
+                   "NEW-2,Zorblat blue glass rake, modern style. Garden Outdoor Living. Zorblat.\n")
+    assert main(["recommend", str(run), "--items", ",".join(history), "--new-items", str(new), "-k", "10", "--json"]) == 0
+    recs = [r["item"] for r in json.loads(capsys.readouterr().out)["recommendations"]]
+    assert "NEW-1" in recs  # matches the rule (vintage, next colour after red)
+    assert recs.index("NEW-1") < (recs.index("NEW-2") if "NEW-2" in recs else 99)
+    assert COLORS[(COLORS.index("red") + 1) % len(COLORS)] == "orange"
+
+
+def test_sasrec_refuses_new_items(garden, tmp_path, capsys):
+    run = tmp_path / "sasrec"
+    assert main(["train", str(garden), "--model", "sasrec", "--out", str(run), "--quiet", *SMALL[:4], "train.epochs=1"]) == 0
+    new = tmp_path / "new.csv"
+    new.write_text("item,text\nNEW-1,something\n")
+    capsys.readouterr()
+    assert main(["recommend", str(run), "--items", "garden-00001", "--new-items", str(new)]) == 2
+    assert "cannot score new items" in capsys.readouterr().err

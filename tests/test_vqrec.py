@@ -1,0 +1,107 @@
+"""VQ-Rec specifics: code lookup, semi-synthetic negatives, the permutation phase and its baking."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from test_models import _batch, _model, item_inputs
+from textrec.models.vqrec import gumbel_sinkhorn
+
+
+def test_item_vector_is_the_mean_of_its_code_embeddings(tiny_world):
+    model = _model("vqrec", tiny_world)
+    M = model.codebook_size
+    item = 7
+    codes = item_inputs("vqrec", tiny_world)["codes"][item]  # raw codes 0..M-1
+    expected = model.code_emb.weight[[1 + int(c) + d * (M + 1) for d, c in enumerate(codes)]].mean(0)
+    torch.testing.assert_close(model.item_vectors(torch.tensor([item]))[0], expected)
+    assert torch.equal(model.item_vectors(torch.tensor([0]))[0], torch.zeros(34))  # padding
+    # every code row lies in its own sub-space's block
+    d = torch.arange(5)
+    assert ((model.code_index[1:] > d * (M + 1)) & (model.code_index[1:] <= d * (M + 1) + M)).all()
+
+
+def test_semi_synthetic_codes_stay_in_their_sub_space(tiny_world):
+    targets = torch.arange(1, 61)
+    keep = _model("vqrec", tiny_world, extra=["model.fake_code_ratio=0.0"])
+    assert torch.equal(keep._fake_index(targets), keep.code_index[targets])
+    swap = _model("vqrec", tiny_world, extra=["model.fake_code_ratio=1.0"])
+    torch.manual_seed(0)
+    fake = swap._fake_index(targets)
+    M, d = swap.codebook_size, torch.arange(5)
+    assert ((fake > d * (M + 1)) & (fake <= d * (M + 1) + M)).all()
+    assert not torch.equal(fake, swap.code_index[targets])
+
+
+def test_pretrain_loss_with_and_without_semi_synthetic_negatives(tiny_world):
+    batch = _batch(tiny_world)
+    for flag in ("true", "false"):
+        model = _model("vqrec", tiny_world, extra=[f"model.semi_synthetic={flag}", "model.lambda_ss=0.1"]).train()
+        loss = model.pretrain_loss(batch)
+        loss.backward()
+        assert torch.isfinite(loss) and model.code_emb.weight.grad.abs().sum() > 0
+
+
+def test_sinkhorn_is_nearly_doubly_stochastic():
+    torch.manual_seed(0)
+    p = gumbel_sinkhorn(torch.randn(3, 16, 16), tau=0.7, n_iters=20, noise=True).exp()
+    torch.testing.assert_close(p.sum(1), torch.ones(3, 16), atol=1e-4, rtol=0)
+    torch.testing.assert_close(p.sum(2), torch.ones(3, 16), atol=5e-2, rtol=0)  # the last step normalised columns
+
+
+def _is_permutation(idx: torch.Tensor) -> bool:
+    return all(torch.equal(row.sort().values, torch.arange(len(row))) for row in idx)
+
+
+def test_learned_permutation_gets_gradient_and_is_a_true_permutation(tiny_world):
+    model = _model("vqrec", tiny_world).train()
+    model.start_permutation()
+    model.loss(_batch(tiny_world)).backward()
+    assert model.perm_logits.grad is not None and model.perm_logits.grad.abs().sum() > 0
+    assert _is_permutation(model.permutation_indices())
+    # training only the permutation moves it and keeps it a permutation
+    before = model.permutation_indices().clone()
+    opt = torch.optim.Adam([model.perm_logits], lr=0.5)
+    for step in range(20):
+        opt.zero_grad()
+        model.loss(_batch(tiny_world, seed=step)).backward()
+        opt.step()
+    after = model.permutation_indices()
+    assert _is_permutation(after) and not torch.equal(before, after)
+
+
+def test_reference_permutation_gets_no_gradient(tiny_world):
+    model = _model("vqrec", tiny_world, extra=["model.permutation=reference"]).train()
+    model.start_permutation()
+    model.loss(_batch(tiny_world)).backward()
+    assert model.perm_logits.grad is None or model.perm_logits.grad.abs().sum() == 0
+
+
+def test_bake_writes_the_permutation_into_the_table(tiny_world):
+    model = _model("vqrec", tiny_world).eval()
+    model.start_permutation()
+    permuted = model.item_embeddings()
+    idx = model.permutation_indices()
+    old = model.code_emb.weight.detach().clone().view(5, model.codebook_size + 1, -1)
+    model.bake_permutation()
+    assert not bool(model.permuting)
+    torch.testing.assert_close(model.item_embeddings(), permuted)
+    new = model.code_emb.weight.view(5, model.codebook_size + 1, -1)
+    for d in range(5):
+        torch.testing.assert_close(new[d, 1:], old[d, 1:][idx[d]])
+
+
+def test_finetune_stages(tiny_world):
+    model = _model("vqrec", tiny_world)
+    permute, rest = model.finetune_stages()
+    permute.trainable(model)
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["perm_logits"]
+    rest.trainable(model)
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"code_emb", "norm"}  # fix_enc: positions and Transformer frozen
+    assert rest.start_epoch == 5
+    scratch = _model("vqrec", tiny_world, extra=["model.permutation=none", "model.freeze_encoder=false"])
+    (only,) = scratch.finetune_stages()
+    only.trainable(scratch)
+    assert {n.split(".")[0] for n, p in scratch.named_parameters() if p.requires_grad} == {"code_emb", "pos_emb", "norm", "encoder"}
