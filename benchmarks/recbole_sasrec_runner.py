@@ -106,7 +106,7 @@ def main() -> None:
         return out
 
     trainer._train_epoch, trainer._valid_epoch = timed_train, timed_valid
-    best_valid, _ = trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+    _, best_valid = trainer.fit(train_data, valid_data, saved=True, show_progress=False)
     t = time.perf_counter()
     test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
     test_seconds = time.perf_counter() - t

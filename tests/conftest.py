@@ -31,3 +31,17 @@ def tiny_dir(tiny_world, tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "tools"
     tiny_world.save(path)
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_embedding_cache(tmp_path_factory):
+    """Tests never read or write the user's embedding cache."""
+    import os
+
+    old = os.environ.get("TEXTREC_CACHE_DIR")
+    os.environ["TEXTREC_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("TEXTREC_CACHE_DIR", None)
+    else:
+        os.environ["TEXTREC_CACHE_DIR"] = old
