@@ -68,3 +68,41 @@ def update_results(section: str, markdown: str, path: Path = RESULTS_MD) -> None
 
 def fmt(x: float | None, digits: int = 4) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
+
+
+WORK = ROOT / "benchmarks" / ".work"  # prepared datasets and runs, reused between benchmark runs (git-ignored)
+
+
+def textrec(*args: str, log: list | None = None) -> dict:
+    """Run ``textrec ARGS --json`` in a subprocess (clean timings and memory) and return its JSON."""
+    args = [str(a) for a in args]
+    if log is not None:
+        log.append("textrec " + " ".join(_shorten_path(a) for a in args))
+    return run_json([sys.executable, "-m", "textrec.cli", *args, "--json"])
+
+
+def _shorten_path(arg: str) -> str:
+    for base, name in ((str(WORK), "$WORK"), (str(SHARED_DATA), "../shared/data")):
+        arg = arg.replace(base, name)
+    return arg
+
+
+def prepare(name: str, source: Path, fmt: str, encode: bool = True, word_drop: bool = False) -> Path:
+    """A prepared (and MiniLM-encoded) dataset under WORK, made once and reused."""
+    out = WORK / "data" / name
+    if not (out / "meta.json").exists():
+        textrec("prepare", source, "--format", fmt, "--out", out, "--overwrite")
+    if encode and not (out / "embeddings" / "minilm-mean.npy").exists():
+        textrec("encode", out)
+    if word_drop and not (out / "embeddings" / "minilm-mean-wd15.npy").exists():
+        textrec("encode", out, "--word-drop", "0.15")
+    return out
+
+
+def mean_metrics(runs: list[dict], split: str = "test") -> dict:
+    keys = runs[0][split].keys()
+    return {k: sum(r[split][k] for r in runs) / len(runs) for k in keys}
+
+
+def metric_row(label: str, m: dict, extra: str = "") -> str:
+    return f"| {label} | {fmt(m['recall@10'])} | {fmt(m['ndcg@10'])} | {fmt(m['recall@50'])} | {fmt(m['ndcg@50'])} |{extra}"

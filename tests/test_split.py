@@ -55,3 +55,12 @@ def test_eval_examples_leave_one_out():
     assert valid.full_items[valid.full_offsets[0] : valid.full_offsets[1]].tolist() == [1, 2, 3, 4, 5]
     assert test.full_items[test.full_offsets[1] : test.full_offsets[2]].tolist() == [3, 2]
     assert training_item_ids(ds).tolist() == [1, 2, 3, 4, 5]
+
+
+def test_chunked_windows_train_every_target_once(tiny_world):
+    exact = train_windows(tiny_world, 4)
+    chunked = train_windows(tiny_world, 4, "chunked")
+    per_user = lambda w: Counter((int(u), int(t)) for u, row in zip(w.users, w.targets) for t in row if t)
+    assert per_user(chunked) == per_user(exact)  # the same targets, once each
+    assert chunked.inputs.size < exact.inputs.size
+    assert (chunked.lengths <= 4).all() and (chunked.lengths >= 1).all()

@@ -128,6 +128,15 @@ def cmd_quantize(args) -> None:
     from textrec.quant.codes import quantize_dataset, quantize_datasets
 
     common = dict(embeddings=args.embeddings, seed=args.seed, name=args.name)
+    if args.random:
+        from textrec.quant.codes import random_codes
+
+        paths = [random_codes(d, args.codebooks, args.codebook_size, args.seed, args.name) for d in args.data]
+        if args.json:
+            _print_json({"paths": [str(p) for p in paths]})
+        else:
+            _err("wrote random codes: " + ", ".join(map(str, paths)))
+        return
     if len(args.data) > 1:
         if args.from_index or args.quantizer:
             raise TextrecError("--from-index and --quantizer apply to one dataset; give one DIR")
@@ -324,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--from-index", metavar="FAISS_FILE", help="import codes from a released faiss index (VQ-Rec)")
     s.add_argument("--quantizer", metavar="FAISS_FILE", help="encode with an existing quantizer (reuse the index set)")
     s.add_argument("--out-index", metavar="FAISS_FILE", help="several DIRs: also save the joint quantizer here")
+    s.add_argument("--random", action="store_true", help="uniformly random codes instead (ablation: text plays no part)")
     s.add_argument("--seed", type=int, default=2020)
     s.add_argument("--name", help="codes name")
     s.add_argument("--json", action="store_true")

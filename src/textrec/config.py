@@ -37,6 +37,7 @@ class DataConfig:
     embeddings: str = ""  # text models: name under DIR/embeddings ("" = the only one there)
     word_drop_embeddings: str = ""  # pre-training: word-drop view ("" = "<embeddings>-wd15" when present)
     codes: str = ""  # code models: name under DIR/codes ("" = the only one there)
+    long_sequences: Literal["exact", "chunked"] = "exact"  # targets past the first window: own rows (reference) or chunks
 
     def __post_init__(self) -> None:
         _check(self.max_seq_len >= 1, "data.max_seq_len must be >= 1")

@@ -26,6 +26,7 @@ import numpy as np
 from textrec.data.dataset import Dataset
 
 Split = Literal["valid", "test"]
+LongSequences = Literal["exact", "chunked"]
 
 
 @dataclass
@@ -63,10 +64,28 @@ def _gather(items: np.ndarray, starts: np.ndarray, lengths: np.ndarray, width: i
     return np.where(valid, items[idx], 0).astype(np.int32)
 
 
-def train_windows(ds: Dataset, max_seq_len: int) -> TrainWindows:
-    """Whole-sequence training rows equivalent to the references' all-prefix rows (see module doc)."""
+def train_windows(ds: Dataset, max_seq_len: int, long_sequences: LongSequences = "exact") -> TrainWindows:
+    """Whole-sequence training rows equivalent to the references' all-prefix rows (see module doc).
+
+    ``long_sequences`` decides how targets beyond the first window of a long training part are trained:
+    ``"exact"`` gives each its own row with the full ``max_seq_len`` history (the reference's pairs);
+    ``"chunked"`` cuts the training part into consecutive windows of ``max_seq_len`` inputs, so the early
+    positions of later windows see a shorter history. Chunking costs O(n) instead of O(n * max_seq_len)
+    tokens per user, which matters for domains with very long sequences (MovieLens).
+    """
+    if long_sequences not in ("exact", "chunked"):
+        raise ValueError(f"long_sequences must be 'exact' or 'chunked', not {long_sequences!r}")
     off = ds.seq_offsets
     n_train = ds.seq_lengths - 2  # length of each user's training part
+    if long_sequences == "chunked":
+        n_windows = np.where(n_train >= 2, -(-(n_train - 1) // max_seq_len), 0)
+        users = np.repeat(np.arange(ds.n_users), n_windows)
+        k = np.arange(users.size) - np.repeat(np.cumsum(n_windows) - n_windows, n_windows)  # window index
+        starts = off[users] + k * max_seq_len
+        m = np.minimum(n_train[users] - 1 - k * max_seq_len, max_seq_len)
+        inputs = _gather(ds.seq_items, starts, m, max_seq_len)
+        targets = _gather(ds.seq_items, starts + 1, m, max_seq_len)
+        return TrainWindows(inputs, targets, m.astype(np.int32), users.astype(np.int64))
     users = np.flatnonzero(n_train >= 2)
     starts = off[users]
     m = np.minimum(n_train[users] - 1, max_seq_len)

@@ -326,3 +326,29 @@ def load_item_codes(data_dir: str | Path, name: str | None = None) -> tuple[np.n
     if codes.ndim != 2 or codes.shape[0] != meta["n_items"] + 1:
         raise DataError(f"{path}: shape {codes.shape}, expected ({meta['n_items'] + 1}, n_codebooks)")
     return codes, {**info, "path": str(path)}
+
+
+def random_codes(data_dir: str | Path, n_codebooks: int = 32, codebook_size: int = 256, seed: int = 2020,
+                 name: str | None = None) -> Path:
+    """Uniformly random item codes (the paper's "Random Code" ablation): text plays no part.
+
+    Written like fitted codes (``DIR/codes/<name>.npy`` + ``.json``) but without a quantiser, so new items
+    cannot be coded from text.
+    """
+    data_dir = Path(data_dir)
+    meta = dataset_meta(data_dir)
+    name = check_name(name or f"random-{n_codebooks}x{codebook_size}", "codes")
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, codebook_size, size=(meta["n_items"], n_codebooks))
+    table = np.full((meta["n_items"] + 1, n_codebooks), PAD_CODE, dtype=np.int16 if codebook_size <= 32768 else np.int32)
+    table[1:] = codes
+    out = data_dir / CODES_DIR / f"{name}.npy"
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        np.save(f, table)
+    write_json(out.with_suffix(".json"), {
+        "name": name, "kind": "random", "seed": seed, "n_items": int(meta["n_items"]),
+        "dataset_content_hash": meta["content_hash"], "n_codebooks": n_codebooks, "codebook_size": codebook_size,
+        "pad_code": PAD_CODE, "encoded_by": {"random": int(meta["n_items"])}, **code_statistics(codes, codebook_size),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    })
+    return out

@@ -64,7 +64,7 @@ def prepare_out_dir(out: Path, config: dict, resume: bool, overwrite: bool) -> N
 
 def make_batchers(ds: Dataset, cfg: RunConfig, device) -> tuple[TrainBatcher, EvalBatcher, EvalBatcher]:
     L = cfg.data.max_seq_len
-    train_b = TrainBatcher(train_windows(ds, L), cfg.train.batch_size, device, cfg.train.batching, seed=cfg.train.seed)
+    train_b = TrainBatcher(train_windows(ds, L, cfg.data.long_sequences), cfg.train.batch_size, device, cfg.train.batching, seed=cfg.train.seed)
     valid_b = EvalBatcher(eval_examples(ds, "valid", L), cfg.eval.batch_size, device)
     test_b = EvalBatcher(eval_examples(ds, "test", L), cfg.eval.batch_size, device)
     return train_b, valid_b, test_b

@@ -62,9 +62,12 @@ def pretrain_run(
 
 
 def finetune_config(init_dir: str | Path, overrides: list[str]) -> RunConfig:
-    """The pre-trained run's config with ``overrides`` applied (model architecture must not change)."""
+    """The pre-trained run's model config, default data/train/eval settings, then ``overrides``.
+
+    Pre-training settings (epochs, batch size, ...) are not inherited; the model architecture must not change.
+    """
     init_cfg, _ = read_run_config(init_dir)
-    d = apply_overrides(init_cfg.to_dict(), overrides)
+    d = apply_overrides({"model": init_cfg.to_dict()["model"]}, overrides)
     cfg = RunConfig.from_dict(d)
     for key in ("hidden_size", "n_layers", "n_heads", "inner_size"):
         if getattr(cfg.model_config, key, None) != getattr(init_cfg.model_config, key, None):
