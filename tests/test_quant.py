@@ -241,3 +241,17 @@ def test_scientific_import_maps_strict_items(tmp_path):
     strict = training_item_ids(Dataset.load(data_dir))
     np.testing.assert_array_equal(codes[strict], import_index(SCIENTIFIC_INDEX).codes)
     assert info["n_unseen"] == 12 and codes[1:].min() >= 0 and res.collisions == info["collisions"]
+
+
+@pytest.mark.parametrize("n, codebook_size", [(100, 16), (240, 64), (300, 64)])
+def test_small_codebooks_fit_safely(n, codebook_size):
+    """faiss' OPQ training corrupts memory when its PQ has fewer than 8 bits; ours never asks for that."""
+    from textrec.quant.pq import ItemQuantizer
+
+    x = np.random.default_rng(0).standard_normal((n, 32)).astype(np.float32)
+    for _ in range(3):
+        q = ItemQuantizer(32, 8, codebook_size).fit(x, seed=1)
+        codes = q.encode(x)
+        assert codes.shape == (n, 8) and codes.max() < codebook_size
+    assert q.opq_trained == (n >= 256)
+    np.testing.assert_allclose(q.rotation @ q.rotation.T, np.eye(32), atol=1e-4)
