@@ -243,15 +243,13 @@ def test_scientific_import_maps_strict_items(tmp_path):
     assert info["n_unseen"] == 12 and codes[1:].min() >= 0 and res.collisions == info["collisions"]
 
 
-@pytest.mark.parametrize("n, codebook_size", [(100, 16), (240, 64), (300, 64)])
-def test_small_codebooks_fit_safely(n, codebook_size):
-    """faiss' OPQ training corrupts memory when its PQ has fewer than 8 bits; ours never asks for that."""
-    from textrec.quant.pq import ItemQuantizer
-
-    x = np.random.default_rng(0).standard_normal((n, 32)).astype(np.float32)
-    for _ in range(3):
-        q = ItemQuantizer(32, 8, codebook_size).fit(x, seed=1)
+@pytest.mark.parametrize("n, dim, codebook_size", [(100, 32, 16), (240, 32, 64), (300, 32, 64), (300, 384, 64), (400, 384, 64)])
+def test_small_training_sets_fit_safely(n, dim, codebook_size):
+    """faiss' OPQ training aborts the process with fewer vectors than dimensions; ours never asks for that."""
+    x = np.random.default_rng(0).standard_normal((n, dim)).astype(np.float32)
+    for _ in range(2):
+        q = ItemQuantizer(dim, 8, codebook_size).fit(x, seed=1)
         codes = q.encode(x)
         assert codes.shape == (n, 8) and codes.max() < codebook_size
-    assert q.opq_trained == (n >= 256)
-    np.testing.assert_allclose(q.rotation @ q.rotation.T, np.eye(32), atol=1e-4)
+    assert q.opq_trained == (n >= max(256, dim))
+    np.testing.assert_allclose(q.rotation @ q.rotation.T, np.eye(dim), atol=1e-4)

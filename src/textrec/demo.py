@@ -138,7 +138,10 @@ def run_demo(data: str | None = None, out: str = "textrec-demo", quick: bool = F
     extended = add_items(run, ["NEW-0001"], [text])
     _say(f"\nadded a brand-new item by its text alone (no retraining): {shorten(text, 80)}")
     seq = ds.sequence(0)
-    new_examples = _show_recommendations(extended.model, extended.dataset, run.cfg.data.max_seq_len, history=seq[:-2])
+    new_examples = _show_recommendations(extended.model, extended.dataset, run.cfg.data.max_seq_len, history=seq[:-2], k=10)
+    everything = recommend(extended.model, extended.dataset, seq[:-2], k=extended.dataset.n_items, max_seq_len=run.cfg.data.max_seq_len)
+    new_rank = next(r.rank for r in everything if r.item_key == "NEW-0001")
+    _say(f"  the new item ranks {new_rank} of {len(everything)} candidates for this user")
     seconds = time.perf_counter() - start
     _say(f"\ndemo finished in {seconds:.0f}s; datasets and runs are in {out_dir}")
     return {
@@ -148,6 +151,6 @@ def run_demo(data: str | None = None, out: str = "textrec-demo", quick: bool = F
         "pretrain": pt.fit.to_dict(),
         "chance": chance,
         "example_recommendations": examples,
-        "new_item": {"text": text, "recommendations": new_examples},
+        "new_item": {"text": text, "rank": new_rank, "recommendations": new_examples},
         "seconds": seconds,
     }

@@ -109,10 +109,11 @@ class ItemQuantizer:
         index = faiss.index_factory(self.dim, f"OPQ{D},IVF1,PQ{D}x{bits}", faiss.METRIC_INNER_PRODUCT)
         opq = faiss.downcast_VectorTransform(index.chain.at(0))
         ivf = faiss.downcast_index(index.index)
-        # OPQ learns its rotation with an 8-bit PQ whatever the final codebook size, as faiss does by default
-        # (faiss' OPQ training corrupts memory with fewer bits). That needs 256 training vectors; with fewer,
-        # the rotation stays the seeded random orthogonal initialisation (recorded in ``opq_trained``).
-        self.opq_trained = len(x) >= 256
+        # OPQ learns its rotation with an 8-bit PQ whatever the final codebook size, as faiss does by default.
+        # That needs at least 256 training vectors, and faiss 1.15's OPQ training corrupts memory (aborts the
+        # process) with fewer vectors than dimensions; below either bound the rotation stays the seeded random
+        # orthogonal initialisation (recorded in ``opq_trained``).
+        self.opq_trained = len(x) >= max(256, self.dim)
         opq.niter = self.opq_iterations if self.opq_trained else 0
         opq_pq = faiss.ProductQuantizer(self.dim, D, 8)  # seeded here; faiss' own uses seed 1234
         opq_pq.cp.seed = seed
