@@ -94,3 +94,28 @@ def test_evaluate_end_to_end_and_history_masking():
     # masking removes history items 2 and 9 (not the target 3) from user c's candidates
     expected_masked = sum(v >= s[2] for j, v in enumerate(s) if j not in (2, 1, 8))
     assert masked.ranks.tolist() == [0, 0, expected_masked]
+
+
+def test_random_tie_metrics_are_the_exact_expectation():
+    rng = np.random.default_rng(0)
+    best = rng.integers(0, 30, size=200)
+    n_tied = rng.integers(0, 6, size=200)
+    expected = compute_metrics(best + n_tied, ks=(5, 10), ties=n_tied)
+    # brute force: average the plain metrics over every possible position of the target among its ties
+    brute = {k: 0.0 for k in expected}
+    for u in range(200):
+        for j in range(n_tied[u] + 1):
+            m = compute_metrics(np.array([best[u] + j]), ks=(5, 10))
+            for k in brute:
+                brute[k] += m[k] / (n_tied[u] + 1) / 200
+    for k in expected:
+        assert expected[k] == pytest.approx(brute[k])
+    assert compute_metrics(best, ks=(10,), ties=np.zeros(200, int)) == compute_metrics(best, ks=(10,))
+
+
+def test_count_ranks_reports_ties():
+    table = torch.tensor([[0.0], [1.0], [2.0], [2.0], [2.0], [3.0]])
+    ahead, tied = count_ranks(torch.ones(1, 1), table, torch.tensor([2]), return_ties=True)
+    assert ahead.tolist() == [3] and tied.tolist() == [2]  # item 5 is above, items 3 and 4 tie
+    m = compute_metrics(ahead.numpy(), ks=(2,), ties=tied.numpy())
+    assert m["recall@2"] == pytest.approx(1 / 3)  # rank 1, 2 or 3 with equal chance; only rank 1 is < 2

@@ -225,9 +225,11 @@ def cmd_evaluate(args) -> None:
     ks = tuple(args.ks) if args.ks else ec.ks
     mask = args.mask_history or ec.mask_history
     batcher = EvalBatcher(eval_examples(run.dataset, args.split, run.cfg.data.max_seq_len), ec.batch_size, run.device)
-    res = evaluate(run.model, batcher, ks, mask, ec.item_chunk)
+    ties = args.ties or ec.ties
+    res = evaluate(run.model, batcher, ks, mask, ec.item_chunk, ties=ties)
     if args.json:
-        _print_json({"run": str(args.run), "split": args.split, "mask_history": mask, "users": len(res.ranks), "seconds": res.seconds, **res.metrics})
+        _print_json({"run": str(args.run), "split": args.split, "mask_history": mask, "ties": ties, "users": len(res.ranks),
+                     "targets_with_ties": int((res.ties > 0).sum()), "seconds": res.seconds, **res.metrics})
     else:
         cols = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg", "mrr")]
         print(metrics_table([(f"{run.cfg.model} {args.split}", res.metrics)], cols))
@@ -384,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", choices=("valid", "test"), default="test")
     s.add_argument("--ks", type=int, nargs="+", help="cut-offs (default: the run's eval.ks)")
     s.add_argument("--mask-history", action="store_true", help="remove history items from the candidates")
+    s.add_argument("--ties", choices=("pessimistic", "random"), help="tied candidates rank above the target (default), or expected rank under random tie order")
     s.add_argument("--device", default="auto")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_evaluate)

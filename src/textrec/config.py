@@ -38,6 +38,7 @@ class DataConfig:
     word_drop_embeddings: str = ""  # pre-training: word-drop view ("" = "<embeddings>-wd15" when present)
     codes: str = ""  # code models: name under DIR/codes ("" = the only one there)
     long_sequences: Literal["exact", "chunked"] = "exact"  # targets past the first window: own rows (reference) or chunks
+    train_rows: Literal["windows", "prefixes"] = "windows"  # whole-sequence windows, or the reference's one row per prefix
 
     def __post_init__(self) -> None:
         _check(self.max_seq_len >= 1, "data.max_seq_len must be >= 1")
@@ -78,6 +79,7 @@ class EvalConfig:
     ks: tuple[int, ...] = (10, 50)  # cut-offs of Recall/NDCG/MRR (the papers report 10 and 50)
     select_metric: str = "ndcg@10"  # validation metric for early stopping and model selection (references)
     mask_history: bool = False  # references do not mask history items (REFERENCE_NOTES section 0)
+    ties: Literal["pessimistic", "random"] = "pessimistic"  # tied candidates rank above the target, or expected rank
     batch_size: int = 256  # users per scoring batch (batches are length-sorted, so small ones trim more padding)
     item_chunk: int = 65536  # items per scoring chunk; bounds memory for large catalogues
 

@@ -8,7 +8,9 @@ Protocol (the references' RecBole ``mode: full``, REFERENCE_NOTES section 0):
   target from the candidates, except the target itself;
 * ties never favour the target: its rank counts every other candidate whose score is greater **or
   equal**, so a model that gives all items the same score ranks every target last. A NaN target score
-  also ranks last;
+  also ranks last. ``ties="random"`` reports instead the exact expectation under a random order of the
+  tied candidates (what ``torch.topk`` in RecBole gives on average), for comparison with papers; it only
+  differs when items share a representation, e.g. VQ-Rec items with identical codes;
 * scores are computed in float32 against the item table built once per evaluation, chunked over users
   (the eval batch) and over items (``item_chunk``), so memory stays bounded for large catalogues.
 """
@@ -29,8 +31,9 @@ from textrec.eval.metrics import compute_metrics
 @dataclass
 class EvalResult:
     metrics: dict[str, float]
-    ranks: np.ndarray  # (U,) 0-based rank of each user's target, in EvalExamples row order
+    ranks: np.ndarray  # (U,) 0-based pessimistic rank of each user's target, in EvalExamples row order
     seconds: float
+    ties: np.ndarray | None = None  # (U,) candidates tied exactly with the target (counted in ranks)
 
 
 def _history_pairs(batcher: EvalBatcher, rows: Tensor) -> tuple[Tensor, Tensor]:
@@ -52,12 +55,14 @@ def count_ranks(
     item_chunk: int = 65536,
     exclude: tuple[Tensor, Tensor] | None = None,
     score_fn=None,
-) -> Tensor:
+    return_ties: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """0-based rank of each target among items 1..n (pessimistic on ties).
 
     seq_repr (B, D), item_table (n_items + 1, D), targets (B,). ``exclude`` = (row, item) pairs removed
     from the candidates (never the target). ``score_fn(seq_repr, item_rows)`` overrides the inner product
-    for models whose score is not one; it must return (B, len(item_rows)) scores.
+    for models whose score is not one; it must return (B, len(item_rows)) scores. With ``return_ties``
+    also returns how many of the counted candidates tie exactly with the target.
     """
     score = score_fn or (lambda s, items: s @ items.T)
     seq_repr = seq_repr.float()
@@ -76,6 +81,7 @@ def count_ranks(
                 s = score(seq_repr[sel], item_table[lo:hi].float())
                 target_score[sel] = s[torch.arange(s.shape[0], device=s.device), targets[sel] - lo]
     ahead = torch.zeros(seq_repr.shape[0], dtype=torch.long, device=seq_repr.device)
+    tied = torch.zeros_like(ahead)
     for lo, hi in chunks:
         s = cached if cached is not None else score(seq_repr, item_table[lo:hi].float())  # (B, chunk)
         not_below = s >= target_score[:, None]
@@ -86,8 +92,10 @@ def count_ranks(
             drop = (items >= lo) & (items < hi) & (items != targets[rows])
             not_below[rows[drop], items[drop] - lo] = False
         ahead += not_below.sum(dim=1)
-    ahead[torch.isnan(target_score)] = n_rows - 2  # a NaN target ranks last
-    return ahead
+        tied += (not_below & (s == target_score[:, None])).sum(dim=1)
+    nan = torch.isnan(target_score)
+    ahead[nan], tied[nan] = n_rows - 2, 0  # a NaN target ranks last
+    return (ahead, tied) if return_ties else ahead
 
 
 @torch.no_grad()
@@ -98,6 +106,7 @@ def evaluate(
     mask_history: bool = False,
     item_chunk: int = 65536,
     autocast_dtype: torch.dtype | None = None,
+    ties: str = "pessimistic",
 ) -> EvalResult:
     """Rank every example's target with ``model`` (the textrec model surface) and compute metrics."""
     start = time.perf_counter()
@@ -107,12 +116,16 @@ def evaluate(
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         item_table = model.item_embeddings()  # (n_items + 1, D), built once
     score_fn = getattr(model, "score_items", None)
+    if ties not in ("pessimistic", "random"):
+        raise ValueError(f"ties must be 'pessimistic' or 'random', not {ties!r}")
     ranks = torch.empty(len(batcher.order), dtype=torch.long, device=device)
+    tied = torch.empty_like(ranks)
     for eb in batcher:
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             seq_repr = model.encode(eb.batch)  # (B, D)
         exclude = _history_pairs(batcher, eb.rows) if mask_history else None
-        ranks[eb.rows] = count_ranks(seq_repr, item_table, eb.targets, item_chunk, exclude, score_fn)
+        ranks[eb.rows], tied[eb.rows] = count_ranks(seq_repr, item_table, eb.targets, item_chunk, exclude, score_fn, return_ties=True)
     model.train(was_training)
-    ranks_np = ranks.cpu().numpy()
-    return EvalResult(compute_metrics(ranks_np, ks), ranks_np, time.perf_counter() - start)
+    ranks_np, tied_np = ranks.cpu().numpy(), tied.cpu().numpy()
+    metrics = compute_metrics(ranks_np, ks, ties=tied_np if ties == "random" else None)
+    return EvalResult(metrics, ranks_np, time.perf_counter() - start, tied_np)

@@ -109,13 +109,11 @@ class ItemQuantizer:
         index = faiss.index_factory(self.dim, f"OPQ{D},IVF1,PQ{D}x{bits}", faiss.METRIC_INNER_PRODUCT)
         opq = faiss.downcast_VectorTransform(index.chain.at(0))
         ivf = faiss.downcast_index(index.index)
-        # OPQ learns its rotation with an 8-bit PQ whatever the final codebook size, as faiss does by default.
-        # That needs at least 256 training vectors, and faiss 1.15's OPQ training corrupts memory (aborts the
-        # process) with fewer vectors than dimensions; below either bound the rotation stays the seeded random
-        # orthogonal initialisation (recorded in ``opq_trained``).
-        self.opq_trained = len(x) >= max(256, self.dim)
+        # faiss 1.15's OPQ training corrupts memory (aborts the process) with fewer training vectors than
+        # dimensions; then the rotation stays the seeded random orthogonal initialisation (``opq_trained``).
+        self.opq_trained = len(x) >= self.dim
         opq.niter = self.opq_iterations if self.opq_trained else 0
-        opq_pq = faiss.ProductQuantizer(self.dim, D, 8)  # seeded here; faiss' own uses seed 1234
+        opq_pq = faiss.ProductQuantizer(self.dim, D, bits)  # faiss' own would be 8-bit and seed 1234
         opq_pq.cp.seed = seed
         opq.pq = opq_pq
         init = np.linalg.qr(np.random.default_rng(seed).standard_normal((self.dim, self.dim)))[0]

@@ -253,7 +253,7 @@ def fit(
         if current is not None and current.name:
             record["stage"] = current.name
         if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
-            ev = evaluate(model, valid, ec.ks, ec.mask_history, ec.item_chunk, amp_dtype)
+            ev = evaluate(model, valid, ec.ks, ec.mask_history, ec.item_chunk, amp_dtype, ec.ties)
             result.eval_seconds.append(ev.seconds)
             record.update(valid=ev.metrics, eval_seconds=ev.seconds)
             score = ev.metrics[ec.select_metric]
@@ -279,9 +279,9 @@ def fit(
     elif best_state is not None:
         model.load_state_dict(best_state)
     result.best_epoch = best_epoch
-    result.valid = evaluate(model, valid, ec.ks, ec.mask_history, ec.item_chunk, amp_dtype).metrics
+    result.valid = evaluate(model, valid, ec.ks, ec.mask_history, ec.item_chunk, amp_dtype, ec.ties).metrics
     if test is not None:
-        ev = evaluate(model, test, ec.ks, ec.mask_history, ec.item_chunk, amp_dtype)
+        ev = evaluate(model, test, ec.ks, ec.mask_history, ec.item_chunk, amp_dtype, ec.ties)
         result.test, result.test_eval_seconds = ev.metrics, ev.seconds
     result.peak_memory_mb = _peak_memory_mb(device)
     if out is not None:

@@ -21,7 +21,7 @@ from textrec import __version__
 from textrec.config import RunConfig
 from textrec.data.batching import EvalBatcher, TrainBatcher
 from textrec.data.dataset import Dataset
-from textrec.data.split import eval_examples, train_windows
+from textrec.data.split import eval_examples, prefix_rows, train_windows
 from textrec.errors import DataError, NotFoundError, TextrecError
 from textrec.io import read_json, write_json
 from textrec.train.inputs import build_model, load_item_inputs
@@ -64,7 +64,8 @@ def prepare_out_dir(out: Path, config: dict, resume: bool, overwrite: bool) -> N
 
 def make_batchers(ds: Dataset, cfg: RunConfig, device) -> tuple[TrainBatcher, EvalBatcher, EvalBatcher]:
     L = cfg.data.max_seq_len
-    train_b = TrainBatcher(train_windows(ds, L, cfg.data.long_sequences), cfg.train.batch_size, device, cfg.train.batching, seed=cfg.train.seed)
+    rows = prefix_rows(ds, L) if cfg.data.train_rows == "prefixes" else train_windows(ds, L, cfg.data.long_sequences)
+    train_b = TrainBatcher(rows, cfg.train.batch_size, device, cfg.train.batching, seed=cfg.train.seed)
     valid_b = EvalBatcher(eval_examples(ds, "valid", L), cfg.eval.batch_size, device)
     test_b = EvalBatcher(eval_examples(ds, "test", L), cfg.eval.batch_size, device)
     return train_b, valid_b, test_b
