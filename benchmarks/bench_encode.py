@@ -19,7 +19,6 @@ import argparse
 import datetime as _dt
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -31,26 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon-scientific-unisrec"
 
 
-def machine() -> dict:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-    }
+from _common import machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def time_encode(encoder, texts: list[str]) -> float:
@@ -128,10 +108,10 @@ def main() -> None:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         rows = [row for device in devices for row in bench_device(device, texts, data_dir, args)]
 
-    from _common import machine as machine_info, machine_line, update_results
+    from _common import machine_line, update_results
 
     lines = ["## Text encoding (Scientific item texts)", "",
-             f"Machine: {machine_line(machine_info())}. Command: `python {' '.join(sys.argv)}`. "
+             f"Machine: {machine_line(machine())}. Command: `python {' '.join(sys.argv)}`. "
              f"{len(texts):,} item texts, encoder {args.encoder}.", "",
              "| device | setting | seconds | items/s |", "|---|---|---|---|"]
     for row in rows:

@@ -160,19 +160,26 @@ def cmd_quantize(args) -> None:
 # ---- train / evaluate / recommend --------------------------------------------------------------
 
 
+def _report_run(args, model: str, result, what: str = "") -> None:
+    """One JSON object, or a metrics table and where the run went."""
+    from textrec.report import metrics_table
+
+    fit = result.fit
+    if args.json:
+        _print_json({"run": str(result.out_dir), **fit.to_dict()})
+        return
+    rows = [(f"{model} {what}valid", fit.valid)] + ([(f"{model} test", fit.test)] if fit.test else [])
+    _err(metrics_table(rows))
+    _err(f"best epoch {fit.best_epoch} of {fit.epochs_run}; wrote {result.out_dir}")
+
+
 def cmd_train(args) -> None:
     from textrec.config import load_config
-    from textrec.report import metrics_table
     from textrec.train.run import train_run
 
     cfg = load_config(args.config, args.overrides, model=args.model)
     result = train_run(args.data, cfg, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
-    fit = result.fit
-    if args.json:
-        _print_json({"run": str(result.out_dir), **fit.to_dict()})
-    else:
-        _err(metrics_table([(f"{cfg.model} valid", fit.valid), (f"{cfg.model} test", fit.test)]))
-        _err(f"best epoch {fit.best_epoch} of {fit.epochs_run}; wrote {result.out_dir}")
+    _report_run(args, cfg.model, result)
 
 
 def _overrides_for_finetune(args) -> list[str]:
@@ -186,31 +193,19 @@ def _overrides_for_finetune(args) -> list[str]:
 
 def cmd_pretrain(args) -> None:
     from textrec.config import load_config
-    from textrec.report import metrics_table
     from textrec.train.transfer import pretrain_run
 
     cfg = load_config(args.config, args.overrides, model=args.model)
     result = pretrain_run(args.data, cfg, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
-    fit = result.fit
-    if args.json:
-        _print_json({"run": str(result.out_dir), **fit.to_dict()})
-    else:
-        _err(metrics_table([(f"{cfg.model} pre-training valid", fit.valid)]))
-        _err(f"best epoch {fit.best_epoch} of {fit.epochs_run}; wrote {result.out_dir}")
+    _report_run(args, cfg.model, result, "pre-training ")
 
 
 def cmd_finetune(args) -> None:
-    from textrec.report import metrics_table
     from textrec.train.transfer import finetune_config, finetune_run
 
     cfg = finetune_config(args.init, _overrides_for_finetune(args))
     result = finetune_run(args.data, args.init, cfg, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
-    fit = result.fit
-    if args.json:
-        _print_json({"run": str(result.out_dir), **fit.to_dict()})
-    else:
-        _err(metrics_table([(f"{cfg.model} valid", fit.valid), (f"{cfg.model} test", fit.test)]))
-        _err(f"best epoch {fit.best_epoch} of {fit.epochs_run}; wrote {result.out_dir}")
+    _report_run(args, cfg.model, result)
 
 
 def cmd_evaluate(args) -> None:

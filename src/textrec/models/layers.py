@@ -104,3 +104,33 @@ def next_item_positions(hidden: Tensor, targets: Tensor) -> tuple[Tensor, Tensor
     """Hidden states and targets at the positions that carry a next-item loss: -> (N, D), (N,)."""
     mask = targets > 0
     return hidden[mask], targets[mask]
+
+
+def in_batch_contrastive(
+    query: Tensor, keys: Tensor, key_ids: Tensor, temperature: float, same_target: str = "mask", extra: Tensor | None = None
+) -> Tensor:
+    """InfoNCE over a batch: row i's positive is key i, the other keys are its negatives (UniSRec/VQ-Rec).
+
+    query, keys (N, D) are L2-normalised here; key_ids (N,) item ids of the keys. Other rows whose key is
+    the same item as row i's are removed from its negatives (``same_target="mask"``) or, as the released
+    code does, given logit 0 so each still adds exp(0) = 1 to the denominator (``"reference"``).
+    ``extra`` (N, D): one more negative per row (VQ-Rec's semi-synthetic item).
+    """
+    q = F.normalize(query, dim=-1)
+    logits = q @ F.normalize(keys, dim=-1).T / temperature  # (N, N)
+    n = len(key_ids)
+    same = (key_ids[:, None] == key_ids[None, :]) & ~torch.eye(n, dtype=torch.bool, device=logits.device)
+    logits = logits.masked_fill(same, float("-inf") if same_target == "mask" else 0.0)
+    if extra is not None:
+        logits = torch.cat([logits, (q * F.normalize(extra, dim=-1)).sum(-1, keepdim=True) / temperature], dim=1)
+    return F.cross_entropy(logits.float(), torch.arange(n, device=logits.device))
+
+
+def item_drop(item_seq: Tensor, seq_len: Tensor, ratio: float) -> tuple[Tensor, Tensor]:
+    """Drop each item but the first with probability ``ratio`` and move the rest left (UniSRec augmentation)."""
+    B, L = item_seq.shape
+    pos = torch.arange(L, device=item_seq.device)
+    keep = (pos[None, :] < seq_len[:, None]) & ((torch.rand(B, L, device=item_seq.device) >= ratio) | (pos[None, :] == 0))
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
+    new_len = keep.sum(dim=1)
+    return torch.where(pos[None, :] < new_len[:, None], torch.gather(item_seq, 1, order), 0), new_len

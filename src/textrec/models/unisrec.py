@@ -48,7 +48,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from textrec.data.batching import SeqBatch
-from textrec.models.layers import TransformerEncoder, init_weights, last_position, next_item_positions
+from textrec.models.layers import (TransformerEncoder, in_batch_contrastive, init_weights, item_drop, last_position,
+                                   next_item_positions)
 
 
 @dataclass(frozen=True)
@@ -166,11 +167,7 @@ class UniSRec(nn.Module):
         return F.cross_entropy(logits.float(), targets - 1)
 
     def _contrast(self, query: Tensor, keys: Tensor, key_ids: Tensor) -> Tensor:
-        """In-batch InfoNCE: row i's positive is key i; rows whose key item equals row i's are handled per ``same_target``."""
-        logits = F.normalize(query, dim=-1) @ F.normalize(keys, dim=-1).T / self.cfg.temperature  # (N, N)
-        same = (key_ids[:, None] == key_ids[None, :]) & ~torch.eye(len(key_ids), dtype=torch.bool, device=logits.device)
-        logits = logits.masked_fill(same, float("-inf") if self.cfg.same_target == "mask" else 0.0)
-        return F.cross_entropy(logits.float(), torch.arange(len(key_ids), device=logits.device))
+        return in_batch_contrastive(query, keys, key_ids, self.cfg.temperature, self.cfg.same_target)
 
     def pretrain_loss(self, batch: SeqBatch) -> Tensor:
         """L_si + lambda_ss * L_ss over a (multi-domain) batch of training windows."""
@@ -191,11 +188,7 @@ class UniSRec(nn.Module):
         pos = torch.arange(L, device=item_seq.device)
         real = pos[None, :] < seq_len[:, None]
         if self.word_drop_table is None or torch.rand(()) < self.cfg.item_drop_coefficient:
-            keep = real & ((torch.rand(B, L, device=item_seq.device) >= self.cfg.item_drop_ratio) | (pos[None, :] == 0))
-            order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
-            new_len = keep.sum(dim=1)
-            new_seq = torch.where(pos[None, :] < new_len[:, None], torch.gather(item_seq, 1, order), 0)
-            return new_seq, new_len, None
+            return *item_drop(item_seq, seq_len, self.cfg.item_drop_ratio), None
         swap = real & (torch.rand(B, L, device=item_seq.device) < self.cfg.item_drop_ratio)
         text = torch.where(swap[..., None], self.word_drop_table[item_seq], self.text_table[item_seq])
         return item_seq, seq_len, text

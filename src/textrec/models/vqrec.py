@@ -50,7 +50,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from textrec.data.batching import SeqBatch
-from textrec.models.layers import TransformerEncoder, init_weights, last_position, next_item_positions
+from textrec.models.layers import (TransformerEncoder, in_batch_contrastive, init_weights, item_drop, last_position,
+                                   next_item_positions)
 
 
 @dataclass(frozen=True)
@@ -189,38 +190,19 @@ class VQRec(nn.Module):
         replace = torch.rand(index.shape, device=index.device) < self.cfg.fake_code_ratio
         return torch.where(replace, random_codes, index)
 
-    def _contrast(self, query: Tensor, keys: Tensor, key_ids: Tensor, extra: Tensor | None = None) -> Tensor:
-        """In-batch InfoNCE (row i's positive is key i) with an optional per-row extra negative ``extra`` (N, h)."""
-        q = F.normalize(query, dim=-1)
-        logits = q @ F.normalize(keys, dim=-1).T / self.cfg.temperature  # (N, N)
-        same = (key_ids[:, None] == key_ids[None, :]) & ~torch.eye(len(key_ids), dtype=torch.bool, device=logits.device)
-        logits = logits.masked_fill(same, float("-inf") if self.cfg.same_target == "mask" else 0.0)
-        if extra is not None:
-            fake = (q * F.normalize(extra, dim=-1)).sum(-1, keepdim=True) / self.cfg.temperature  # (N, 1)
-            logits = torch.cat([logits, fake], dim=1)
-        return F.cross_entropy(logits.float(), torch.arange(len(key_ids), device=logits.device))
-
     def pretrain_loss(self, batch: SeqBatch) -> Tensor:
         """Eq. 8: in-batch (mixed-domain) negatives plus one semi-synthetic negative per row."""
         hidden = self.hidden(batch.item_seq)
         h, targets = next_item_positions(hidden, batch.targets)  # (N, h), (N,)
         fake = self.item_vectors(targets, index=self._fake_index(targets)) if self.cfg.semi_synthetic else None
-        loss = self._contrast(h, self.item_vectors(targets), targets, fake)
+        loss = in_batch_contrastive(h, self.item_vectors(targets), targets, self.cfg.temperature, self.cfg.same_target, fake)
         if self.cfg.lambda_ss > 0:
             seq = last_position(hidden, batch.seq_len)
-            aug_seq, aug_len = self._item_drop(batch.item_seq, batch.seq_len)
+            aug_seq, aug_len = item_drop(batch.item_seq, batch.seq_len, self.cfg.item_drop_ratio)
             aug = last_position(self.hidden(aug_seq), aug_len)
             last_target = batch.targets[torch.arange(len(batch.seq_len)), batch.seq_len - 1]
-            loss = loss + self.cfg.lambda_ss * self._contrast(seq, aug, last_target)
+            loss = loss + self.cfg.lambda_ss * in_batch_contrastive(seq, aug, last_target, self.cfg.temperature, self.cfg.same_target)
         return loss
-
-    def _item_drop(self, item_seq: Tensor, seq_len: Tensor) -> tuple[Tensor, Tensor]:
-        B, L = item_seq.shape
-        pos = torch.arange(L, device=item_seq.device)
-        keep = (pos[None, :] < seq_len[:, None]) & ((torch.rand(B, L, device=item_seq.device) >= self.cfg.item_drop_ratio) | (pos[None, :] == 0))
-        order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
-        new_len = keep.sum(dim=1)
-        return torch.where(pos[None, :] < new_len[:, None], torch.gather(item_seq, 1, order), 0), new_len
 
     # ---- fine-tuning phases ------------------------------------------------------------------
     @torch.no_grad()
