@@ -39,9 +39,11 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    atomic = Path(args.atomic_dir).resolve()
     work = Path(tempfile.mkdtemp(prefix="recbole-"))
+    os.chdir(work)  # RecBole writes log/ and log_tensorboard/ into the working directory
     (work / args.name).mkdir()
-    for f in Path(args.atomic_dir).glob(f"{args.name}.*"):
+    for f in atomic.glob(f"{args.name}.*"):
         if f.suffix in (".inter", ".item2index", ".user2index"):
             os.symlink(f.resolve(), work / args.name / f.name)
     config = Config(
