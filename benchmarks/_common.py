@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import os
 import platform
@@ -35,13 +36,17 @@ def machine() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        # how the machine was shared during the run, e.g. "two benchmarks side by side, one thread each"
+        "note": os.environ.get("TEXTREC_BENCH_NOTE"),
     }
     return info
 
 
 def machine_line(m: dict) -> str:
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
-    return f"{m['date']}, {m['cpu']} ({m['cores']} cores){gpu}, Python {m['python']}, torch {m['torch']}"
+    note = f" ({m['note']})" if m.get("note") else ""
+    return (f"{m['date']}, {m['cpu']} ({m['cores']} cores){gpu}, Python {m['python']}, torch {m['torch']}, "
+            f"{m['torch_threads']} torch thread(s){note}")
 
 
 def run_json(cmd: list[str], env: dict | None = None) -> dict:
@@ -57,6 +62,12 @@ def run_json(cmd: list[str], env: dict | None = None) -> dict:
 def update_results(section: str, markdown: str, path: Path = RESULTS_MD) -> None:
     """Replace (or append) the block between ``<!-- section:start -->`` and ``<!-- section:end -->``."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".md.lock"), "w") as lock:  # benchmarks may run side by side
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _replace_section(section, markdown, path)
+
+
+def _replace_section(section: str, markdown: str, path: Path) -> None:
     text = path.read_text() if path.exists() else "# textrec results\n\nEvery table below is written by a script in `benchmarks/`; rerun it to refresh.\n"
     block = f"<!-- {section}:start -->\n{markdown.rstrip()}\n<!-- {section}:end -->"
     pattern = re.compile(rf"<!-- {re.escape(section)}:start -->.*?<!-- {re.escape(section)}:end -->", re.S)

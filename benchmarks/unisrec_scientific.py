@@ -31,12 +31,21 @@ def main() -> None:
     sci = prepare("scientific", SHARED_DATA / "amazon-scientific-unisrec", "unisrec")
     runs, cmds = {}, []
 
+    def save():  # after every run, so an interrupted benchmark still leaves its finished rows
+        result = {"machine": machine(), "runs": runs, "commands": cmds, "argv": sys.argv}
+        (WORK / "unisrec_scientific.json").write_text(json.dumps(result, indent=2))
+        md = render(result, args)
+        if not args.no_write:
+            update_results("unisrec_scientific", md)
+        return md
+
     def train(key, model, seed, *extra):
         out = WORK / "runs" / f"{key}-{seed}"
         res = textrec("train", sci, "--model", model, "--out", out, "--overwrite", "--quiet", f"train.seed={seed}", *extra,
                       log=cmds if seed == args.seeds[0] else None)
         runs.setdefault(key, []).append(res)
         print(f"{key} seed {seed}: {json.dumps(res['test'])}", file=sys.stderr)
+        save()
 
     for seed in args.seeds:
         if "sasrec" not in args.skip:
@@ -51,6 +60,7 @@ def main() -> None:
         ml = prepare("ml100k", SHARED_DATA / "movielens-100k-recbole", "movielens", word_drop=True)
         pt = WORK / "runs" / "unisrec-pretrain-office-ml"
         runs["pretrain"] = [textrec("pretrain", office, ml, "--model", "unisrec", "--out", pt, "--overwrite", "--quiet", *PRETRAIN, log=cmds)]
+        save()
         for mode in ("inductive", "transductive"):
             for seed in args.pt_seeds:
                 out = WORK / "runs" / f"unisrec-pt-{mode}-{seed}"
@@ -58,13 +68,9 @@ def main() -> None:
                               f"train.seed={seed}", log=cmds if seed == args.pt_seeds[0] else None)
                 runs.setdefault(f"unisrec-pt-{mode}", []).append(res)
                 print(f"pt {mode} seed {seed}: {json.dumps(res['test'])}", file=sys.stderr)
+                save()
 
-    result = {"machine": machine(), "runs": runs, "commands": cmds, "argv": sys.argv}
-    (WORK / "unisrec_scientific.json").write_text(json.dumps(result, indent=2))
-    md = render(result, args)
-    print(md)
-    if not args.no_write:
-        update_results("unisrec_scientific", md)
+    print(save())
 
 
 LABELS = {

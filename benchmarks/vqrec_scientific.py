@@ -39,6 +39,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[2020, 2021, 2022])
     p.add_argument("--minilm-seeds", type=int, nargs="+", default=None, help="seeds of the MiniLM-codes row (default --seeds)")
     p.add_argument("--pt-seeds", type=int, nargs="+", default=[2020])
+    p.add_argument("--sasrec-seeds", type=int, nargs="+", default=None,
+                   help="seeds of the SASRec speed-reference row (default: the first of --seeds)")
     p.add_argument("--skip", nargs="*", default=[], help="groups to skip: sasrec released minilm random pretrain ablations")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
@@ -48,6 +50,19 @@ def main() -> None:
     codes(sci, "minilm", "--embeddings", "minilm-mean")
     codes(sci, "random", "--random")
     runs, cmds = {}, []
+    from textrec.data.dataset import Dataset
+    from textrec.data.split import train_windows
+
+    windows = train_windows(Dataset.load(sci), 50)
+    sizes = {"train_rows": int(len(windows.lengths)), "train_targets": int(windows.n_targets.sum())}
+
+    def save():  # after every run, so an interrupted benchmark still leaves its finished rows
+        result = {"machine": machine(), "runs": runs, "commands": cmds, "argv": sys.argv, **sizes}
+        (WORK / "vqrec_scientific.json").write_text(json.dumps(result, indent=2))
+        md = render(result)
+        if not args.no_write:
+            update_results("vqrec_scientific", md)
+        return md
 
     def record(key, res, seed):
         ev = textrec("evaluate", res["run"], "--ties", "random")
@@ -55,6 +70,7 @@ def main() -> None:
         res["test_targets_with_ties"] = ev["targets_with_ties"]
         runs.setdefault(key, []).append(res)
         print(f"{key} seed {seed}: {json.dumps(res['test'])} {res['seconds_per_epoch']:.1f}s/epoch", file=sys.stderr)
+        save()
 
     def train(key, model, seed, *extra):
         out = WORK / "runs" / f"{key}-{seed}"
@@ -62,7 +78,7 @@ def main() -> None:
         record(key, textrec("train", sci, "--model", model, "--out", out, "--overwrite", "--quiet", f"train.seed={seed}", *extra, log=log), seed)
 
     for seed in args.seeds:
-        if "sasrec" not in args.skip:
+        if "sasrec" not in args.skip and seed in (args.sasrec_seeds or args.seeds[:1]):
             train("sasrec", "sasrec", seed)
         if "released" not in args.skip:
             train("vqrec-released", "vqrec", seed, "data.codes=released")
@@ -84,6 +100,7 @@ def main() -> None:
             out = WORK / "runs" / f"vqrec-{tag}-office-ml"
             runs[f"{tag}-run"] = [textrec("pretrain", office, ml, "--model", "vqrec", "--out", out, "--overwrite", "--quiet",
                                           "data.codes=joint", *PRETRAIN, *extra, log=cmds)]
+            save()
         finetunes = {
             "vqrec-pt-learned": ("pt", ["data.codes=minilm"]),
             "vqrec-pt-reference": ("pt", ["data.codes=minilm", "model.permutation=reference"]),
@@ -99,17 +116,7 @@ def main() -> None:
                               "--quiet", f"train.seed={seed}", *FINETUNE, *extra, log=cmds if key not in runs else None)
                 record(key, res, seed)
 
-    from textrec.data.dataset import Dataset
-    from textrec.data.split import train_windows
-
-    windows = train_windows(Dataset.load(sci), 50)
-    result = {"machine": machine(), "runs": runs, "commands": cmds, "argv": sys.argv,
-              "train_rows": int(len(windows.lengths)), "train_targets": int(windows.n_targets.sum())}
-    (WORK / "vqrec_scientific.json").write_text(json.dumps(result, indent=2))
-    md = render(result)
-    print(md)
-    if not args.no_write:
-        update_results("vqrec_scientific", md)
+    print(save())
 
 
 LABELS = {
