@@ -46,7 +46,7 @@ def machine_line(m: dict) -> str:
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
     note = f" ({m['note']})" if m.get("note") else ""
     return (f"{m['date']}, {m['cpu']} ({m['cores']} cores){gpu}, Python {m['python']}, torch {m['torch']}, "
-            f"{m['torch_threads']} torch thread(s){note}")
+            f"{m.get('torch_threads', '?')} torch thread(s){note}")
 
 
 def run_json(cmd: list[str], env: dict | None = None) -> dict:
