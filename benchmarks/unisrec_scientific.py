@@ -40,7 +40,7 @@ def main() -> None:
         return md
 
     def train(key, model, seed, *extra):
-        out = WORK / "runs" / f"{key}-{seed}"
+        out = WORK / "runs" / "unisrec_scientific" / f"{key}-{seed}"
         res = textrec("train", sci, "--model", model, "--out", out, "--overwrite", "--quiet", f"train.seed={seed}", *extra,
                       log=cmds if seed == args.seeds[0] else None)
         runs.setdefault(key, []).append(res)
@@ -63,7 +63,7 @@ def main() -> None:
         save()
         for mode in ("inductive", "transductive"):
             for seed in args.pt_seeds:
-                out = WORK / "runs" / f"unisrec-pt-{mode}-{seed}"
+                out = WORK / "runs" / "unisrec_scientific" / f"unisrec-pt-{mode}-{seed}"
                 res = textrec("finetune", sci, "--init", pt, "--out", out, "--overwrite", "--quiet", "--mode", mode, "--freeze-encoder",
                               f"train.seed={seed}", log=cmds if seed == args.pt_seeds[0] else None)
                 runs.setdefault(f"unisrec-pt-{mode}", []).append(res)

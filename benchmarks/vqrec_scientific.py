@@ -73,7 +73,7 @@ def main() -> None:
         save()
 
     def train(key, model, seed, *extra):
-        out = WORK / "runs" / f"{key}-{seed}"
+        out = WORK / "runs" / "vqrec_scientific" / f"{key}-{seed}"
         log = cmds if key not in runs else None  # the first seed's command
         record(key, textrec("train", sci, "--model", model, "--out", out, "--overwrite", "--quiet", f"train.seed={seed}", *extra, log=log), seed)
 
@@ -111,7 +111,7 @@ def main() -> None:
             if "ablations" in args.skip and key != "vqrec-pt-learned":
                 continue
             for seed in args.pt_seeds:
-                out = WORK / "runs" / f"{key}-{seed}"
+                out = WORK / "runs" / "vqrec_scientific" / f"{key}-{seed}"
                 res = textrec("finetune", sci, "--init", WORK / "runs" / f"vqrec-{tag}-office-ml", "--out", out, "--overwrite",
                               "--quiet", f"train.seed={seed}", *FINETUNE, *extra, log=cmds if key not in runs else None)
                 record(key, res, seed)
