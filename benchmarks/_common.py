@@ -77,6 +77,19 @@ def _replace_section(section: str, markdown: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def previous_runs(path: Path, resume: bool) -> tuple[dict, list, list | None]:
+    """(runs, commands, argv) of an earlier invocation whose JSON is at ``path`` when resuming, else empty."""
+    if not resume or not path.exists():
+        return {}, [], None
+    r = json.loads(path.read_text())
+    return r["runs"], r["commands"], r["argv"]
+
+
+def finished(runs: dict, key: str, seed: int) -> bool:
+    """Whether ``runs[key]`` already holds the run of this seed (its run folder is named ``KEY-SEED``)."""
+    return any(Path(x["run"]).name == f"{key}-{seed}" for x in runs.get(key, []))
+
+
 def fmt(x: float | None, digits: int = 4) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
@@ -88,8 +101,13 @@ def textrec(*args: str, log: list | None = None) -> dict:
     """Run ``textrec ARGS --json`` in a subprocess (clean timings and memory) and return its JSON."""
     args = [str(a) for a in args]
     if log is not None:
-        log.append("textrec " + " ".join(_shorten_path(a) for a in args))
+        log.append(command_line(*args))
     return run_json([sys.executable, "-m", "textrec.cli", *args, "--json"])
+
+
+def command_line(*args) -> str:
+    """``textrec ARGS`` as listed under a table, with the work and data folders shortened."""
+    return "textrec " + " ".join(_shorten_path(str(a)) for a in args)
 
 
 def _shorten_path(arg: str) -> str:

@@ -14,10 +14,10 @@ import argparse
 import json
 import sys
 
-from _common import (SHARED_DATA, WORK, fmt, machine, machine_line, mean_metrics, metric_row, prepare, textrec,
-                     update_results)
+from _common import (SHARED_DATA, WORK, finished, fmt, machine, machine_line, mean_metrics, metric_row, prepare, previous_runs,
+                     textrec, update_results)
 
-PRETRAIN = ["train.epochs=100", "train.patience=5", "data.long_sequences=chunked"]
+PRETRAIN = ["train.epochs=20", "train.patience=5", "data.long_sequences=chunked"]
 
 
 def main() -> None:
@@ -26,13 +26,15 @@ def main() -> None:
     p.add_argument("--pt-seeds", type=int, nargs="+", default=[2020], help="fine-tuning seeds after pre-training")
     p.add_argument("--skip", nargs="*", default=[], help="row groups to skip: sasrec inductive transductive pretrain")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--resume", action="store_true", help="keep the finished runs of an interrupted invocation")
     args = p.parse_args()
 
     sci = prepare("scientific", SHARED_DATA / "amazon-scientific-unisrec", "unisrec")
-    runs, cmds = {}, []
+    runs, cmds, first_argv = previous_runs(WORK / "unisrec_scientific.json", args.resume)
+    argv = first_argv or sys.argv
 
     def save():  # after every run, so an interrupted benchmark still leaves its finished rows
-        result = {"machine": machine(), "runs": runs, "commands": cmds, "argv": sys.argv}
+        result = {"machine": machine(), "runs": runs, "commands": cmds, "argv": argv}
         (WORK / "unisrec_scientific.json").write_text(json.dumps(result, indent=2))
         md = render(result, args)
         if not args.no_write:
@@ -40,6 +42,8 @@ def main() -> None:
         return md
 
     def train(key, model, seed, *extra):
+        if finished(runs, key, seed):
+            return
         out = WORK / "runs" / "unisrec_scientific" / f"{key}-{seed}"
         res = textrec("train", sci, "--model", model, "--out", out, "--overwrite", "--quiet", f"train.seed={seed}", *extra,
                       log=cmds if seed == args.seeds[0] else None)
@@ -59,10 +63,13 @@ def main() -> None:
         office = prepare("office", SHARED_DATA / "amazon2014-office-rechorus", "rechorus", word_drop=True)
         ml = prepare("ml100k", SHARED_DATA / "movielens-100k-recbole", "movielens", word_drop=True)
         pt = WORK / "runs" / "unisrec-pretrain-office-ml"
-        runs["pretrain"] = [textrec("pretrain", office, ml, "--model", "unisrec", "--out", pt, "--overwrite", "--quiet", *PRETRAIN, log=cmds)]
-        save()
+        if "pretrain" not in runs:
+            runs["pretrain"] = [textrec("pretrain", office, ml, "--model", "unisrec", "--out", pt, "--overwrite", "--quiet", *PRETRAIN, log=cmds)]
+            save()
         for mode in ("inductive", "transductive"):
             for seed in args.pt_seeds:
+                if finished(runs, f"unisrec-pt-{mode}", seed):
+                    continue
                 out = WORK / "runs" / "unisrec_scientific" / f"unisrec-pt-{mode}-{seed}"
                 res = textrec("finetune", sci, "--init", pt, "--out", out, "--overwrite", "--quiet", "--mode", mode, "--freeze-encoder",
                               f"train.seed={seed}", log=cmds if seed == args.pt_seeds[0] else None)

@@ -21,17 +21,25 @@ import argparse
 import json
 import sys
 
-from _common import (SHARED_DATA, WORK, fmt, machine, machine_line, mean_metrics, metric_row, prepare, textrec,
-                     update_results)
+from _common import (SHARED_DATA, WORK, command_line, finished, fmt, machine, machine_line, mean_metrics, metric_row, prepare,
+                     previous_runs, textrec, update_results)
 
 RELEASED = SHARED_DATA / "amazon-scientific-unisrec" / "Scientific.OPQ32,IVF1,PQ32x8.strict.index"
-PRETRAIN = ["train.epochs=100", "train.patience=5", "data.long_sequences=chunked"]
+PRETRAIN = ["train.epochs=20", "train.patience=5", "data.long_sequences=chunked"]
 FINETUNE = ["train.lr=0.003"]  # reference README: Scientific, -f fix_enc, learning_rate 0.003
 
 
-def codes(sci, name, *args):
-    if not (sci / "codes" / f"{name}.npy").exists():
-        textrec("quantize", sci, "--name", name, *args)
+def codes(sci, name, *args, log: list):
+    """Item codes NAME for dataset SCI, made once; the command is listed under the table either way."""
+    quantize(sci / "codes" / f"{name}.npy", log, sci, "--name", name, *args)
+
+
+def quantize(output, log: list, *args):
+    line = command_line("quantize", *args)
+    if line not in log:  # after the quantize commands already listed, before the training commands
+        log.insert(sum(1 for x in log if x.startswith("textrec quantize")), line)
+    if not output.exists():
+        textrec("quantize", *args)
 
 
 def main() -> None:
@@ -43,13 +51,15 @@ def main() -> None:
                    help="seeds of the SASRec speed-reference row (default: the first of --seeds)")
     p.add_argument("--skip", nargs="*", default=[], help="groups to skip: sasrec released minilm random pretrain ablations")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--resume", action="store_true", help="keep the finished runs of an interrupted invocation")
     args = p.parse_args()
 
     sci = prepare("scientific", SHARED_DATA / "amazon-scientific-unisrec", "unisrec")
-    codes(sci, "released", "--from-index", RELEASED)
-    codes(sci, "minilm", "--embeddings", "minilm-mean")
-    codes(sci, "random", "--random")
-    runs, cmds = {}, []
+    runs, cmds, first_argv = previous_runs(WORK / "vqrec_scientific.json", args.resume)
+    argv = first_argv or sys.argv
+    codes(sci, "released", "--from-index", RELEASED, log=cmds)
+    codes(sci, "minilm", "--embeddings", "minilm-mean", log=cmds)
+    codes(sci, "random", "--random", log=cmds)
     from textrec.data.dataset import Dataset
     from textrec.data.split import train_windows
 
@@ -57,7 +67,7 @@ def main() -> None:
     sizes = {"train_rows": int(len(windows.lengths)), "train_targets": int(windows.n_targets.sum())}
 
     def save():  # after every run, so an interrupted benchmark still leaves its finished rows
-        result = {"machine": machine(), "runs": runs, "commands": cmds, "argv": sys.argv, **sizes}
+        result = {"machine": machine(), "runs": runs, "commands": cmds, "argv": argv, **sizes}
         (WORK / "vqrec_scientific.json").write_text(json.dumps(result, indent=2))
         md = render(result)
         if not args.no_write:
@@ -73,6 +83,8 @@ def main() -> None:
         save()
 
     def train(key, model, seed, *extra):
+        if finished(runs, key, seed):
+            return
         out = WORK / "runs" / "vqrec_scientific" / f"{key}-{seed}"
         log = cmds if key not in runs else None  # the first seed's command
         record(key, textrec("train", sci, "--model", model, "--out", out, "--overwrite", "--quiet", f"train.seed={seed}", *extra, log=log), seed)
@@ -92,11 +104,12 @@ def main() -> None:
         office = prepare("office", SHARED_DATA / "amazon2014-office-rechorus", "rechorus")
         ml = prepare("ml100k", SHARED_DATA / "movielens-100k-recbole", "movielens")
         joint = WORK / "quant" / "office-ml.index"
-        if not joint.exists():
-            textrec("quantize", office, ml, "--embeddings", "minilm-mean", "--name", "joint", "--out-index", joint, log=cmds)
-        codes(sci, "reuse", "--embeddings", "minilm-mean", "--quantizer", joint)
+        quantize(joint, cmds, office, ml, "--embeddings", "minilm-mean", "--name", "joint", "--out-index", joint)
+        codes(sci, "reuse", "--embeddings", "minilm-mean", "--quantizer", joint, log=cmds)
         variants = {"pt": []} if "ablations" in args.skip else {"pt": [], "pt-nosemi": ["model.semi_synthetic=false"]}
         for tag, extra in variants.items():
+            if f"{tag}-run" in runs:
+                continue
             out = WORK / "runs" / f"vqrec-{tag}-office-ml"
             runs[f"{tag}-run"] = [textrec("pretrain", office, ml, "--model", "vqrec", "--out", out, "--overwrite", "--quiet",
                                           "data.codes=joint", *PRETRAIN, *extra, log=cmds)]
@@ -111,6 +124,8 @@ def main() -> None:
             if "ablations" in args.skip and key != "vqrec-pt-learned":
                 continue
             for seed in args.pt_seeds:
+                if finished(runs, key, seed):
+                    continue
                 out = WORK / "runs" / "vqrec_scientific" / f"{key}-{seed}"
                 res = textrec("finetune", sci, "--init", WORK / "runs" / f"vqrec-{tag}-office-ml", "--out", out, "--overwrite",
                               "--quiet", f"train.seed={seed}", *FINETUNE, *extra, log=cmds if key not in runs else None)
