@@ -251,5 +251,22 @@ def test_small_training_sets_fit_safely(n, dim, codebook_size):
         q = ItemQuantizer(dim, 8, codebook_size).fit(x, seed=1)
         codes = q.encode(x)
         assert codes.shape == (n, 8) and codes.max() < codebook_size
-    assert q.opq_trained == (n >= dim)
+    assert q.opq_method == ("faiss" if n >= dim else "numpy")
     np.testing.assert_allclose(q.rotation @ q.rotation.T, np.eye(dim), atol=1e-4)
+
+
+def test_rotation_is_learnt_below_the_dimension():
+    """With fewer vectors than dimensions the numpy OPQ still learns a rotation that beats a random one."""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((200, 12)) @ rng.standard_normal((12, 256)) + 0.05 * rng.standard_normal((200, 256))).astype(np.float32)
+
+    def rel_error(q):
+        return float(np.linalg.norm(q.reconstruct(q.encode(x)) - x) / np.linalg.norm(x))
+
+    learnt = ItemQuantizer(256, 8, 16, opq_iterations=10).fit(x, seed=3)
+    fixed = ItemQuantizer(256, 8, 16, opq_iterations=0).fit(x, seed=3)
+    assert learnt.opq_method == "numpy"
+    assert rel_error(learnt) < 0.8 * rel_error(fixed), (rel_error(learnt), rel_error(fixed))
+    np.testing.assert_allclose(learnt.rotation @ learnt.rotation.T, np.eye(256), atol=1e-4)
+    again = ItemQuantizer(256, 8, 16, opq_iterations=10).fit(x, seed=3)
+    np.testing.assert_array_equal(again.encode(x), learnt.encode(x))  # deterministic for a seed

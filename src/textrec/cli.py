@@ -269,7 +269,7 @@ def cmd_recommend(args) -> None:
 def cmd_demo(args) -> None:
     from textrec.demo import run_demo
 
-    summary = run_demo(data=args.data, out=args.out, quick=args.quick, device=args.device)
+    summary = run_demo(data=args.data, out=args.out, quick=args.quick, device=args.device, encoder=args.encoder)
     if args.json:
         _print_json(summary)
 
@@ -403,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="a prepared dataset directory to run the demo on instead")
     s.add_argument("--out", default="textrec-demo", help="where datasets and runs go (default ./textrec-demo)")
     s.add_argument("--quick", action="store_true", help="smaller world and fewer epochs (about a minute)")
+    s.add_argument("--encoder", default="minilm", help="text encoder for the synthetic world (default: the embedded MiniLM)")
     s.add_argument("--device", default="auto")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_demo)

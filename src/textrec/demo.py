@@ -6,11 +6,14 @@ Without ``--data`` it shows transfer on the synthetic multi-domain world (``text
    users, the two source domains (tools, kitchen) many;
 2. encode every item text with the embedded MiniLM and build VQ-Rec item codes (one quantiser fitted
    jointly on the sources, one fitted on the target: the paper's "new index set");
-3. train on the target from scratch: SASRec (item IDs) and VQ-Rec (codes);
+3. train on the target from scratch: SASRec (item IDs), UniSRec (inductive: text embeddings only) and
+   VQ-Rec (codes);
 4. pre-train VQ-Rec on the sources and fine-tune it on the target (learned code permutation, then the
    code embeddings with the Transformer frozen);
-5. print full-ranking test metrics next to the chance level, and recommendations with their item texts,
-   including a brand-new item added to the catalogue by its text alone, without retraining.
+5. print full-ranking test metrics next to the chance level, and recommendations with their item texts;
+6. add brand-new items (a new brand, a new kind of product) to the trained UniSRec and VQ-Rec by their text
+   alone, without retraining, show them in a user's recommendations and measure, over every target user,
+   where the new item that fits the user's rule ranks.
 
 With ``--data DIR`` it trains SASRec on a prepared real dataset with the references' settings, evaluates it
 and shows recommendations.
@@ -21,6 +24,8 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from textrec.config import load_config
 from textrec.data.dataset import Dataset
@@ -70,7 +75,59 @@ def _demo_real(data: str, out_dir: Path, quick: bool, device: str) -> dict:
     return {"dataset": ds.name, "runs": {"sasrec": fit.to_dict()}, "example_recommendations": examples}
 
 
-def _build_world(out_dir: Path, quick: bool) -> dict[str, Path]:
+NEW_BRAND, NEW_KIND = "Zorblat", "gazebo"  # neither occurs in any domain of the world
+
+
+def _rule_target(ds: Dataset, history) -> tuple[str, str]:
+    """(colour, style) of the item the planted rule predicts after ``history``: the user's usual style, next colour."""
+    from textrec.data.synthetic import COLORS
+
+    titles = [ds.item_attributes[i - 1]["title"] for i in history]
+    styles = [t.rsplit(", ", 1)[1].removesuffix(" style") for t in titles]
+    style = max(set(styles), key=styles.count)
+    colour = next(c for c in COLORS if f" {c} " in f" {titles[-1]} ")
+    return COLORS[(COLORS.index(colour) + 1) % len(COLORS)], style
+
+
+def _new_items(ds: Dataset, runs: dict) -> dict:
+    """Add one brand-new item per (colour, style) by text alone; show and measure where the rule's one ranks."""
+    from textrec.data.synthetic import COLORS, STYLES
+    from textrec.serve.catalogue import add_items
+
+    pairs = [(c, s) for c in COLORS for s in STYLES]
+    keys = [f"NEW-{c}-{s}" for c, s in pairs]
+    texts = [f"{NEW_BRAND} {c} bamboo {NEW_KIND}, {s} style. Garden Outdoor Living. {NEW_BRAND}. " for c, s in pairs]
+    _say(f"\nadded {len(keys)} brand-new items by their text alone, no retraining: a new brand and a new kind of "
+         f"product, one per colour and style, e.g. {shorten(texts[0], 70)}")
+    summary = {"texts": texts, "models": {}}
+    extended = {name: add_items(run, keys, texts) for name, run in runs.items()}
+    first = next(iter(runs))
+    history = ds.sequence(0)[:-2]
+    _say(f"{first} for user {ds.user_keys[0]}, with the new items in the catalogue "
+         f"(the rule says {' '.join(_rule_target(ds, history))} next):")
+    summary["recommendations"] = _show_recommendations(extended[first].model, extended[first].dataset,
+                                                       runs[first].cfg.data.max_seq_len, history=history, k=10)
+    for name, ext in extended.items():
+        ranks = []
+        for u in range(ds.n_users):
+            history = ds.sequence(u)[:-2]
+            want = "NEW-{}-{}".format(*_rule_target(ds, history))
+            ranking = recommend(ext.model, ext.dataset, history, k=ext.dataset.n_items, max_seq_len=runs[name].cfg.data.max_seq_len)
+            # rank of the rule's new item among the catalogue's own items (the other new items left out)
+            before = next(i for i, r in enumerate(ranking) if r.item_key == want)
+            ranks.append(1 + sum(1 for r in ranking[:before] if r.item_id <= ds.n_items))
+        ranks = np.array(ranks)
+        summary["models"][name] = {"median_rank": float(np.median(ranks)), "top10": float(np.mean(ranks <= 10)), "ranks": ranks.tolist()}
+    _say(f"\nwhere the new item that fits the user's rule (usual style, next colour) ranks among the {ds.n_items} catalogue "
+         f"items, over all {ds.n_users} {TARGET_DOMAIN} users (chance: median about {ds.n_items // 2}, top 10 for {10 / ds.n_items:.0%}):")
+    for name, m in summary["models"].items():
+        _say(f"  {name:<22} median rank {m['median_rank']:5.1f}, in the top 10 for {m['top10']:.0%} of users")
+    _say("  (UniSRec scores a new item from its text embedding; VQ-Rec from the codes that the target's quantiser, "
+         f"fitted on {ds.n_items} items, gives its text)")
+    return summary
+
+
+def _build_world(out_dir: Path, quick: bool, encoder: str = "minilm") -> dict[str, Path]:
     from textrec.quant.codes import quantize_dataset, quantize_datasets
     from textrec.text.encode import encode_dataset
 
@@ -85,16 +142,16 @@ def _build_world(out_dir: Path, quick: bool) -> dict[str, Path]:
     _say("example item texts: " + " | ".join(shorten(t, 60) for t in Dataset.load(dirs[TARGET_DOMAIN]).item_texts[:2]))
     t0 = time.perf_counter()
     for d in dirs.values():
-        encode_dataset(d, progress=False)
-    _say(f"encoded every item text with the embedded MiniLM ({time.perf_counter() - t0:.0f}s; cached for next time)")
+        encode_dataset(d, encoder, progress=False)
+    _say(f"encoded every item text with {'the embedded MiniLM' if encoder == 'minilm' else encoder} ({time.perf_counter() - t0:.0f}s; cached for next time)")
     quantize_datasets([dirs[s] for s in SOURCE_DOMAINS], n_codebooks=32, codebook_size=64, name="codes")
     quantize_dataset(dirs[TARGET_DOMAIN], n_codebooks=32, codebook_size=64, name="codes")
     _say("built item codes: 32 sub-spaces x 64 codewords (one quantiser on the sources, a new one on the target)")
     return dirs
 
 
-def run_demo(data: str | None = None, out: str = "textrec-demo", quick: bool = False, device: str = "auto") -> dict:
-    from textrec.serve.catalogue import add_items
+def run_demo(data: str | None = None, out: str = "textrec-demo", quick: bool = False, device: str = "auto",
+             encoder: str = "minilm") -> dict:
     from textrec.train.transfer import finetune_config, finetune_run, pretrain_run
 
     start = time.perf_counter()
@@ -103,19 +160,22 @@ def run_demo(data: str | None = None, out: str = "textrec-demo", quick: bool = F
         summary = _demo_real(data, out_dir, quick, device)
         summary["seconds"] = time.perf_counter() - start
         return summary
-    dirs = _build_world(out_dir, quick)
+    dirs = _build_world(out_dir, quick, encoder)
     target, runs_dir = dirs[TARGET_DOMAIN], out_dir / "runs"
     epochs = "train.epochs=15" if quick else "train.epochs=40"
     common = SMALL + [epochs, f"train.device={device}"]
     results = {}
 
-    _say(f"\n[1/4] SASRec (item IDs) on {TARGET_DOMAIN}, from scratch ...")
+    _say(f"\n[1/5] SASRec (item IDs) on {TARGET_DOMAIN}, from scratch ...")
     results["SASRec, scratch"] = train_run(target, load_config(model="sasrec", overrides=common), runs_dir / "sasrec", overwrite=True, quiet=True).fit
-    _say(f"[2/4] VQ-Rec (text -> codes) on {TARGET_DOMAIN}, from scratch ...")
+    _say(f"[2/5] UniSRec (text embeddings, inductive) on {TARGET_DOMAIN}, from scratch ...")
+    uni_cfg = load_config(model="unisrec", overrides=common + ["model.mode=inductive"])
+    results["UniSRec inductive, scratch"] = train_run(target, uni_cfg, runs_dir / "unisrec", overwrite=True, quiet=True).fit
+    _say(f"[3/5] VQ-Rec (text -> codes) on {TARGET_DOMAIN}, from scratch ...")
     results["VQ-Rec, scratch"] = train_run(target, load_config(model="vqrec", overrides=common), runs_dir / "vqrec-scratch", overwrite=True, quiet=True).fit
-    _say(f"[3/4] VQ-Rec pre-trained on {' + '.join(SOURCE_DOMAINS)} ...")
+    _say(f"[4/5] VQ-Rec pre-trained on {' + '.join(SOURCE_DOMAINS)} ...")
     pt = pretrain_run([dirs[s] for s in SOURCE_DOMAINS], load_config(model="vqrec", overrides=common), runs_dir / "vqrec-pretrain", overwrite=True, quiet=True)
-    _say(f"[4/4] ... fine-tuned on {TARGET_DOMAIN} (learned code permutation, then code embeddings) ...")
+    _say(f"[5/5] ... fine-tuned on {TARGET_DOMAIN} (learned code permutation, then code embeddings) ...")
     ft_cfg = finetune_config(pt.out_dir, [epochs, "train.batch_size=512", "train.patience=5", "train.lr=0.003", f"train.device={device}"])
     results["VQ-Rec, pre-trained + fine-tuned"] = finetune_run(target, pt.out_dir, ft_cfg, runs_dir / "vqrec-finetune", overwrite=True, quiet=True).fit
 
@@ -127,21 +187,7 @@ def run_demo(data: str | None = None, out: str = "textrec-demo", quick: bool = F
     run = load_run(runs_dir / "vqrec-finetune", target, device)
     _say(f"\nrecommendations of the fine-tuned VQ-Rec for user {ds.user_keys[0]}:")
     examples = _show_recommendations(run.model, run.dataset, run.cfg.data.max_seq_len)
-
-    # a brand-new item, described by text only, matching the user's style and the next colour on the wheel
-    from textrec.data.synthetic import COLORS
-
-    last = ds.item_attributes[ds.sequence(0)[-3] - 1]["title"]
-    colour = next(c for c in COLORS if f" {c} " in f" {last} ")
-    style = last.rsplit(", ", 1)[1]
-    text = f"Zorblat {COLORS[(COLORS.index(colour) + 1) % len(COLORS)]} bamboo birdhouse, {style}. Garden Outdoor Living. Zorblat. "
-    extended = add_items(run, ["NEW-0001"], [text])
-    _say(f"\nadded a brand-new item by its text alone (no retraining): {shorten(text, 80)}")
-    seq = ds.sequence(0)
-    new_examples = _show_recommendations(extended.model, extended.dataset, run.cfg.data.max_seq_len, history=seq[:-2], k=10)
-    everything = recommend(extended.model, extended.dataset, seq[:-2], k=extended.dataset.n_items, max_seq_len=run.cfg.data.max_seq_len)
-    new_rank = next(r.rank for r in everything if r.item_key == "NEW-0001")
-    _say(f"  the new item ranks {new_rank} of {len(everything)} candidates for this user")
+    new_item = _new_items(ds, {"UniSRec inductive": load_run(runs_dir / "unisrec", target, device), "VQ-Rec fine-tuned": run})
     seconds = time.perf_counter() - start
     _say(f"\ndemo finished in {seconds:.0f}s; datasets and runs are in {out_dir}")
     return {
@@ -151,6 +197,6 @@ def run_demo(data: str | None = None, out: str = "textrec-demo", quick: bool = F
         "pretrain": pt.fit.to_dict(),
         "chance": chance,
         "example_recommendations": examples,
-        "new_item": {"text": text, "rank": new_rank, "recommendations": new_examples},
+        "new_items": new_item,
         "seconds": seconds,
     }

@@ -171,7 +171,7 @@ def quantize_dataset(
         q = ItemQuantizer(x.shape[1], n_codebooks, codebook_size, opq_iterations, n_threads).fit(x[train_ids - 1], seed)
         default = f"{emb_info['name']}-opq{n_codebooks}x{codebook_size}"
         info = {"kind": "fit", "n_fit": len(train_ids), "seed": seed, "opq_iterations": opq_iterations, "n_threads": n_threads,
-                "opq_trained": q.opq_trained,
+                "opq_method": q.opq_method,
                 "fit_on": [{"dataset": ds.name, "dir": str(data_dir.resolve()), "n_train_items": len(train_ids)}]}
     name = check_name(name or default, "codes")
     codes = q.encode(x)
@@ -294,7 +294,7 @@ def quantize_datasets(
     for data_dir, ds, train_ids, table, emb_info in loaded:
         x = table[1:]
         codes = q.encode(x)
-        info = {"kind": "joint_fit", "n_fit": len(x_train), "opq_trained": q.opq_trained, "seed": seed, "opq_iterations": opq_iterations,
+        info = {"kind": "joint_fit", "n_fit": len(x_train), "opq_method": q.opq_method, "seed": seed, "opq_iterations": opq_iterations,
                 "n_threads": n_threads, "fit_on": fit_on, "shared_index": str(Path(out_index).resolve()) if out_index else None,
                 "embeddings": _embedding_summary(emb_info), "encoded_by": {"quantizer": ds.n_items},
                 "n_unseen": ds.n_items - len(train_ids), "reconstruction_rel_error": _rel_error(x, q.reconstruct(codes))}

@@ -23,6 +23,10 @@ Deliberate differences, all about reproducibility:
   GPU faiss, which does not do it either. The reference's GPU k-means also differs numerically, so its
   codes are an equally valid but different quantisation.
 
+* with fewer training vectors than dimensions (small catalogues: faiss 1.15's OPQ training aborts the
+  process there) the same OPQ alternation runs in numpy (``_learn_rotation``) and faiss then trains the
+  coarse centroid and PQ with that rotation fixed; ``opq_method`` ("faiss" or "numpy") records which.
+
 Codes are computed with ``sa_encode`` (equal to what ``index.add`` stores; checked in tests).
 """
 
@@ -73,6 +77,28 @@ def faiss_threads(n: int):
         faiss.omp_set_num_threads(previous)
 
 
+def _learn_rotation(x: np.ndarray, rotation: np.ndarray, n_codebooks: int, bits: int, iterations: int,
+                    seed: int) -> np.ndarray:
+    """Non-parametric OPQ (Ge et al., CVPR 2013), the alternation faiss' ``OPQMatrix.train`` runs.
+
+    Each iteration trains a PQ on the rotated vectors ``x @ R.T`` (40 k-means iterations the first time,
+    4 after, as faiss), reconstructs them (``y``) and sets ``R`` to the orthogonal Procrustes solution
+    minimising ``||x @ R.T - y||`` (``R.T = U @ Vt`` for ``x.T @ y = U S Vt``). Used for fewer vectors than
+    dimensions, where faiss' own training aborts; returns the (d, d) rotation.
+    """
+    faiss = require_faiss()
+    x = x.astype(np.float64)
+    for it in range(iterations):
+        rotated = np.ascontiguousarray(x @ rotation.T, dtype=np.float32)
+        pq = faiss.ProductQuantizer(x.shape[1], n_codebooks, bits)
+        pq.cp.seed, pq.cp.niter, pq.cp.min_points_per_centroid = seed + it, 40 if it == 0 else 4, 1
+        pq.train(rotated)
+        y = pq.decode(pq.compute_codes(rotated)).astype(np.float64)
+        u, _, vt = np.linalg.svd(x.T @ y)
+        rotation = (u @ vt).T
+    return rotation
+
+
 class ItemQuantizer:
     """OPQ + IVF1 + PQ over d-dim vectors: ``fit``, ``encode`` to (n, D) codes, ``reconstruct``."""
 
@@ -109,14 +135,18 @@ class ItemQuantizer:
         index = faiss.index_factory(self.dim, f"OPQ{D},IVF1,PQ{D}x{bits}", faiss.METRIC_INNER_PRODUCT)
         opq = faiss.downcast_VectorTransform(index.chain.at(0))
         ivf = faiss.downcast_index(index.index)
+        init = np.linalg.qr(np.random.default_rng(seed).standard_normal((self.dim, self.dim)))[0]
         # faiss 1.15's OPQ training corrupts memory (aborts the process) with fewer training vectors than
-        # dimensions; then the rotation stays the seeded random orthogonal initialisation (``opq_trained``).
-        self.opq_trained = len(x) >= self.dim
-        opq.niter = self.opq_iterations if self.opq_trained else 0
+        # dimensions; there the same alternation is run here in numpy (``_learn_rotation``) and handed to
+        # faiss as a fixed rotation. ``opq_method`` records which one learnt it.
+        self.opq_method = "faiss" if len(x) >= self.dim else "numpy"
+        if self.opq_method == "numpy":
+            with faiss_threads(self.n_threads):
+                init = _learn_rotation(x, init, D, bits, self.opq_iterations, seed)
+        opq.niter = self.opq_iterations if self.opq_method == "faiss" else 0
         opq_pq = faiss.ProductQuantizer(self.dim, D, bits)  # faiss' own would be 8-bit and seed 1234
         opq_pq.cp.seed = seed
         opq.pq = opq_pq
-        init = np.linalg.qr(np.random.default_rng(seed).standard_normal((self.dim, self.dim)))[0]
         faiss.copy_array_to_vector(init.astype(np.float32).ravel(), opq.A)
         ivf.cp.seed = ivf.pq.cp.seed = seed
         ivf.do_polysemous_training = False  # only relabels codewords (for Hamming search); the reference's GPU faiss skips it

@@ -182,8 +182,17 @@ class HFEncoder:
         if self._model is None:
             from transformers import AutoModel, AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
-            self._model = AutoModel.from_pretrained(self.folder, local_files_only=True).eval().to(self.device)
+            from transformers.utils import logging as hf_logging
+
+            was_enabled = hf_logging.is_progress_bar_enabled()
+            if not self.progress:  # transformers draws a "Loading weights" bar on every load
+                hf_logging.disable_progress_bar()
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
+                self._model = AutoModel.from_pretrained(self.folder, local_files_only=True).eval().to(self.device)
+            finally:
+                if was_enabled:
+                    hf_logging.enable_progress_bar()
         return self._tokenizer, self._model
 
     def _pool(self, hidden, mask):
