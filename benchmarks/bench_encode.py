@@ -120,7 +120,7 @@ def main() -> None:
         dev = [r for r in rows if r["device"] == device]
         inner = dev[-1].get("encode_dataset_seconds") or dev[-1]["seconds"]
         lines.append(f"\n{device}: a cached rerun is {dev[-2]['seconds'] / dev[-1]['seconds']:.1f}x faster than encoding with textrec's "
-                     f"settings counting the new process and its imports, {dev[-2]['seconds'] / inner:.0f}x counting `encode_dataset` alone (which still imports torch, about 1 s of its time)"
+                     f"settings counting the new process and its imports, {dev[-2]['seconds'] / inner:.0f}x counting `encode_dataset` alone"
                      + (f"; textrec's batching is {dev[0]['seconds'] / dev[1]['seconds']:.2f}x the reference setting's speed" if len(dev) == 3 else "")
                      + ".")
     md = "\n".join(lines)

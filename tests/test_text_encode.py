@@ -269,3 +269,16 @@ def test_minilm_offline():
     assert v.shape == (3, 384) and enc.dim == 384 and enc.identity.startswith("hf:")
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     assert v[0] @ v[1] > v[0] @ v[2] + 0.2 and v[0] @ v[1] > v[1] @ v[2] + 0.2
+
+
+def test_fully_cached_encode_never_imports_torch(tiny_bert, toy_dir, tmp_path):
+    """A rerun served entirely from the cache skips the torch import (about 1 s of a ~1.5 s rerun on CPU)."""
+    import subprocess
+    import sys
+
+    script = ("import sys, json; from textrec.text.encode import encode_dataset; "
+              f"r = encode_dataset({str(toy_dir)!r}, {str(tiny_bert)!r}, device='cpu', cache={str(tmp_path / 'cache')!r}, progress=False); "
+              "print(json.dumps([r.n_encoded, r.n_cached, 'torch' in sys.modules]))")
+    runs = [json.loads(subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout)
+            for _ in range(2)]
+    assert runs == [[40, 0, True], [0, 40, False]]

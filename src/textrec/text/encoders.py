@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -104,6 +105,16 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
+def _cpu_only_torch() -> bool:
+    """Whether the installed torch is a CPU-only build, read from its package metadata without importing it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return "+cpu" in version("torch")
+    except PackageNotFoundError:
+        return False
+
+
 def _resolve_device(device: str):
     import torch
 
@@ -152,8 +163,6 @@ class HFEncoder:
         progress: bool = False,
         name: str | None = None,
     ) -> None:
-        import torch
-
         if pooling not in POOLINGS:
             raise ConfigError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
         if max_length < 2 or batch_size < 1:
@@ -162,8 +171,17 @@ class HFEncoder:
         if not path.is_dir():
             raise NotFoundError(f"{path}: no such model folder; choices: {ENCODER_CHOICES}")
         self.folder = _model_folder(path.resolve())
-        self.device = _resolve_device(device)
-        self.autocast_dtype = _resolve_autocast(dtype, self.device)
+        if dtype in (None, "float32", "fp32") and "torch" not in sys.modules and (
+                device == "cpu" or (device == "auto" and _cpu_only_torch())):
+            # plain float32 on CPU: torch is imported only when a text actually needs encoding, so a run
+            # served entirely from the cache skips the ~1 s torch import
+            self._device, self.autocast_dtype, precision = "cpu", None, ""
+        else:
+            import torch
+
+            self._device = _resolve_device(device)
+            self.autocast_dtype = _resolve_autocast(dtype, self._device)
+            precision = {None: "", torch.bfloat16: ":bf16", torch.float16: ":fp16"}[self.autocast_dtype]
         self._model = self._tokenizer = None
         config = _read_json(self.folder / "config.json")
         limits = [max_length, config.get("max_position_embeddings", max_length),
@@ -174,8 +192,16 @@ class HFEncoder:
         self.pooling, self.batch_size, self.normalize = pooling, batch_size, normalize
         self.sort_by_length, self.progress = sort_by_length, progress
         self.name = name or re.sub(r"[^a-z0-9]+", "-", self.folder.name.lower()).strip("-") or "hf"
-        precision = {None: "", torch.bfloat16: ":bf16", torch.float16: ":fp16"}[self.autocast_dtype]
         self.identity = f"hf:{weights_digest(self.folder)[:20]}{precision}{':l2' if normalize else ''}"
+
+    @property
+    def device(self):
+        """The torch device the model runs on (resolved, and torch imported, on first use)."""
+        if isinstance(self._device, str):
+            import torch
+
+            self._device = torch.device(self._device)
+        return self._device
 
     def _load(self):
         """(tokenizer, model), loaded on first use so a fully cached run never loads the weights."""
