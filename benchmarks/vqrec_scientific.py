@@ -182,7 +182,8 @@ def render(r: dict) -> str:
         "the Transformer from epoch 5 even without pre-training; textrec trains every parameter when training from scratch.",
         *_released_gap(runs),
         "",
-        "Ties. Items whose codes are identical get identical vectors (the released Scientific index gives 242 such items; "
+        "Ties. Items whose codes are identical get identical vectors (the released Scientific index gives 242 such items in 92 groups, "
+        "mostly colour variants of one product, such as 3D-printer filament spools whose titles differ in one word; "
         f"{runs['vqrec-released'][0]['test_targets_with_ties'] if 'vqrec-released' in runs else '-'} of 8,442 test targets tie "
         "with another item under the released codes). textrec's protocol ranks every tied item above the target (the main "
         "columns); the 'random ties' column is the exact expectation under a random order of tied items, which is what the "
