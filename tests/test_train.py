@@ -78,3 +78,13 @@ def test_refuses_to_clobber_or_resume_a_different_config(tiny_dir, tmp_path):
         train_run(tiny_dir, _cfg("train.epochs=1"), tmp_path / "r", quiet=True)
     with pytest.raises(TextrecError, match="differs"):
         train_run(tiny_dir, _cfg("train.epochs=1", "train.lr=0.1"), tmp_path / "r", resume=True, quiet=True)
+
+
+@pytest.mark.slow
+def test_compiled_step_trains_like_the_eager_one(tiny_dir, tmp_path):
+    """``train.compile=true`` (torch.compile of the training step; ~40 s of compilation on CPU) learns the same."""
+    eager = train_run(tiny_dir, _cfg("train.epochs=3"), tmp_path / "eager", quiet=True).fit
+    compiled = train_run(tiny_dir, _cfg("train.epochs=3", "train.compile=true"), tmp_path / "compiled", quiet=True).fit
+    assert compiled.epochs_run == eager.epochs_run == 3
+    for k, v in eager.test.items():
+        assert compiled.test[k] == pytest.approx(v, abs=0.03), k
