@@ -38,8 +38,9 @@ def main() -> None:
         return
 
     sci = prepare("scientific", SHARED_DATA / "amazon-scientific-unisrec", "unisrec")
-    runs, cmds, first_argv = previous_runs(WORK / "unisrec_scientific.json", args.resume)
-    argv = first_argv or sys.argv
+    runs, cmds, _ = previous_runs(WORK / "unisrec_scientific.json", args.resume)
+    # the table then holds this invocation's seeds; with --resume, runs an earlier one finished are kept
+    argv = [a for a in sys.argv if a != "--resume"]
 
     def save():  # after every run, so an interrupted benchmark still leaves its finished rows
         result = {"machine": machine(), "runs": runs, "commands": cmds, "argv": argv}
