@@ -22,7 +22,6 @@ Deliberate differences, all about reproducibility:
   codeword labels for Hamming-distance search, which item codes do not use; the reference trains with
   GPU faiss, which does not do it either. The reference's GPU k-means also differs numerically, so its
   codes are an equally valid but different quantisation.
-
 * with fewer training vectors than dimensions (small catalogues: faiss 1.15's OPQ training aborts the
   process there) the same OPQ alternation runs in numpy (``_learn_rotation``) and faiss then trains the
   coarse centroid and PQ with that rotation fixed; ``opq_method`` ("faiss" or "numpy") records which.

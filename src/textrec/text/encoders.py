@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -171,8 +170,7 @@ class HFEncoder:
         if not path.is_dir():
             raise NotFoundError(f"{path}: no such model folder; choices: {ENCODER_CHOICES}")
         self.folder = _model_folder(path.resolve())
-        if dtype in (None, "float32", "fp32") and "torch" not in sys.modules and (
-                device == "cpu" or (device == "auto" and _cpu_only_torch())):
+        if dtype in (None, "float32", "fp32") and (device == "cpu" or (device == "auto" and _cpu_only_torch())):
             # plain float32 on CPU: torch is imported only when a text actually needs encoding, so a run
             # served entirely from the cache skips the ~1 s torch import
             self._device, self.autocast_dtype, precision = "cpu", None, ""
@@ -207,7 +205,6 @@ class HFEncoder:
         """(tokenizer, model), loaded on first use so a fully cached run never loads the weights."""
         if self._model is None:
             from transformers import AutoModel, AutoTokenizer
-
             from transformers.utils import logging as hf_logging
 
             was_enabled = hf_logging.is_progress_bar_enabled()
