@@ -1,0 +1,87 @@
+"""benchmarks/seqrecbench.py: prepare + encode on two tiny synthetic domains, then a rerun that skips both."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "seqrecbench.py"
+
+
+def _write_domain(folder: Path, n_users: int, n_items: int, seed: int) -> dict:
+    """interactions.tsv.gz / items.tsv.gz as in ../shared/data/seqrecbench: ids from 100, 8 items per user."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    rows = []
+    for u in range(n_users):
+        for k, i in enumerate(rng.choice(n_items, size=8, replace=False)):
+            rows.append(f"{100 + u}\t{100 + i}\t{1_600_000_000 + 86_400 * k}")
+    with gzip.open(folder / "interactions.tsv.gz", "wt") as f:
+        f.write("user\titem\ttimestamp\n" + "\n".join(rows) + "\n")
+    with gzip.open(folder / "items.tsv.gz", "wt") as f:
+        f.write("item\ttitle\n" + "".join(f"{100 + i}\t{folder.name} thing number {i} in blue\n" for i in range(n_items)))
+    return {"users": n_users, "items": n_items, "interactions": len(rows)}
+
+
+def _run(*args: str, env: dict) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_prepare_encode_then_rerun_skips(tmp_path):
+    source, work = tmp_path / "source", tmp_path / "work"
+    counts = {"alpha": _write_domain(source / "alpha", 30, 20, 0), "beta": _write_domain(source / "beta", 25, 15, 1)}
+    env = {**os.environ, "TEXTREC_CACHE_DIR": str(tmp_path / "cache")}
+    args = ["--source", str(source), "--work", str(work), "--steps", "prepare,encode", "--encoder", "hashing", "--threads", "1"]
+    first = _run(*args, env=env)
+    assert first.stdout.count("running: textrec encode") == 2, first.stdout
+
+    summary = json.loads((work / "summary.json").read_text())
+    for name, expected in counts.items():
+        row = summary["domains"][name]
+        assert {k: row["prepared"][k] for k in expected} == expected
+        assert row["encode"]["n_items"] == expected["items"] and row["encode"]["n_encoded"] == expected["items"]
+        marker = json.loads((work / "done" / f"encode-{name}-hashing-mean.json").read_text())
+        assert marker["command"].startswith("textrec encode") and marker["seconds"] > 0 and marker["peak_rss_mb"] > 0
+    embeddings = work / "data" / "alpha" / "embeddings" / "hashing-mean.npy"
+    assert np.load(embeddings).shape == (21, 32)
+    written = embeddings.stat().st_mtime_ns
+
+    t0 = time.perf_counter()
+    second = _run(*args, env=env)
+    assert time.perf_counter() - t0 < 10
+    assert "running:" not in second.stdout, second.stdout
+    assert second.stdout.count(": done earlier") == 4
+    assert embeddings.stat().st_mtime_ns == written
+
+    # a left-out domain is a variant with its own codes and run names; --dry-run runs nothing
+    dry = _run("--source", str(source), "--work", str(work), "--encoder", "hashing", "--exclude", "beta", "--dry-run", env=env)
+    assert "variant no-beta" in dry.stdout and "would run: textrec quantize" in dry.stdout
+    assert "runs/unisrec-pt-no-beta" in dry.stdout and "data/beta" not in dry.stdout.split("step encode")[1]
+
+
+def test_variant_names():
+    spec = importlib.util.spec_from_file_location("seqrecbench", SCRIPT)
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        recipe = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(recipe)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    domains = ["amazon2014-beauty", "amazon2014-book_1000000", "amazon2018-electronic_1000000", "amazon2018-game",
+               "food", "movielens-1m", "steam_100000"]
+    keep = lambda *out: [d for d in domains if d not in out]
+    assert recipe.variant_tag(domains, domains) == ""
+    assert recipe.variant_tag(domains, keep("amazon2018-electronic_1000000", "amazon2018-game")) == "no-amazon2018"
+    assert recipe.variant_tag(domains, keep("food", "steam_100000", "movielens-1m")) == "no-food-movielens-steam"
+    assert recipe.variant_tag(domains, keep("amazon2014-book_1000000")) == "no-amazon2014-book"
+    assert recipe.variant_tag(domains, ["steam_100000"]) == "only-steam"
