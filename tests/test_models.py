@@ -11,6 +11,7 @@ from textrec.config import load_config
 from textrec.data.batching import SeqBatch
 from textrec.models import MODELS
 from textrec.text.encoders import HashingEncoder
+from textrec.models.spec import ItemInputs
 from textrec.train.inputs import build_model
 
 # Odd sizes (HF's hidden=32/intermediate=37 trick): shape bugs that square sizes hide show up here.
@@ -23,11 +24,11 @@ MAX_SEQ_LEN = 9
 
 
 def item_inputs(name, ds):
-    """The item-side inputs each model takes, built without any real encoder."""
+    """The item-side inputs of every kind, built without any real encoder; each model takes what it declares."""
     text = np.zeros((ds.n_items + 1, 23), dtype=np.float32)
     text[1:] = HashingEncoder(23).encode(ds.item_texts)
     codes = np.random.default_rng(0).integers(0, 7, size=(ds.n_items + 1, 5))  # 5 sub-spaces x 7 codewords
-    return {"sasrec": {}, "unisrec": {"text_embeddings": text}, "vqrec": {"codes": codes, "codebook_size": 7}}[name]
+    return ItemInputs(n_items=ds.n_items, text_embeddings=torch.from_numpy(text), codes=torch.from_numpy(codes), codebook_size=7)
 
 
 def _model(name, ds, seed=0, extra=()):
@@ -35,7 +36,7 @@ def _model(name, ds, seed=0, extra=()):
         pytest.fail(f"add a small test config for model {name!r} to SMALL in {__file__}")
     cfg = load_config(model=name, overrides=SMALL[name] + [f"data.max_seq_len={MAX_SEQ_LEN}", *extra])
     torch.manual_seed(seed)
-    return build_model(cfg, ds.n_items, item_inputs(name, ds)).eval()
+    return build_model(cfg, item_inputs(name, ds)).eval()
 
 
 def _batch(ds, lengths=(1, 4, 9, 6), seed=0):

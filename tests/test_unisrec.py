@@ -15,6 +15,7 @@ from textrec.data.synthetic import WorldSpec, make_domain
 from textrec.eval.ranking import evaluate
 from textrec.models.unisrec import MoEAdaptor
 from textrec.text.encoders import HashingEncoder
+from textrec.models.spec import ItemInputs
 from textrec.train.inputs import build_model
 from textrec.train.loop import fit
 from textrec.train.run import make_batchers
@@ -57,9 +58,9 @@ def test_word_drop_view_swaps_text_rows(tiny_world):
     from test_models import item_inputs
 
     inputs = item_inputs("unisrec", tiny_world)
-    inputs["word_drop_embeddings"] = inputs["text_embeddings"] + 100.0
+    inputs.word_drop_embeddings = inputs.text_embeddings + 100.0
     cfg = load_config(model="unisrec", overrides=["model.hidden_size=34", "model.item_drop_coefficient=0.0", "model.item_drop_ratio=1.0"])
-    model = build_model(cfg, tiny_world.n_items, inputs)
+    model = build_model(cfg, inputs)
     seq = torch.tensor([[1, 2, 0]])
     _, _, text = model.augment(seq, torch.tensor([2]))
     assert torch.equal(text[0, :2], model.word_drop_table[seq[0, :2]]) and torch.equal(text[0, 2], model.text_table[0])
@@ -89,7 +90,7 @@ def test_inductive_unisrec_recommends_items_never_seen_in_training(model_name, i
              "train.batch_size=256", "train.lr=0.003", "train.epochs=10", "train.patience=10", "train.device=cpu"]
     cfg = load_config(model=model_name, overrides=small)
     torch.manual_seed(0)
-    model = build_model(cfg, ds.n_items, {"text_embeddings": text} if model_name == "unisrec" else {})
+    model = build_model(cfg, ItemInputs(n_items=ds.n_items, text_embeddings=torch.from_numpy(text)))
     train_b, valid_b, _ = make_batchers(ds, cfg, "cpu")
     fit(model, train_b, valid_b, None, cfg, quiet=True)
     ex = eval_examples(ds, "test", 50)

@@ -13,7 +13,7 @@ def test_item_vector_is_the_mean_of_its_code_embeddings(tiny_world):
     model = _model("vqrec", tiny_world)
     M = model.codebook_size
     item = 7
-    codes = item_inputs("vqrec", tiny_world)["codes"][item]  # raw codes 0..M-1
+    codes = item_inputs("vqrec", tiny_world).codes[item]  # raw codes 0..M-1
     expected = model.code_emb.weight[[1 + int(c) + d * (M + 1) for d, c in enumerate(codes)]].mean(0)
     torch.testing.assert_close(model.item_vectors(torch.tensor([item]))[0], expected)
     assert torch.equal(model.item_vectors(torch.tensor([0]))[0], torch.zeros(34))  # padding
@@ -92,16 +92,16 @@ def test_bake_writes_the_permutation_into_the_table(tiny_world):
         torch.testing.assert_close(new[d, 1:], old[d, 1:][idx[d]])
 
 
-def test_finetune_stages(tiny_world):
+def test_finetune_phases(tiny_world):
     model = _model("vqrec", tiny_world)
-    permute, rest = model.finetune_stages()
+    permute, rest = model.phases("finetune")
     permute.trainable(model)
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["perm_logits"]
     rest.trainable(model)
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"code_emb", "norm"}  # fix_enc: positions and Transformer frozen
-    assert rest.start_epoch == 5
+    assert permute.epochs == 5 and rest.epochs is None  # the permutation phase is fixed, the rest early-stopped
     scratch = _model("vqrec", tiny_world, extra=["model.permutation=none", "model.freeze_encoder=false"])
-    (only,) = scratch.finetune_stages()
+    (only,) = scratch.phases("finetune")
     only.trainable(scratch)
     assert {n.split(".")[0] for n, p in scratch.named_parameters() if p.requires_grad} == {"code_emb", "pos_emb", "norm", "encoder"}

@@ -37,8 +37,11 @@ class DataConfig:
     embeddings: str = ""  # text models: name under DIR/embeddings ("" = the only one there)
     word_drop_embeddings: str = ""  # pre-training: word-drop view ("" = "<embeddings>-wd15" when present)
     codes: str = ""  # code models: name under DIR/codes ("" = the only one there)
+    features: tuple[str, ...] = ()  # models reading item feature tables: names under DIR/features (e.g. feat1CLS)
     long_sequences: Literal["exact", "chunked"] = "exact"  # targets past the first window: own rows (reference) or chunks
-    train_rows: Literal["windows", "prefixes"] = "windows"  # whole-sequence windows, or the reference's one row per prefix
+    # "auto": what the model declares for training (whole-sequence windows for causal models) and one row per
+    # prefix for pre-training (user-diverse batches); "windows" is refused for models that are not causal
+    train_rows: Literal["auto", "windows", "prefixes", "sampled"] = "auto"
 
     def __post_init__(self) -> None:
         _check(self.max_seq_len >= 1, "data.max_seq_len must be >= 1")
@@ -56,8 +59,14 @@ class TrainConfig:
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda" or "cuda:N"
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU, where fp32 is faster and exact
     compile: bool = False  # torch.compile the training step (helps on GPU, costs start-up time)
-    batching: Literal["bucket", "random"] = "bucket"  # how rows are grouped (see textrec.data.batching)
+    # how rows are grouped (textrec.data.batching); "auto": "bucket" for training, "stratified" (every batch
+    # mixes the source domains in proportion, rows of similar length) for pre-training
+    batching: Literal["auto", "bucket", "random", "stratified"] = "auto"
     grad_clip: float = 0.0  # max gradient norm; 0 disables clipping (references do not clip)
+    grad_accum: int = 1  # batches whose gradients are summed before each optimiser step
+    schedule: Literal["constant", "linear"] = "constant"  # learning rate: constant (references) or linear decay to 0
+    warmup_steps: int = 0  # optimiser steps of linear warm-up from 0 (Recformer: 10000 in pre-training)
+    no_decay_1d: bool = True  # with weight_decay > 0: biases and LayerNorm weights get none (HF/BERT convention)
     eval_every: int = 1  # evaluate on validation every N epochs (references: eval_step 1)
     tensorboard: bool = False  # also write TensorBoard event files (needs the tensorboard package)
     num_threads: int = 0  # CPU threads for torch; 0 keeps torch's default
@@ -68,6 +77,11 @@ class TrainConfig:
         _check(self.lr > 0, "train.lr must be > 0")
         _check(self.patience >= 1, "train.patience must be >= 1")
         _check(self.eval_every >= 1, "train.eval_every must be >= 1")
+        _check(self.grad_accum >= 1, "train.grad_accum must be >= 1")
+        _check(self.warmup_steps >= 0, "train.warmup_steps must be >= 0")
+        _check(self.weight_decay >= 0, "train.weight_decay must be >= 0")
+        _check(self.grad_clip >= 0, "train.grad_clip must be >= 0")
+        _check(self.num_threads >= 0, "train.num_threads must be >= 0")
         _check(
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
             f"train.device must be auto, cpu, cuda or cuda:N, not {self.device!r}",
@@ -82,6 +96,7 @@ class EvalConfig:
     ties: Literal["pessimistic", "random"] = "pessimistic"  # tied candidates rank above the target, or expected rank
     batch_size: int = 256  # users per scoring batch (batches are length-sorted, so small ones trim more padding)
     item_chunk: int = 65536  # items per scoring chunk; bounds memory for large catalogues
+    extra: tuple[str, ...] = ()  # optional metrics without cut-off: "mrr", "auc" (Recformer reports both)
 
     def __post_init__(self) -> None:
         _check(len(self.ks) > 0 and all(k >= 1 for k in self.ks), "eval.ks must be positive integers")
@@ -91,6 +106,8 @@ class EvalConfig:
             f"eval.select_metric must be recall@K, ndcg@K or mrr@K with K in eval.ks {list(self.ks)}, not {self.select_metric!r}",
         )
         _check(self.batch_size >= 1 and self.item_chunk >= 1, "eval.batch_size and eval.item_chunk must be >= 1")
+        bad = [m for m in self.extra if m not in ("mrr", "auc")]
+        _check(not bad, f"eval.extra may hold mrr and auc, not {bad}")
 
 
 @dataclass(frozen=True)
@@ -113,7 +130,7 @@ class RunConfig:
     def from_dict(cls, d: dict, registry: dict | None = None) -> RunConfig:
         """Build from nested dicts (a parsed TOML file or a saved config.json), strictly."""
         if registry is None:
-            from textrec.models import MODELS as registry
+            from textrec.models import MODELS as registry  # name -> function returning the model class
         d = dict(d)
         unknown = set(d) - {"model", "data", "train", "eval"}
         if unknown:
@@ -124,10 +141,10 @@ class RunConfig:
             raise ConfigError("no model given: set model.name in the config or pass --model")
         if name not in registry:
             raise ConfigError(f"unknown model {name!r} (valid: {', '.join(sorted(registry))})")
-        model_cls = registry[name][0]
+        config_cls = registry[name]().Config
         return cls(
             model=name,
-            model_config=from_dict(model_cls, model_section, "model"),
+            model_config=from_dict(config_cls, model_section, "model"),
             data=from_dict(DataConfig, d.get("data", {}), "data"),
             train=from_dict(TrainConfig, d.get("train", {}), "train"),
             eval=from_dict(EvalConfig, d.get("eval", {}), "eval"),

@@ -7,12 +7,20 @@ speed-up over the reference trainers (DESIGN.md, "Performance notes").
 ``batch_size`` counts **loss positions** (next-item targets), the unit the references batch in: a
 RecBole batch of 2048 prefix rows is 2048 (history, target) pairs, and a textrec batch of 2048 holds
 about 2048 such pairs spread over whole-sequence windows, so an epoch takes the same number of optimiser
-steps. Two ways to group rows:
+steps. Ways to group rows:
 
-* ``"bucket"`` (default): rows shuffled, then stably sorted by length, cut into batches and the batches
-  shuffled. Rows of a batch have similar lengths, so almost no padding is computed.
+* ``"bucket"`` (training default): rows shuffled, then stably sorted by length, cut into batches and the
+  batches shuffled. Rows of a batch have similar lengths, so almost no padding is computed.
 * ``"random"``: rows shuffled and cut in that order (every batch a uniform sample), padded to the
   longest row of the batch.
+* ``"stratified"`` (pre-training default): within each source domain rows are shuffled, stably sorted by
+  length and cut into as many consecutive slices as the epoch has batches; batch b joins slice b of every
+  domain. Every batch therefore holds each domain in proportion to its share of the targets (the
+  references' "mixed-domain negatives": their shuffled rows give this on average), rows of similar length
+  within each domain (little padding), and, with one row per prefix, targets from many users.
+
+``sample_per_user`` keeps one randomly drawn row per user each epoch (models whose ``TRAINING_ROWS`` is
+``"sampled"``, e.g. one random target position per user per epoch as Recformer's fine-tuning does).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from torch import Tensor
 
 from textrec.data.split import EvalExamples, TrainWindows
 
-Batching = Literal["bucket", "random"]
+Batching = Literal["bucket", "random", "stratified"]
 
 
 class SeqBatch(NamedTuple):
@@ -36,6 +44,7 @@ class SeqBatch(NamedTuple):
     seq_len: Tensor  # (B,) long number of real items per row
     targets: Tensor | None = None  # (B, L) long next item at each position, 0 = no loss (training only)
     domain: Tensor | None = None  # (B,) long source-domain index (multi-domain pre-training only)
+    users: Tensor | None = None  # (B,) long user row of each sequence (training: rows of one user are not negatives)
 
 
 class EvalBatch(NamedTuple):
@@ -55,21 +64,26 @@ class TrainBatcher:
         batching: Batching = "bucket",
         seed: int = 0,
         domains: np.ndarray | None = None,
+        sample_per_user: bool = False,
     ) -> None:
         if len(windows.lengths) == 0:
             from textrec.errors import DataError
 
             raise DataError("no training instances: every user's training part has fewer than 2 items")
-        if batching not in ("bucket", "random"):
-            raise ValueError(f"batching must be 'bucket' or 'random', not {batching!r}")
+        if batching not in ("bucket", "random", "stratified"):
+            raise ValueError(f"batching must be 'bucket', 'random' or 'stratified', not {batching!r}")
         self.device = torch.device(device)
         self.inputs = torch.as_tensor(windows.inputs, dtype=torch.long, device=self.device)
         self.targets = torch.as_tensor(windows.targets, dtype=torch.long, device=self.device)
         self.lengths = torch.as_tensor(windows.lengths, dtype=torch.long)  # batch planning stays on CPU
         self.n_targets = torch.as_tensor(windows.n_targets, dtype=torch.long)
         self.domains = None if domains is None else torch.as_tensor(domains, dtype=torch.long, device=self.device)
+        self.row_domains = torch.zeros(len(windows.lengths), dtype=torch.long) if domains is None else torch.as_tensor(domains, dtype=torch.long)
+        self.users_cpu = torch.as_tensor(windows.users, dtype=torch.long)
+        self.users = self.users_cpu.to(self.device)
         self.batch_size = batch_size
         self.batching = batching
+        self.sample_per_user = sample_per_user
         self.generator = torch.Generator().manual_seed(seed)
 
     @property
@@ -78,34 +92,73 @@ class TrainBatcher:
 
     @property
     def total_targets(self) -> int:
+        """Next-item targets per epoch."""
+        if self.sample_per_user:  # one row per user, each with its targets: rows here are one-target prefix rows
+            return int(torch.unique(self.users_cpu).numel())
         return int(self.n_targets.sum())
 
     def __len__(self) -> int:
-        """Batches per epoch (exact for every epoch: boundaries depend only on the order's target counts)."""
+        """Batches per epoch (exact for bucket/random: boundaries depend only on the order's target counts)."""
         return max(1, -(-self.total_targets // self.batch_size))
+
+    def _sampled_rows(self) -> Tensor:
+        """One row per user, drawn uniformly among that user's rows, in random order."""
+        perm = torch.randperm(self.n_rows, generator=self.generator)
+        by_user = perm[torch.argsort(self.users_cpu[perm], stable=True)]  # users grouped, random order inside
+        u = self.users_cpu[by_user]
+        first = torch.ones_like(u, dtype=torch.bool)
+        first[1:] = u[1:] != u[:-1]
+        chosen = by_user[first]
+        return chosen[torch.randperm(chosen.numel(), generator=self.generator)]
+
+    def _stratified(self, order: Tensor) -> list[Tensor]:
+        """Batch b = the b-th length slice of every domain (see module doc)."""
+        n_batches = max(1, -(-int(self.n_targets[order].sum()) // self.batch_size))
+        parts: list[list[Tensor]] = [[] for _ in range(n_batches)]
+        for d in torch.unique(self.row_domains[order]).tolist():
+            rows = order[self.row_domains[order] == d]
+            rows = rows[torch.argsort(self.lengths[rows], stable=True)]
+            cum = torch.cumsum(self.n_targets[rows], 0)
+            slice_of_row = torch.div((cum - 1) * n_batches, cum[-1], rounding_mode="floor")
+            counts = torch.bincount(slice_of_row, minlength=n_batches)
+            for b, c in enumerate(torch.split(rows, counts.tolist())):
+                if c.numel():
+                    parts[b].append(c)
+        return [torch.cat(p) for p in parts if p]
 
     def plan(self) -> list[Tensor]:
         """Row indices of each batch of the next epoch, in the order they will be used."""
-        order = torch.randperm(self.n_rows, generator=self.generator)
-        if self.batching == "bucket":
-            order = order[torch.argsort(self.lengths[order], stable=True)]
-        cum = torch.cumsum(self.n_targets[order], 0)
-        batch_of_row = torch.div(cum - 1, self.batch_size, rounding_mode="floor")
-        sizes = torch.bincount(batch_of_row)
-        chunks = [c for c in torch.split(order, sizes.tolist()) if c.numel()]
+        if self.sample_per_user:
+            order = self._sampled_rows()
+        else:
+            order = torch.randperm(self.n_rows, generator=self.generator)
+        if self.batching == "stratified":
+            chunks = self._stratified(order)
+        else:
+            if self.batching == "bucket":
+                order = order[torch.argsort(self.lengths[order], stable=True)]
+            cum = torch.cumsum(self.n_targets[order], 0)
+            batch_of_row = torch.div(cum - 1, self.batch_size, rounding_mode="floor")
+            sizes = torch.bincount(batch_of_row)
+            chunks = [c for c in torch.split(order, sizes.tolist()) if c.numel()]
         shuffle = torch.randperm(len(chunks), generator=self.generator)
         return [chunks[i] for i in shuffle.tolist()]
 
+    def batch(self, rows: Tensor) -> SeqBatch:
+        """The batch of training rows ``rows`` (CPU indices), trimmed to its longest row."""
+        width = int(self.lengths[rows].max())
+        rows_d = rows.to(self.device)
+        return SeqBatch(
+            item_seq=self.inputs[rows_d, :width],
+            seq_len=self.lengths[rows].to(self.device),
+            targets=self.targets[rows_d, :width],
+            domain=None if self.domains is None else self.domains[rows_d],
+            users=self.users[rows_d],
+        )
+
     def epoch(self) -> Iterator[SeqBatch]:
         for rows in self.plan():
-            width = int(self.lengths[rows].max())
-            rows_d = rows.to(self.device)
-            yield SeqBatch(
-                item_seq=self.inputs[rows_d, :width],
-                seq_len=self.lengths[rows].to(self.device),
-                targets=self.targets[rows_d, :width],
-                domain=None if self.domains is None else self.domains[rows_d],
-            )
+            yield self.batch(rows)
 
 
 class EvalBatcher:

@@ -10,7 +10,9 @@ Deliberate differences, none of which change the function computed:
 * the query, key and value projections are one fused ``Linear(d, 3d)`` (same init distribution);
 * attention is ``F.scaled_dot_product_attention`` with ``is_causal=True``. RecBole adds a -10000 mask for
   future *and* padded keys; with right-padded rows a real query at position t only sees positions <= t,
-  which are all real, so the causal mask alone gives identical outputs at every real position.
+  which are all real, so the causal mask alone gives identical outputs at every real position. A
+  key-padding mask may be given as well (for left-padded or non-causal use); with ``causal=True`` both
+  masks apply.
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ class MultiHeadSelfAttention(nn.Module):
         B, L, D = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)  # 3x (B, H, L, Dh)
         mask = None
-        if key_padding is not None:  # (B, L) True = padding; only for non-causal use
-            mask = ~key_padding[:, None, None, :]
+        if key_padding is not None:  # (B, L) True = padding
+            mask = ~key_padding[:, None, None, :]  # (B, 1, 1, L) True = may attend
+            if causal:  # combine: SDPA cannot take is_causal together with an explicit mask
+                mask = mask & torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
         h = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0, is_causal=causal and mask is None
         )  # (B, H, L, Dh)
@@ -84,6 +88,22 @@ class TransformerEncoder(nn.Module):
         return x  # (B, L, D)
 
 
+def check_encoder_config(cfg) -> None:
+    """Reject Transformer sizes that cannot work, with the config key in the message (not a torch error)."""
+    from textrec.errors import ConfigError
+
+    for key in ("hidden_size", "n_layers", "n_heads", "inner_size"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"model.{key} must be >= 1, not {getattr(cfg, key)}")
+    if cfg.hidden_size % cfg.n_heads:
+        raise ConfigError(f"model.hidden_size {cfg.hidden_size} is not a multiple of model.n_heads {cfg.n_heads}")
+    for key in ("hidden_dropout", "attn_dropout") + tuple(k for k in ("adaptor_dropout",) if hasattr(cfg, k)):
+        if not 0.0 <= getattr(cfg, key) < 1.0:
+            raise ConfigError(f"model.{key} must be in [0, 1), not {getattr(cfg, key)}")
+    if getattr(cfg, "temperature", 1.0) <= 0:
+        raise ConfigError(f"model.temperature must be > 0, not {cfg.temperature}")
+
+
 def init_weights(module: nn.Module, std: float = 0.02) -> None:
     """RecBole / BERT init: N(0, std) for Linear and Embedding weights, zero biases, LayerNorm (1, 0)."""
     if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -106,21 +126,34 @@ def next_item_positions(hidden: Tensor, targets: Tensor) -> tuple[Tensor, Tensor
     return hidden[mask], targets[mask]
 
 
+def position_users(targets: Tensor, users: Tensor | None) -> Tensor | None:
+    """(N,) the user of each loss position (in ``next_item_positions`` order), or None without users."""
+    if users is None:
+        return None
+    return users[:, None].expand_as(targets)[targets > 0]
+
+
 def in_batch_contrastive(
-    query: Tensor, keys: Tensor, key_ids: Tensor, temperature: float, same_target: str = "mask", extra: Tensor | None = None
+    query: Tensor, keys: Tensor, key_ids: Tensor, temperature: float, same_target: str = "mask", extra: Tensor | None = None,
+    groups: Tensor | None = None,
 ) -> Tensor:
     """InfoNCE over a batch: row i's positive is key i, the other keys are its negatives (UniSRec/VQ-Rec).
 
     query, keys (N, D) are L2-normalised here; key_ids (N,) item ids of the keys. Other rows whose key is
     the same item as row i's are removed from its negatives (``same_target="mask"``) or, as the released
     code does, given logit 0 so each still adds exp(0) = 1 to the denominator (``"reference"``).
-    ``extra`` (N, D): one more negative per row (VQ-Rec's semi-synthetic item).
+    ``extra`` (N, D): one more negative per row (VQ-Rec's semi-synthetic item). ``groups`` (N,): the user
+    each row comes from; another row of the same user is never a negative (its target is that user's
+    own item, not a contrast).
     """
     q = F.normalize(query, dim=-1)
     logits = q @ F.normalize(keys, dim=-1).T / temperature  # (N, N)
     n = len(key_ids)
-    same = (key_ids[:, None] == key_ids[None, :]) & ~torch.eye(n, dtype=torch.bool, device=logits.device)
+    eye = torch.eye(n, dtype=torch.bool, device=logits.device)
+    same = (key_ids[:, None] == key_ids[None, :]) & ~eye
     logits = logits.masked_fill(same, float("-inf") if same_target == "mask" else 0.0)
+    if groups is not None:
+        logits = logits.masked_fill((groups[:, None] == groups[None, :]) & ~eye, float("-inf"))
     if extra is not None:
         logits = torch.cat([logits, (q * F.normalize(extra, dim=-1)).sum(-1, keepdim=True) / temperature], dim=1)
     return F.cross_entropy(logits.float(), torch.arange(n, device=logits.device))

@@ -10,6 +10,10 @@ Reference: RecBole 1.2.1 ``SASRec`` with the UniSRec/VQ-Rec baseline settings (R
 * loss: cross-entropy over all items at every position that has a next item (see ``data.split``: the
   same pairs as the reference's prefix rows).
 
+Declarations (``textrec.models.spec``): no item-side inputs (it scores item IDs, so it cannot take new items
+or move to another catalogue), causal (trains on whole-sequence windows), one training phase, no
+pre-training objective.
+
 Deliberate difference: the padding row is excluded from the training softmax; the
 reference leaves it in, where it only ever acts as one extra negative. Evaluation never ranks it in
 either.
@@ -24,7 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from textrec.data.batching import SeqBatch
-from textrec.models.layers import TransformerEncoder, init_weights, last_position, next_item_positions
+from textrec.errors import ConfigError
+from textrec.models.layers import TransformerEncoder, check_encoder_config, init_weights, last_position, next_item_positions
+from textrec.models.spec import ItemInputs, Phase, train_all
 
 
 @dataclass(frozen=True)
@@ -38,10 +44,19 @@ class SASRecConfig:
     layer_norm_eps: float = 1e-12  # RecBole default
     initializer_range: float = 0.02  # N(0, 0.02) init, RecBole default
 
+    def __post_init__(self) -> None:
+        check_encoder_config(self)
+
 
 class SASRec(nn.Module):
-    def __init__(self, cfg: SASRecConfig, n_items: int, max_seq_len: int) -> None:
+    Config = SASRecConfig
+    ITEM_INPUTS = ()  # item IDs only
+    TRAINING_ROWS = "windows"  # causal
+    CATALOGUE_KEYS = ("item_emb.",)  # every item vector belongs to one catalogue
+
+    def __init__(self, cfg: SASRecConfig, inputs: ItemInputs, max_seq_len: int) -> None:
         super().__init__()
+        n_items = inputs.n_items
         self.n_items = n_items
         self.item_emb = nn.Embedding(n_items + 1, cfg.hidden_size, padding_idx=0)
         self.pos_emb = nn.Embedding(max_seq_len, cfg.hidden_size)
@@ -68,3 +83,8 @@ class SASRec(nn.Module):
         h, targets = next_item_positions(self.hidden(batch.item_seq), batch.targets)  # (N, D), (N,)
         logits = h @ self.item_emb.weight[1:].T  # (N, n_items): the padding row is never a candidate
         return F.cross_entropy(logits.float(), targets - 1)
+
+    def phases(self, kind: str) -> list[Phase]:
+        if kind != "train":
+            raise ConfigError(f"sasrec scores item IDs: it has no pre-training objective and cannot move to another catalogue")
+        return [Phase("train", train_all)]

@@ -34,8 +34,19 @@ Deliberate differences from the reference:
 * The adaptor's experts share one input-dropout mask (the reference draws one per expert), see ``MoEAdaptor``.
 * ``default mode`` is inductive (the reference's default is transductive): on Scientific with MiniLM text
   the reference code itself measures inductive 0.1201 vs transductive 0.1072 R@10 (shared/data/README.md).
-* Freezing the encoder during fine-tuning is a real switch (``freeze_encoder``); the reference's ``-f`` flag
-  is ``type=bool`` and cannot turn it off.
+* Freezing the encoder during fine-tuning is a real switch (``freeze_encoder``, default on as in the
+  reference, where fine-tuning from a checkpoint always freezes position embeddings and Transformer); the
+  reference's ``-f`` flag is ``type=bool`` and cannot turn it off. Training from scratch never freezes.
+* Pre-training rows: one row per (prefix, next item), grouped so that every batch mixes the source domains
+  in proportion (``train.batching="stratified"``, the default for ``textrec pretrain``), and rows of the
+  same user are never each other's negatives. The reference shuffles its prefix rows (same mixing, on
+  average) and lets same-user rows act as negatives. The reference pre-trains with 8192 targets per batch
+  (``props/pretrain.yaml``); textrec's default is 2048 (``train.batch_size=8192`` gives the reference's).
+
+Declarations (``textrec.models.spec``): item inputs ``text_embeddings`` (+ the optional
+``word_drop_embeddings`` view in pre-training); causal, so it trains on whole-sequence windows; phases:
+one from scratch, one in pre-training (``pretrain_loss``), one in fine-tuning (position embeddings and
+Transformer frozen when ``freeze_encoder``).
 """
 
 from __future__ import annotations
@@ -48,8 +59,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from textrec.data.batching import SeqBatch
-from textrec.models.layers import (TransformerEncoder, in_batch_contrastive, init_weights, item_drop, last_position,
-                                   next_item_positions)
+from textrec.models.layers import (TransformerEncoder, check_encoder_config, in_batch_contrastive, init_weights, item_drop,
+                                   last_position, next_item_positions, position_users)
+from textrec.models.spec import ItemInputs, Phase, train_all, train_all_but
 
 
 @dataclass(frozen=True)
@@ -66,11 +78,14 @@ class UniSRecConfig:
     adaptor_dropout: float = 0.2  # reference adaptor_dropout_prob
     temperature: float = 0.07  # reference temperature
     mode: Literal["inductive", "transductive"] = "inductive"  # text only, or text + item-ID embedding
-    freeze_encoder: bool = False  # fine-tuning: freeze position embeddings and Transformer (reference: with -p)
+    freeze_encoder: bool = True  # fine-tuning: freeze position embeddings and Transformer (reference, with a checkpoint)
     lambda_ss: float = 1e-3  # pre-training weight of the sequence-sequence term (reference lambda)
     item_drop_coefficient: float = 0.9  # pre-training: probability of item drop rather than word drop
     item_drop_ratio: float = 0.2  # pre-training: per-position drop / swap probability
     same_target: Literal["mask", "reference"] = "mask"  # in-batch rows sharing the target: removed, or exp(0) as released
+
+    def __post_init__(self) -> None:
+        check_encoder_config(self)
 
 
 class MoEAdaptor(nn.Module):
@@ -104,18 +119,18 @@ class MoEAdaptor(nn.Module):
 
 
 class UniSRec(nn.Module):
+    Config = UniSRecConfig
+    ITEM_INPUTS = ("text_embeddings",)
+    PRETRAIN_INPUTS = ("word_drop_embeddings",)  # optional: without it, augmentation is item drop only
+    TRAINING_ROWS = "windows"  # causal
     # item-side state that belongs to one catalogue and is not carried to a new domain
     CATALOGUE_KEYS = ("text_table", "word_drop_table", "item_id_emb.weight")
 
-    def __init__(
-        self,
-        cfg: UniSRecConfig,
-        text_embeddings: Tensor,
-        max_seq_len: int,
-        word_drop_embeddings: Tensor | None = None,
-    ) -> None:
+    def __init__(self, cfg: UniSRecConfig, inputs: ItemInputs, max_seq_len: int) -> None:
         super().__init__()
         self.cfg = cfg
+        text_embeddings = inputs.require("text_embeddings", "unisrec")
+        word_drop_embeddings = inputs.word_drop_embeddings
         n_rows, d_text = text_embeddings.shape
         self.n_items = n_rows - 1
         self.register_buffer("text_table", torch.as_tensor(text_embeddings, dtype=torch.float32).clone())  # (n+1, d_text)
@@ -166,21 +181,28 @@ class UniSRec(nn.Module):
         logits = F.normalize(h, dim=-1) @ items.T / self.cfg.temperature
         return F.cross_entropy(logits.float(), targets - 1)
 
-    def _contrast(self, query: Tensor, keys: Tensor, key_ids: Tensor) -> Tensor:
-        return in_batch_contrastive(query, keys, key_ids, self.cfg.temperature, self.cfg.same_target)
+    def _contrast(self, query: Tensor, keys: Tensor, key_ids: Tensor, groups: Tensor | None = None) -> Tensor:
+        return in_batch_contrastive(query, keys, key_ids, self.cfg.temperature, self.cfg.same_target, groups=groups)
 
     def pretrain_loss(self, batch: SeqBatch) -> Tensor:
         """L_si + lambda_ss * L_ss over a (multi-domain) batch of training windows."""
         hidden = self.hidden(batch.item_seq)  # (B, L, D)
         h, targets = next_item_positions(hidden, batch.targets)  # (N, D), (N,)
-        loss = self._contrast(h, self.item_vectors(targets), targets)
+        loss = self._contrast(h, self.item_vectors(targets), targets, position_users(batch.targets, batch.users))
         if self.cfg.lambda_ss > 0:
             seq = last_position(hidden, batch.seq_len)  # (B, D)
             aug_seq, aug_len, aug_text = self.augment(batch.item_seq, batch.seq_len)
             aug = last_position(self.hidden(aug_seq, aug_text), aug_len)  # (B, D)
             last_target = batch.targets[torch.arange(len(batch.seq_len)), batch.seq_len - 1]
-            loss = loss + self.cfg.lambda_ss * self._contrast(seq, aug, last_target)
+            loss = loss + self.cfg.lambda_ss * self._contrast(seq, aug, last_target, batch.users)
         return loss
+
+    def phases(self, kind: str) -> list[Phase]:
+        if kind == "pretrain":
+            return [Phase("pretrain", train_all, loss=self.pretrain_loss)]
+        if kind == "finetune" and self.cfg.freeze_encoder:
+            return [Phase("fine-tune, encoder frozen", train_all_but(self.pos_emb, self.encoder))]
+        return [Phase(kind, train_all)]
 
     def augment(self, item_seq: Tensor, seq_len: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Item drop (compacted left) or the word-drop view; one choice per batch, as the reference."""

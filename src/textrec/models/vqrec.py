@@ -17,7 +17,7 @@ REFERENCE_NOTES section 2; equations as numbered in the paper (seed text 001 in 
   sub-space, mean-pooled; log-sum-exp through ``F.cross_entropy``. ``lambda_ss`` > 0 adds a
   sequence-sequence term against an item-drop view (off by default: Eq. 8 has none).
 * ``loss``: cross-entropy over all items of cos / temperature (fine-tuning and training from scratch).
-* Fine-tuning (Eq. 9-10, ``finetune_stages``): for ``permute_epochs`` epochs only a per-sub-space matrix
+* Fine-tuning (Eq. 9-10, ``phases("finetune")``): for ``permute_epochs`` epochs only a per-sub-space matrix
   T (D x M x M) trains; each step the code-embedding rows of every sub-space are permuted by
   P = Gumbel-Sinkhorn(T) (``sinkhorn_iters`` alternating row/column normalisations in log space at
   temperature ``gumbel_tau``), hard in the forward pass. Then the permutation is baked into the table and
@@ -37,6 +37,21 @@ Deliberate differences from the reference:
   trainer freezes the Transformer from epoch 5 even without pre-training, leaving it at its random init.
 * The padding item is never a candidate in the softmax.
 * ``mode="transductive"`` adds an item-ID embedding to the code vector (not in the released code).
+* T is D x M x M over the M real codewords of each sub-space; the release's ``trans_matrix`` is
+  D x (M + 1) x (M + 1), so its permutation can also move the padding row (row 0 of each sub-space block)
+  onto a real code and a real code onto it. The padding row is zero and stays padding here, in both
+  ``permutation`` modes. The release also feeds ``log(exp(T) + 1e-6)`` (a softplus-like transform) to the
+  Sinkhorn steps; here T enters directly (same fixed point, it only reparametrises T).
+* Pre-training rows are one per (prefix, next item) in domain-stratified batches, and rows of the same
+  user are never each other's negatives (see UniSRec's docstring); the reference pre-trains with 8192
+  targets per batch (``props/pretrain.yaml``; its README's single-GPU command uses 2048, textrec's default).
+* Fine-tuning phases end on their own: the permutation phase after ``permute_epochs`` epochs, the rest by
+  early stopping with the full patience counted from its start (the reference's trainer counts patience
+  across both).
+
+Declarations (``textrec.models.spec``): item input ``codes``; causal (whole-sequence windows); phases:
+one from scratch (every parameter), one in pre-training (``pretrain_loss``), and in fine-tuning the
+permutation phase then the rest (``finetune`` phases below).
 """
 
 from __future__ import annotations
@@ -50,8 +65,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from textrec.data.batching import SeqBatch
-from textrec.models.layers import (TransformerEncoder, in_batch_contrastive, init_weights, item_drop, last_position,
-                                   next_item_positions)
+from textrec.models.layers import (TransformerEncoder, check_encoder_config, in_batch_contrastive, init_weights, item_drop,
+                                   last_position, next_item_positions, position_users)
+from textrec.models.spec import ItemInputs, Phase, train_all
 
 
 @dataclass(frozen=True)
@@ -77,6 +93,14 @@ class VQRecConfig:
     gumbel_tau: float = 0.7  # reference Gumbel-Sinkhorn temperature
     freeze_encoder: bool = True  # after the permutation phase: freeze positions + Transformer (reference fix_enc)
 
+    def __post_init__(self) -> None:
+        check_encoder_config(self)
+        if self.permute_epochs < 0 or self.sinkhorn_iters < 1 or self.gumbel_tau <= 0 or not 0 <= self.fake_code_ratio <= 1:
+            from textrec.errors import ConfigError
+
+            raise ConfigError("model.permute_epochs >= 0, model.sinkhorn_iters >= 1, model.gumbel_tau > 0 and "
+                              "model.fake_code_ratio in [0, 1] are required")
+
 
 def gumbel_sinkhorn(log_alpha: Tensor, tau: float, n_iters: int, noise: bool) -> Tensor:
     """(D, M, M) scores -> log of a (nearly) doubly stochastic matrix per sub-space."""
@@ -100,13 +124,17 @@ def hungarian(log_p: Tensor) -> Tensor:
 
 
 class VQRec(nn.Module):
+    Config = VQRecConfig
+    ITEM_INPUTS = ("codes",)
+    TRAINING_ROWS = "windows"  # causal
     # item-side state that belongs to one catalogue (or one fine-tuning) and is not carried over
     CATALOGUE_KEYS = ("code_index", "item_id_emb.weight", "perm_logits", "permuting")
 
-    def __init__(self, cfg: VQRecConfig, codes: Tensor, codebook_size: int, max_seq_len: int) -> None:
+    def __init__(self, cfg: VQRecConfig, inputs: ItemInputs, max_seq_len: int) -> None:
         super().__init__()
         self.cfg = cfg
-        codes = torch.as_tensor(codes, dtype=torch.long)
+        codes = torch.as_tensor(inputs.require("codes", "vqrec"), dtype=torch.long)
+        codebook_size = inputs.codebook_size
         n_rows, n_codebooks = codes.shape
         if codes[1:].min() < 0 or codes[1:].max() >= codebook_size:
             raise ValueError(f"item codes must lie in 0..{codebook_size - 1}")
@@ -195,13 +223,15 @@ class VQRec(nn.Module):
         hidden = self.hidden(batch.item_seq)
         h, targets = next_item_positions(hidden, batch.targets)  # (N, h), (N,)
         fake = self.item_vectors(targets, index=self._fake_index(targets)) if self.cfg.semi_synthetic else None
-        loss = in_batch_contrastive(h, self.item_vectors(targets), targets, self.cfg.temperature, self.cfg.same_target, fake)
+        users = position_users(batch.targets, batch.users)
+        loss = in_batch_contrastive(h, self.item_vectors(targets), targets, self.cfg.temperature, self.cfg.same_target, fake, users)
         if self.cfg.lambda_ss > 0:
             seq = last_position(hidden, batch.seq_len)
             aug_seq, aug_len = item_drop(batch.item_seq, batch.seq_len, self.cfg.item_drop_ratio)
             aug = last_position(self.hidden(aug_seq), aug_len)
             last_target = batch.targets[torch.arange(len(batch.seq_len)), batch.seq_len - 1]
-            loss = loss + self.cfg.lambda_ss * in_batch_contrastive(seq, aug, last_target, self.cfg.temperature, self.cfg.same_target)
+            loss = loss + self.cfg.lambda_ss * in_batch_contrastive(seq, aug, last_target, self.cfg.temperature,
+                                                                    self.cfg.same_target, groups=batch.users)
         return loss
 
     # ---- fine-tuning phases ------------------------------------------------------------------
@@ -226,9 +256,11 @@ class VQRec(nn.Module):
             log_p = gumbel_sinkhorn(self.perm_logits, self.cfg.gumbel_tau, self.cfg.sinkhorn_iters, noise=False)
             return log_p.argmax(dim=2) if self.cfg.permutation == "reference" else hungarian(log_p)
 
-    def finetune_stages(self):
-        from textrec.train.loop import Stage
-
+    def phases(self, kind: str) -> list[Phase]:
+        if kind == "pretrain":
+            return [Phase("pretrain", train_all, loss=self.pretrain_loss)]
+        if kind == "train":
+            return [Phase("train", train_all)]
         frozen = (*self.pos_emb.parameters(), *self.encoder.parameters()) if self.cfg.freeze_encoder else ()
 
         def only_permutation(m: nn.Module) -> None:
@@ -239,10 +271,9 @@ class VQRec(nn.Module):
             for p in m.parameters():
                 p.requires_grad_(p is not m.perm_logits and all(p is not f for f in frozen))
 
-        stages = [Stage(0, rest, name="fine-tune")]
-        if self.cfg.permutation != "none" and self.cfg.permute_epochs > 0:
-            stages = [
-                Stage(0, only_permutation, enter=lambda m: m.start_permutation(), name="permute"),
-                Stage(self.cfg.permute_epochs, rest, enter=lambda m: m.bake_permutation(), name="fine-tune"),
-            ]
-        return stages
+        if self.cfg.permutation == "none" or self.cfg.permute_epochs == 0:
+            return [Phase("fine-tune", rest)]
+        return [
+            Phase("permute", only_permutation, enter=lambda m: m.start_permutation(), epochs=self.cfg.permute_epochs),
+            Phase("fine-tune", rest, enter=lambda m: m.bake_permutation()),
+        ]

@@ -1,10 +1,13 @@
 """The one training loop: epochs of next-item training, validation, early stopping, checkpoints, resume.
 
-Every model trains through ``fit``: Adam/AdamW on the parameters that require gradients, bf16 autocast on
-CUDA, optional ``torch.compile`` and gradient clipping; after each ``eval_every`` epochs the validation
-split is ranked against the whole catalogue, the best model (by ``eval.select_metric``) is written to
-``model.safetensors``, and training stops after ``patience`` evaluations without improvement. The best
-weights are restored and the test split is evaluated once.
+Every model trains through ``fit``, phase after phase as the model declares them (``textrec.models.spec.Phase``):
+Adam/AdamW on the parameters that require gradients (AdamW without decay on biases and LayerNorm weights),
+an optional learning-rate schedule (linear warm-up, linear decay), gradient accumulation and clipping,
+bf16 autocast on CUDA, optional ``torch.compile``. After each ``eval_every`` epochs the validation split is
+ranked against the whole catalogue (always in float32), the best model (by ``eval.select_metric``) is written
+to ``model.safetensors``; a phase ends after its fixed number of epochs or after ``patience`` evaluations
+without improvement (counted from the phase's start), and the run ends with its last phase or at
+``train.epochs``. The best weights are restored and the test split is evaluated once.
 
 A run directory holds::
 
@@ -13,7 +16,7 @@ A run directory holds::
     state.pt           training state after the last finished epoch (model, optimiser, random
                        generators, early-stopping counters); ``resume=True`` continues from it and
                        reaches the same result as an uninterrupted run
-    log.jsonl          one JSON object per epoch
+    log.jsonl          one JSON object per epoch (on resume, trimmed to the restored epoch)
     metrics.json       best epoch, validation and test metrics, timings (written at the end)
 
 ``state.pt`` holds only tensors and plain values and is read with ``torch.load(weights_only=True)``, so
@@ -22,6 +25,7 @@ loading it never unpickles arbitrary objects.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -34,26 +38,12 @@ import torch
 from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 
-from textrec.config import RunConfig
+from textrec.config import RunConfig, TrainConfig
 from textrec.data.batching import EvalBatcher, TrainBatcher
 from textrec.errors import TextrecError
 from textrec.eval.ranking import evaluate
 from textrec.io import atomic_path, write_json
-
-
-@dataclass
-class Stage:
-    """A phase of training that starts at ``start_epoch``.
-
-    ``enter(model)`` runs once when the phase begins (it may change weights, e.g. bake a learned
-    permutation); ``trainable(model)`` sets ``requires_grad`` for the phase and runs again on resume.
-    The optimiser is rebuilt at the start of every stage over the parameters that require gradients.
-    """
-
-    start_epoch: int
-    trainable: Callable[[torch.nn.Module], None]
-    enter: Callable[[torch.nn.Module], None] | None = None
-    name: str = ""
+from textrec.models.spec import Phase
 
 
 @dataclass
@@ -101,13 +91,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Adam / AdamW over the parameters that require gradients; with weight decay, 1-d ones get none."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TextrecError("no trainable parameters")
+    groups: list = params
+    if cfg.weight_decay > 0 and cfg.no_decay_1d:
+        groups = [{"params": [p for p in params if p.ndim >= 2]}, {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """Multiplier of ``train.lr`` at optimiser step ``step`` (0-based) of ``total_steps``."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "linear":
+        return max(0.0, (total_steps - step) / max(1, total_steps - cfg.warmup_steps))
+    return 1.0
 
 
 def _peak_memory_mb(device: torch.device) -> float | None:
@@ -159,6 +163,129 @@ class _Logger:
             self.tb.close()
 
 
+@dataclass
+class _Progress:
+    """Where training stands; everything here goes into state.pt."""
+
+    epoch: int = 0  # epochs finished in the whole run
+    phase: int = 0  # index of the current phase
+    phase_epochs: int = 0  # epochs finished in the current phase
+    optimizer_phase: int = 0  # the phase whose trainable() set the optimiser's parameters
+    bad_evals: int = 0  # evaluations without improvement in the current phase
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    opt_steps: int = 0  # optimiser steps of the current optimiser (the learning-rate schedule's clock)
+    schedule_steps: int = 1  # length of the current schedule in optimiser steps
+
+
+class _Trainer:
+    """The state of one ``fit`` call: model, batches, optimiser, phases and their progress."""
+
+    def __init__(self, model, train: TrainBatcher, cfg: RunConfig, out: Path | None, phases: list[Phase], quiet: bool) -> None:
+        self.model, self.train, self.cfg, self.out, self.phases, self.quiet = model, train, cfg, out, phases, quiet
+        self.tc = cfg.train
+        self.device = train.device
+        self.amp_dtype = torch.bfloat16 if (self.tc.amp and self.device.type == "cuda") else None
+        self.progress = _Progress()
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.best_state: dict | None = None
+        self._steps: dict[int, Callable] = {}
+
+    # ---- phases ------------------------------------------------------------------------------
+    def phase_done(self) -> bool:
+        ph, pr = self.phases[self.progress.phase], self.progress
+        if ph.epochs is not None:
+            return pr.phase_epochs >= ph.epochs
+        return pr.bad_evals >= (ph.patience or self.tc.patience)
+
+    def enter(self, index: int, fresh: bool) -> None:
+        """Start phase ``index`` (``fresh``: for the first time, not on resume)."""
+        ph, pr = self.phases[index], self.progress
+        if fresh:
+            if ph.reload_best and pr.best_epoch > 0:
+                self.restore_best()
+            if ph.enter is not None:
+                ph.enter(self.model)
+            pr.phase, pr.phase_epochs, pr.bad_evals = index, 0, 0
+        if ph.optimizer == "rebuild" or self.optimizer is None:
+            ph.trainable(self.model)
+            self.optimizer = make_optimizer(self.model, self.tc)
+            if fresh:
+                pr.optimizer_phase, pr.opt_steps = index, 0
+                epochs = ph.epochs if ph.epochs is not None else self.tc.epochs - pr.epoch
+                pr.schedule_steps = max(1, min(epochs, self.tc.epochs - pr.epoch) * -(-len(self.train) // self.tc.grad_accum))
+        ph.trainable(self.model)
+
+    def resume(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.progress = _Progress(**state["progress"])
+        pr = self.progress
+        self.phases[pr.optimizer_phase].trainable(self.model)  # the optimiser's parameter list, as saved
+        self.optimizer = make_optimizer(self.model, self.tc)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.phases[pr.phase].trainable(self.model)
+        self.train.generator.set_state(state["batch_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+
+    def restore_best(self) -> None:
+        if self.out is not None:
+            load_model(self.model, str(self.out / "model.safetensors"), device=str(self.device))
+        elif self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+
+    # ---- one epoch ---------------------------------------------------------------------------
+    def step_fn(self) -> Callable:
+        index = self.progress.phase
+        if index not in self._steps:
+            fn = self.phases[index].loss or self.model.loss
+            self._steps[index] = torch.compile(fn, dynamic=True) if self.tc.compile else fn
+        return self._steps[index]
+
+    def train_epoch(self, epoch: int) -> float:
+        ph, pr, tc = self.phases[self.progress.phase], self.progress, self.tc
+        if ph.on_epoch_start is not None:
+            ph.on_epoch_start(self.model, epoch)
+        self.model.train()
+        step, opt = self.step_fn(), self.optimizer
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        loss_sum, n_batches = torch.zeros((), device=self.device), 0
+        batches = self.train.plan()
+        opt.zero_grad(set_to_none=True)
+        for i, rows in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}", leave=False, disable=self.quiet, file=sys.stderr)):
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                loss = step(self.train.batch(rows))
+            (loss if tc.grad_accum == 1 else loss / tc.grad_accum).backward()
+            if (i + 1) % tc.grad_accum == 0 or i + 1 == len(batches):
+                if tc.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+                factor = lr_factor(tc, pr.opt_steps, pr.schedule_steps)
+                for group in opt.param_groups:
+                    group["lr"] = tc.lr * factor
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                pr.opt_steps += 1
+            loss_sum += loss.detach().float()
+            n_batches += 1
+        return float(loss_sum) / max(n_batches, 1)
+
+    def save_state(self, path: Path, result: FitResult) -> None:
+        state = {
+            "train_seconds": result.train_seconds,  # so that a resumed run reports the whole run's timings
+            "eval_seconds": result.eval_seconds,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "batch_rng": self.train.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "progress": dataclasses.asdict(self.progress),
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+
+
 def fit(
     model: torch.nn.Module,
     train: TrainBatcher,
@@ -168,141 +295,108 @@ def fit(
     out_dir: str | Path | None = None,
     resume: bool = False,
     quiet: bool = False,
-    stages: list[Stage] | None = None,
-    loss_fn: Callable | None = None,
+    phases: list[Phase] | None = None,
 ) -> FitResult:
-    """Train ``model`` with early stopping on validation; return metrics of the best epoch.
-
-    ``loss_fn(batch)`` defaults to ``model.loss``; pre-training passes ``model.pretrain_loss``.
-    """
+    """Train ``model`` through ``phases`` (default: its ``"train"`` phases) with early stopping on validation."""
     tc, ec = cfg.train, cfg.eval
     out = Path(out_dir) if out_dir is not None else None
-    device = train.device
-    amp_dtype = torch.bfloat16 if (tc.amp and device.type == "cuda") else None
     if tc.num_threads > 0:
         torch.set_num_threads(tc.num_threads)
-    stages = sorted(stages or [], key=lambda s: s.start_epoch)
-
-    def stage_at(epoch: int) -> Stage | None:
-        started = [s for s in stages if s.start_epoch <= epoch]
-        return started[-1] if started else None
-
-    start_epoch, best_score, best_epoch, bad_evals = 0, -math.inf, 0, 0
+    phases = list(phases if phases is not None else model.phases("train"))
+    if not phases:
+        raise TextrecError("the model declares no training phases")
+    trainer = _Trainer(model, train, cfg, out, phases, quiet)
     result = FitResult(best_epoch=0, epochs_run=0, valid={}, test=None)
     state_path = out / "state.pt" if out else None
-    current = None  # the stage whose trainable() is in effect
     if resume and state_path is not None and state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        start_epoch = state["epoch"]
-        current = stage_at(start_epoch - 1)
-        if current is not None:
-            current.trainable(model)
-        optimizer = make_optimizer(model, tc)
-        optimizer.load_state_dict(state["optimizer"])
-        train.generator.set_state(state["batch_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        best_score, best_epoch, bad_evals = state["best_score"], state["best_epoch"], state["bad_evals"]
-        result.train_seconds = list(state["train_seconds"])
-        result.eval_seconds = list(state["eval_seconds"])
+        state = torch.load(state_path, map_location=train.device, weights_only=True)
+        trainer.resume(state)
+        result.train_seconds, result.eval_seconds = list(state["train_seconds"]), list(state["eval_seconds"])
+        _trim_log(out, trainer.progress.epoch)
         if not quiet:
-            tqdm.write(f"resuming {out} after epoch {start_epoch}", file=sys.stderr)
+            tqdm.write(f"resuming {out} after epoch {trainer.progress.epoch}", file=sys.stderr)
     else:
-        optimizer = make_optimizer(model, tc) if stage_at(0) is None else None
+        trainer.enter(0, fresh=True)
         if out is not None:
             (out / "log.jsonl").unlink(missing_ok=True)
-
-    step = loss_fn or model.loss
-    if tc.compile:
-        step = torch.compile(step, dynamic=True)
-    logger = _Logger(out, tc.tensorboard, quiet)
-    best_state = None
-    epochs_done = start_epoch
-    for epoch in range(start_epoch, tc.epochs):
-        if bad_evals >= tc.patience:
-            break
-        stage = stage_at(epoch)
-        if stage is not current:
-            if stage.enter is not None:
-                stage.enter(model)
-            stage.trainable(model)
-            optimizer = make_optimizer(model, tc)
-            current = stage
-        model.train()
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        n_batches = 0
-        for batch in tqdm(train.epoch(), total=len(train), desc=f"epoch {epoch + 1}", leave=False, disable=quiet, file=sys.stderr):
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = step(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], tc.grad_clip)
-            optimizer.step()
-            loss_sum += loss.detach().float()
-            n_batches += 1
-        mean_loss = float(loss_sum) / max(n_batches, 1)
-        if not math.isfinite(mean_loss):
-            raise TextrecError(f"training diverged at epoch {epoch + 1} (loss {mean_loss}); try a smaller train.lr")
-        result.train_seconds.append(time.perf_counter() - t0)
-        epochs_done = epoch + 1
-        record = {"epoch": epoch + 1, "loss": mean_loss, "train_seconds": result.train_seconds[-1]}
-        if current is not None and current.name:
-            record["stage"] = current.name
-        if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
-            ev = evaluate(model, valid, ec.ks, ec.mask_history, ec.item_chunk, amp_dtype, ec.ties)
-            result.eval_seconds.append(ev.seconds)
-            record.update(valid=ev.metrics, eval_seconds=ev.seconds)
-            score = ev.metrics[ec.select_metric]
-            if score > best_score:
-                best_score, best_epoch, bad_evals = score, epoch + 1, 0
-                record["improved"] = True
-                if out is not None:
-                    with atomic_path(out / "model.safetensors") as tmp:
-                        save_model(model, str(tmp))
-                else:
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                bad_evals += 1
-        logger.log(record)
-        if state_path is not None:
-            _save_state(state_path, model, optimizer, train, device, epoch + 1, best_score, best_epoch, bad_evals, result)
-    logger.close()
-    result.epochs_run = epochs_done
-    if best_epoch == 0:
-        raise TextrecError("no validation pass ran; lower train.eval_every or raise train.epochs")
     if out is not None:
-        load_model(model, str(out / "model.safetensors"), device=str(device))
-    elif best_state is not None:
-        model.load_state_dict(best_state)
-    result.best_epoch = best_epoch
-    result.valid = evaluate(model, valid, ec.ks, ec.mask_history, ec.item_chunk, amp_dtype, ec.ties).metrics
+        _remove_temp_files(out)
+    _run_epochs(trainer, valid, result, state_path)
+    pr = trainer.progress
+    result.epochs_run = pr.epoch
+    if pr.best_epoch == 0:
+        raise TextrecError("no validation pass ran; lower train.eval_every or raise train.epochs")
+    trainer.restore_best()
+    result.best_epoch = pr.best_epoch
+    result.valid = _evaluate(model, valid, ec).metrics
     if test is not None:
-        ev = evaluate(model, test, ec.ks, ec.mask_history, ec.item_chunk, amp_dtype, ec.ties)
+        ev = _evaluate(model, test, ec)
         result.test, result.test_eval_seconds = ev.metrics, ev.seconds
-    result.peak_memory_mb = _peak_memory_mb(device)
+    result.peak_memory_mb = _peak_memory_mb(train.device)
     if out is not None:
         write_json(out / "metrics.json", result.to_dict())
     return result
 
 
-def _save_state(path, model, optimizer, train, device, epoch, best_score, best_epoch, bad_evals, result) -> None:
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "batch_rng": train.generator.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "epoch": epoch,
-        "best_score": best_score,
-        "best_epoch": best_epoch,
-        "bad_evals": bad_evals,
-        "train_seconds": result.train_seconds,
-        "eval_seconds": result.eval_seconds,
-    }
-    if device.type == "cuda":
-        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+def _evaluate(model, batcher: EvalBatcher, ec):
+    return evaluate(model, batcher, ec.ks, ec.mask_history, ec.item_chunk, ties=ec.ties, extra=ec.extra)
+
+
+def _run_epochs(trainer: _Trainer, valid: EvalBatcher, result: FitResult, state_path: Path | None) -> None:
+    tc, ec, pr = trainer.tc, trainer.cfg.eval, trainer.progress
+    logger = _Logger(trainer.out, tc.tensorboard, trainer.quiet)
+    while pr.epoch < tc.epochs:
+        if trainer.phase_done():
+            if pr.phase + 1 == len(trainer.phases):
+                break
+            trainer.enter(pr.phase + 1, fresh=True)
+            continue
+        t0 = time.perf_counter()
+        mean_loss = trainer.train_epoch(pr.epoch)
+        if not math.isfinite(mean_loss):
+            raise TextrecError(f"training diverged at epoch {pr.epoch + 1} (loss {mean_loss}); try a smaller train.lr")
+        result.train_seconds.append(time.perf_counter() - t0)
+        pr.epoch += 1
+        pr.phase_epochs += 1
+        record = {"epoch": pr.epoch, "loss": mean_loss, "train_seconds": result.train_seconds[-1]}
+        if len(trainer.phases) > 1:
+            record["phase"] = trainer.phases[pr.phase].name
+        if pr.epoch % tc.eval_every == 0 or pr.epoch == tc.epochs:
+            ev = _evaluate(trainer.model, valid, ec)
+            result.eval_seconds.append(ev.seconds)
+            record.update(valid=ev.metrics, eval_seconds=ev.seconds)
+            score = ev.metrics[ec.select_metric]
+            if score > pr.best_score:
+                pr.best_score, pr.best_epoch, pr.bad_evals = score, pr.epoch, 0
+                record["improved"] = True
+                _save_best(trainer)
+            else:
+                pr.bad_evals += 1
+        logger.log(record)
+        if state_path is not None:
+            trainer.save_state(state_path, result)
+    logger.close()
+
+
+def _save_best(trainer: _Trainer) -> None:
+    if trainer.out is not None:
+        with atomic_path(trainer.out / "model.safetensors") as tmp:
+            save_model(trainer.model, str(tmp))
+    else:
+        trainer.best_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def _trim_log(out: Path, epoch: int) -> None:
+    """Keep the log lines of epochs 1..epoch: a redone epoch must not appear twice."""
+    path = out / "log.jsonl"
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["epoch"] <= epoch]
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def _remove_temp_files(out: Path) -> None:
+    """Temporary files of an interrupted write (``.NAME.*.tmp``, see textrec.io.atomic_path)."""
+    for tmp in out.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)

@@ -1,7 +1,8 @@
 """Runs: train a model on a dataset directory, and load a finished run back.
 
 ``train_run`` is what ``textrec train`` calls: it loads the dataset and the model's item-side inputs,
-seeds, builds the model and the device-resident batchers, writes ``config.json`` and hands over to
+seeds, builds the model, its phases and the device-resident batchers — all before anything is written, so a
+run that cannot start leaves no directory behind — then writes ``config.json`` and hands over to
 ``textrec.train.loop.fit``. ``load_run`` rebuilds the model from a run directory's ``config.json`` and
 ``model.safetensors`` for evaluation and recommendation. Pre-training and fine-tuning are in
 ``textrec.train.transfer``.
@@ -14,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_model
 
@@ -22,10 +24,12 @@ from textrec.config import RunConfig
 from textrec.data.batching import EvalBatcher, TrainBatcher
 from textrec.data.dataset import Dataset
 from textrec.data.split import eval_examples, prefix_rows, train_windows
-from textrec.errors import DataError, NotFoundError, TextrecError
+from textrec.errors import ConfigError, DataError, NotFoundError, TextrecError
 from textrec.io import read_json, write_json
+from textrec.models import model_class
+from textrec.models.spec import ItemInputs, Phase
 from textrec.train.inputs import build_model, load_item_inputs
-from textrec.train.loop import FitResult, Stage, fit, resolve_device, seed_everything
+from textrec.train.loop import FitResult, fit, resolve_device, seed_everything
 
 
 def dataset_record(ds: Dataset, path: Path) -> dict:
@@ -44,15 +48,29 @@ class RunResult:
     fit: FitResult
 
 
+def _comparable(config: dict) -> dict:
+    """A config without what may change between an interrupted run and its resumption."""
+    c = {k: v for k, v in config.items() if k != "textrec_version"}
+    c["train"] = {k: v for k, v in c.get("train", {}).items() if k != "epochs"}
+    return c
+
+
 def prepare_out_dir(out: Path, config: dict, resume: bool, overwrite: bool) -> None:
-    """Create ``out`` and write ``config.json``; refuse to clobber or to resume a different config."""
+    """Create ``out`` and write ``config.json``; refuse to clobber or to resume a different config.
+
+    Resuming may raise ``train.epochs`` (continue a finished run for more epochs), nothing else.
+    """
     config = json.loads(json.dumps(config))  # tuples -> lists, as config.json holds them
     if out.exists() and any(out.iterdir()):
         if resume:
+            if not (out / "config.json").exists():
+                raise TextrecError(f"{out}: cannot resume, it holds no config.json (not a textrec run)")
             saved = read_json(out / "config.json")
-            strip = lambda c: {k: v for k, v in c.items() if k != "textrec_version"}
-            if strip(saved) != strip(config):
+            if _comparable(saved) != _comparable(config):
                 raise TextrecError(f"{out}: cannot resume, its config.json differs from this run's config")
+            if config["train"]["epochs"] < saved["train"]["epochs"]:
+                raise TextrecError(f"{out}: cannot resume with fewer epochs ({config['train']['epochs']}) than it was started with "
+                                   f"({saved['train']['epochs']})")
         elif not overwrite:
             raise TextrecError(f"{out} already exists and is not empty (pass --resume to continue it or --overwrite)")
         else:
@@ -62,10 +80,37 @@ def prepare_out_dir(out: Path, config: dict, resume: bool, overwrite: bool) -> N
     write_json(out / "config.json", config)
 
 
-def make_batchers(ds: Dataset, cfg: RunConfig, device) -> tuple[TrainBatcher, EvalBatcher, EvalBatcher]:
+def resolve_training_rows(cfg: RunConfig, pretraining: bool) -> tuple[str, str]:
+    """(rows, batching) for this run: what the config asks, else what the model declares.
+
+    A model whose ``TRAINING_ROWS`` is not ``"windows"`` (not causal) can never train on windows.
+    """
+    declared = model_class(cfg.model).TRAINING_ROWS
+    rows = cfg.data.train_rows
+    if rows == "auto":
+        rows = "prefixes" if pretraining and declared == "windows" else declared
+    if rows == "windows" and declared != "windows":
+        raise ConfigError(f"model {cfg.model} is not causal, so it cannot train on whole-sequence windows; "
+                          f"use data.train_rows={declared} (or auto)")
+    batching = cfg.train.batching
+    if batching == "auto":
+        batching = "stratified" if pretraining else "bucket"
+    return rows, batching
+
+
+def make_batchers(
+    ds: Dataset, cfg: RunConfig, device, pretraining: bool = False, domains: np.ndarray | None = None
+) -> tuple[TrainBatcher, EvalBatcher, EvalBatcher]:
+    """Training rows as the model needs them, and the validation and test histories, on ``device``.
+
+    ``domains`` (one per user row of ``ds``): the source domain of each user, for stratified batches.
+    """
     L = cfg.data.max_seq_len
-    rows = prefix_rows(ds, L) if cfg.data.train_rows == "prefixes" else train_windows(ds, L, cfg.data.long_sequences)
-    train_b = TrainBatcher(rows, cfg.train.batch_size, device, cfg.train.batching, seed=cfg.train.seed)
+    rows_kind, batching = resolve_training_rows(cfg, pretraining)
+    rows = train_windows(ds, L, cfg.data.long_sequences) if rows_kind == "windows" else prefix_rows(ds, L)
+    row_domains = None if domains is None else domains[rows.users]
+    train_b = TrainBatcher(rows, cfg.train.batch_size, device, batching, seed=cfg.train.seed, domains=row_domains,
+                           sample_per_user=rows_kind == "sampled")
     valid_b = EvalBatcher(eval_examples(ds, "valid", L), cfg.eval.batch_size, device)
     test_b = EvalBatcher(eval_examples(ds, "test", L), cfg.eval.batch_size, device)
     return train_b, valid_b, test_b
@@ -82,21 +127,25 @@ def describe(what: str, cfg: RunConfig, ds: Dataset, model, train_b: TrainBatche
 
 def train_run(
     data_dir: str | Path, cfg: RunConfig, out_dir: str | Path, resume: bool = False, overwrite: bool = False, quiet: bool = False,
-    stages: list[Stage] | None = None,
+    phases: list[Phase] | None = None,
 ) -> RunResult:
-    """Train ``cfg`` on the dataset at ``data_dir``; everything is written to ``out_dir``."""
+    """Train ``cfg`` on the dataset at ``data_dir``; everything is written to ``out_dir``.
+
+    ``phases`` replaces the model's own ``phases("train")`` (tests and ablations).
+    """
     data_dir, out = Path(data_dir), Path(out_dir)
     ds = Dataset.load(data_dir)
     inputs, record = load_item_inputs(cfg, [data_dir])
     config = {"textrec_version": __version__, **cfg.to_dict(), "dataset": dataset_record(ds, data_dir), "item_inputs": record}
-    prepare_out_dir(out, config, resume, overwrite)
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed)
-    model = build_model(cfg, ds.n_items, inputs).to(device)
+    model = build_model(cfg, inputs).to(device)
+    phases = phases if phases is not None else model.phases("train")
     train_b, valid_b, test_b = make_batchers(ds, cfg, device)
+    prepare_out_dir(out, config, resume, overwrite)
     if not quiet:
         describe("training", cfg, ds, model, train_b, device, out)
-    result = fit(model, train_b, valid_b, test_b, cfg, out, resume=resume, quiet=quiet, stages=stages)
+    result = fit(model, train_b, valid_b, test_b, cfg, out, resume=resume, quiet=quiet, phases=phases)
     return RunResult(out, result)
 
 
@@ -107,6 +156,7 @@ class LoadedRun:
     dataset: Dataset
     config: dict  # the raw config.json
     device: torch.device
+    inputs: ItemInputs | None = None  # the item-side inputs the model was built from
 
 
 def read_run_config(run_dir: str | Path) -> tuple[RunConfig, dict]:
@@ -131,8 +181,9 @@ def load_run(run_dir: str | Path, data_dir: str | Path | None = None, device: st
     if ds.n_items != expected:
         raise DataError(f"{data_path}: {ds.n_items} items but the model in {run} was trained for {expected}")
     dev = resolve_device(device)
-    inputs, _ = load_item_inputs(cfg, [data_path])
-    model = build_model(cfg, ds.n_items, inputs)
+    same_data = data_dir is None or Path(data_dir).resolve() == Path(config["dataset"]["path"]).resolve()
+    inputs, _ = load_item_inputs(cfg, [data_path], recorded=config.get("item_inputs") if same_data else None)
+    model = build_model(cfg, inputs)
     load_model(model, str(run / "model.safetensors"), device=str(dev))
     model.to(dev).eval()
-    return LoadedRun(model, cfg, ds, config, dev)
+    return LoadedRun(model, cfg, ds, config, dev, inputs)

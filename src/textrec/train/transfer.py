@@ -1,16 +1,18 @@
 """Transfer: multi-domain pre-training and fine-tuning a pre-trained model on a target dataset.
 
-``pretrain_run`` merges the source datasets into one catalogue (``merge_domains``: a batch mixes domains,
-which gives the references' mixed-domain negatives), reads and merges their item-side inputs, and trains
-with the model's ``pretrain_loss``. Unlike the references, which pre-train for a fixed 300 epochs with no
+``pretrain_run`` merges the source datasets into one catalogue (``merge_domains``), reads and merges their
+item-side inputs (refusing inputs of different origin), and trains through the model's ``phases("pretrain")``
+on one row per (prefix, next item) in domain-stratified batches (``train.batching="stratified"``): every
+batch mixes the domains in proportion and holds targets of many users — the references' mixed-domain
+negatives — and rows of one user are never each other's negatives. Unlike the references, which pre-train for a fixed 300 epochs with no
 validation, textrec monitors the merged validation split (full ranking over the merged catalogue) and
 keeps the best epoch with the usual patience; ``train.patience`` larger than ``train.epochs`` recovers the
 fixed-length behaviour.
 
 ``finetune_run`` builds the model for the target dataset (its own text embeddings or codes), loads every
-pre-trained weight except the catalogue-specific ones (the model's ``CATALOGUE_KEYS``), and trains with the
-model's ``loss``, through the model's ``finetune_stages`` when it has them (e.g. VQ-Rec's permutation
-phase) or, with ``freeze_encoder``, with the position embeddings and the Transformer frozen.
+pre-trained weight except the catalogue-specific ones (the model's ``CATALOGUE_KEYS``), and trains through
+the model's ``phases("finetune")`` (e.g. VQ-Rec's permutation phase; what ``freeze_encoder`` freezes is
+the model's own declaration).
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ from safetensors.torch import load_file
 from textrec import __version__
 from textrec.config import RunConfig, apply_overrides
 from textrec.data.dataset import Dataset
-from textrec.data.multidomain import merge_domains
+from textrec.data.multidomain import domain_of_rows, merge_domains
 from textrec.errors import TextrecError
 from textrec.train.inputs import build_model, load_item_inputs
-from textrec.train.loop import Stage, fit, resolve_device, seed_everything
+from textrec.train.loop import fit, resolve_device, seed_everything
 from textrec.train.run import RunResult, dataset_record, describe, make_batchers, prepare_out_dir, read_run_config
 
 
@@ -48,16 +50,15 @@ def pretrain_run(
         "item_inputs": record,
     }
     out = Path(out_dir)
-    prepare_out_dir(out, config, resume, overwrite)
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed)
-    model = build_model(cfg, merged.n_items, inputs).to(device)
-    if not hasattr(model, "pretrain_loss"):
-        raise TextrecError(f"model {cfg.model!r} has no pre-training objective")
-    train_b, valid_b, _ = make_batchers(merged, cfg, device)
+    model = build_model(cfg, inputs).to(device)
+    phases = model.phases("pretrain")
+    train_b, valid_b, _ = make_batchers(merged, cfg, device, pretraining=True, domains=domain_of_rows(datasets))
+    prepare_out_dir(out, config, resume, overwrite)
     if not quiet:
         describe("pre-training", cfg, merged, model, train_b, device, out)
-    result = fit(model, train_b, valid_b, None, cfg, out, resume=resume, quiet=quiet, loss_fn=model.pretrain_loss)
+    result = fit(model, train_b, valid_b, None, cfg, out, resume=resume, quiet=quiet, phases=phases)
     return RunResult(out, result)
 
 
@@ -92,16 +93,6 @@ def load_pretrained(model: torch.nn.Module, init_dir: Path) -> list[str]:
     return [k for k in missing if not k.startswith(skip)]
 
 
-def _freeze_encoder_stage(model) -> list[Stage]:
-    def trainable(m):
-        for p in m.parameters():
-            p.requires_grad_(True)
-        for p in [*m.pos_emb.parameters(), *m.encoder.parameters()]:
-            p.requires_grad_(False)
-
-    return [Stage(0, trainable, name="frozen encoder")]
-
-
 def finetune_run(
     data_dir: str | Path, init_dir: str | Path, cfg: RunConfig, out_dir: str | Path, resume: bool = False, overwrite: bool = False,
     quiet: bool = False,
@@ -117,19 +108,17 @@ def finetune_run(
         "item_inputs": record,
         "init": str(init_dir.resolve()),
     }
-    prepare_out_dir(out, config, resume, overwrite)
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed)
-    model = build_model(cfg, ds.n_items, inputs)
+    model = build_model(cfg, inputs)
+    phases = model.phases("finetune")
     fresh = load_pretrained(model, init_dir)
     model.to(device)
-    stages = model.finetune_stages() if hasattr(model, "finetune_stages") else None
-    if stages is None and getattr(cfg.model_config, "freeze_encoder", False):
-        stages = _freeze_encoder_stage(model)
     train_b, valid_b, test_b = make_batchers(ds, cfg, device)
+    prepare_out_dir(out, config, resume, overwrite)
     if not quiet:
         describe("fine-tuning", cfg, ds, model, train_b, device, out)
         if fresh:
             print(f"newly initialised (not in the pre-trained run): {', '.join(sorted({k.split('.')[0] for k in fresh}))}", file=sys.stderr)
-    result = fit(model, train_b, valid_b, test_b, cfg, out, resume=resume, quiet=quiet, stages=stages)
+    result = fit(model, train_b, valid_b, test_b, cfg, out, resume=resume, quiet=quiet, phases=phases)
     return RunResult(out, result)
