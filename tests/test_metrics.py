@@ -119,3 +119,46 @@ def test_count_ranks_reports_ties():
     assert ahead.tolist() == [3] and tied.tolist() == [2]  # item 5 is above, items 3 and 4 tie
     m = compute_metrics(ahead.numpy(), ks=(2,), ties=tied.numpy())
     assert m["recall@2"] == pytest.approx(1 / 3)  # rank 1, 2 or 3 with equal chance; only rank 1 is < 2
+
+
+def test_full_mrr_and_auc_by_hand():
+    ranks = np.array([0, 1, 4, 9])
+    m = compute_metrics(ranks, ks=(2,), extra=("mrr", "auc"), n_candidates=10)
+    assert m["mrr"] == pytest.approx((1 + 1 / 2 + 1 / 5 + 1 / 10) / 4)
+    assert m["auc"] == pytest.approx((1 + 8 / 9 + 5 / 9 + 0) / 4)  # 1 - rank / 9 other candidates
+    assert m["mrr@2"] == pytest.approx((1 + 1 / 2) / 4)  # the cut-off metrics are unchanged
+    # per-user candidate counts (history masking leaves fewer); a lone candidate has nothing above it
+    per_user = compute_metrics(np.array([3, 0]), ks=(1,), extra=("auc",), n_candidates=np.array([7, 1]))
+    assert per_user["auc"] == pytest.approx((1 - 3 / 6 + 1) / 2)
+    assert "mrr" not in compute_metrics(ranks, ks=(2,)) and "auc" not in compute_metrics(ranks, ks=(2,))
+
+
+def test_full_mrr_and_auc_with_ties_in_both_modes():
+    # user 0: 1 candidate above, 2 tied (pessimistic rank 3) of 4 others; user 1: rank 2 of 3 others, no tie
+    ranks, ties, n_candidates = np.array([3, 2]), np.array([2, 0]), np.array([5, 4])
+    pess = compute_metrics(ranks, ks=(1,), extra=("mrr", "auc"), n_candidates=n_candidates)
+    assert pess["mrr"] == pytest.approx((1 / 4 + 1 / 3) / 2)
+    assert pess["auc"] == pytest.approx(((1 - 3 / 4) + (1 - 2 / 3)) / 2)  # ties count as above the target
+    rand = compute_metrics(ranks, ks=(1,), ties=ties, extra=("mrr", "auc"), n_candidates=n_candidates)
+    assert rand["mrr"] == pytest.approx(((1 / 2 + 1 / 3 + 1 / 4) / 3 + 1 / 3) / 2)  # rank 1, 2 or 3
+    assert rand["auc"] == pytest.approx(((1 - 2 / 4) + (1 - 2 / 3)) / 2)  # each tie counts half: rank 2
+
+
+def test_constant_scores_auc_is_zero_pessimistic_and_half_random():
+    n_items = 12
+    table = torch.ones(n_items + 1, 3)  # (n_items + 1, 3): every item scores the same
+    ahead, tied = count_ranks(torch.ones(4, 3), table, torch.tensor([1, 5, 6, 12]), return_ties=True)
+    pess = compute_metrics(ahead.numpy(), ks=(10,), extra=("mrr", "auc"), n_candidates=n_items)
+    rand = compute_metrics(ahead.numpy(), ks=(10,), ties=tied.numpy(), extra=("mrr", "auc"), n_candidates=n_items)
+    assert pess["auc"] == 0.0 and rand["auc"] == pytest.approx(0.5)
+    assert pess["mrr"] == pytest.approx(1 / n_items)
+    assert rand["mrr"] == pytest.approx(sum(1 / r for r in range(1, n_items + 1)) / n_items)
+
+
+def test_extra_metric_errors():
+    with pytest.raises(ValueError, match="valid"):
+        compute_metrics(np.array([0]), extra=("map",))
+    with pytest.raises(ValueError, match="n_candidates"):
+        compute_metrics(np.array([0]), extra=("auc",))
+    with pytest.raises(ValueError, match="n_candidates - 1"):
+        compute_metrics(np.array([5]), extra=("auc",), n_candidates=5)  # rank 5 needs 6 candidates
