@@ -127,7 +127,7 @@ def cmd_encode(args) -> None:
 def cmd_quantize(args) -> None:
     from textrec.quant.codes import quantize_dataset, quantize_datasets
 
-    common = dict(embeddings=args.embeddings, seed=args.seed, name=args.name)
+    common = dict(embeddings=args.embeddings, seed=args.seed, name=args.name, progress=not args.json)
     if args.random:
         from textrec.quant.codes import random_codes
 
@@ -152,9 +152,7 @@ def cmd_quantize(args) -> None:
         _print_json(rows[0] if len(rows) == 1 else {"results": rows})
         return
     for r in results:
-        d = r._asdict()
-        extras = ", ".join(f"{k} {v}" for k, v in d.items() if k in ("collisions", "seconds") and v is not None)
-        _err(f"codes {d.get('name')!r}: {extras}; wrote {d.get('path')}")
+        _err(r.summary())
 
 
 # ---- train / evaluate / recommend --------------------------------------------------------------
@@ -233,12 +231,15 @@ def cmd_evaluate(args) -> None:
 
 def cmd_recommend(args) -> None:
     from textrec.report import shorten
-    from textrec.serve.recommend import item_ids, recommend, user_history
+    from textrec.serve.recommend import all_scores, item_ids, item_ranks, top_k, user_history
     from textrec.train.run import load_run
 
     if (args.user is None) == (args.items is None):
         raise TextrecError("give exactly one of --user ID or --items ID,ID,...")
+    if args.k < 1:
+        raise TextrecError(f"k must be >= 1, not {args.k}")
     run = load_run(args.run, args.data, args.device)
+    n_old = run.dataset.n_items
     if args.new_items:
         from textrec.serve.catalogue import add_items, read_new_items
 
@@ -250,10 +251,17 @@ def cmd_recommend(args) -> None:
         history = user_history(ds, args.user)
     else:
         history = item_ids(ds, [k.strip() for k in args.items.split(",") if k.strip()])
-    recs = recommend(run.model, ds, history, args.k, run.cfg.data.max_seq_len, exclude_history=not args.include_history)
+    scores = all_scores(run.model, history, run.cfg.data.max_seq_len, exclude_history=not args.include_history)
+    recs = top_k(ds, scores, args.k)
+    new_ids = list(range(n_old + 1, ds.n_items + 1))
+    new = [{"item": ds.item_keys[i - 1], "rank": r, "score": s if r else None}
+           for i, r, s in zip(new_ids, item_ranks(scores, new_ids), scores[new_ids].tolist())]
+    n_candidates = int(scores.isfinite().sum())
     if args.json:
         hist = [{"item": ds.item_keys[i - 1], "text": ds.item_texts[i - 1]} for i in history[-run.cfg.data.max_seq_len :]]
-        _print_json({"run": str(args.run), "user": args.user, "history": hist, "recommendations": [r.to_dict() for r in recs]})
+        extra = {"new_items": new, "candidates": n_candidates} if args.new_items else {}
+        _print_json({"run": str(args.run), "user": args.user, "history": hist,
+                     "recommendations": [r.to_dict() for r in recs], **extra})
         return
     print("history (most recent last):")
     for i in history[-5:]:
@@ -261,6 +269,9 @@ def cmd_recommend(args) -> None:
     print(f"top {len(recs)}:")
     for r in recs:
         print(f"  {r.rank:>3}. {r.item_key:<14} {r.score:8.3f}  {shorten(r.text)}")
+    for n in new:
+        where = f"ranks {n['rank']:,} of {n_candidates:,}" if n["rank"] else "is in the history (not a candidate)"
+        print(f"new item {n['item']} {where}")
 
 
 # ---- demo --------------------------------------------------------------------------------------
@@ -278,6 +289,9 @@ def cmd_demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from textrec.models import MODELS  # the registry's keys name the models in --model's help
+
+    model_names = ", ".join(MODELS)
     p = argparse.ArgumentParser(prog="textrec", description="Transferable sequential recommendation from item text.")
     p.add_argument("--version", action="version", version=f"textrec {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -338,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="train a model on one dataset, select on validation, report test")
     s.add_argument("data", help="dataset directory")
-    s.add_argument("--model", help="model name (sasrec, ...); may come from --config instead")
+    s.add_argument("--model", help=f"model name: one of {model_names}; may come from --config instead")
     s.add_argument("--out", required=True, help="run directory to write")
     s.add_argument("--config", help="TOML config file")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.003")
@@ -350,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("pretrain", help="multi-domain pre-training on several datasets")
     s.add_argument("data", nargs="+", help="source dataset directories")
-    s.add_argument("--model", help="model name (unisrec, ...); may come from --config instead")
+    s.add_argument("--model", help=f"model name: one of {model_names}; may come from --config instead")
     s.add_argument("--out", required=True, help="run directory to write")
     s.add_argument("--config", help="TOML config file")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=50")

@@ -55,6 +55,22 @@ class QuantizeResult(NamedTuple):
     codebook_usage: list[int]  # distinct codes used by the items, per sub-space
     encoded_by: dict[str, int]  # how many items got their codes which way
     seconds: float
+    collision_groups: int  # distinct full codes shared by more than one item
+    codebook_usage_mean: float  # mean of codebook_usage (codewords used per codebook)
+    codebook_usage_min: int  # min of codebook_usage
+
+    def summary(self) -> str:
+        """One line in words: items, codebooks, collisions, codebook usage, time, where the codes went."""
+        return (f"codes {self.name!r}: {self.n_items:,} items, {self.n_codebooks} codebooks x {self.codebook_size} codewords; "
+                f"{self.collisions:,} items share their full code with another item (collisions); codebook usage: mean "
+                f"{round(self.codebook_usage_mean, 1):g}/{self.codebook_size} codewords used per codebook (min {self.codebook_usage_min}); "
+                f"{self.seconds:.1f} s; wrote {self.path}")
+
+
+def _say(progress: bool, message: str) -> None:
+    """A progress line on stderr for a step that can take minutes."""
+    if progress:
+        print(f"quantize: {message}", file=sys.stderr, flush=True)
 
 
 def code_statistics(codes: np.ndarray, codebook_size: int) -> dict:
@@ -121,7 +137,24 @@ def _write_codes(data_dir: Path, name: str, codes: np.ndarray, quantizer: ItemQu
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     })
     return QuantizeResult(name, out, index_path, int(meta["n_items"]), int(info.get("n_fit", 0)), quantizer.n_codebooks,
-                          quantizer.codebook_size, stats["collisions"], stats["codebook_usage"], info["encoded_by"], seconds)
+                          quantizer.codebook_size, stats["collisions"], stats["codebook_usage"], info["encoded_by"],
+                          round(seconds, 3), stats["collision_groups"], stats["codebook_usage_mean"], stats["codebook_usage_min"])
+
+
+def _fit(x: np.ndarray, n_codebooks: int, codebook_size: int, opq_iterations: int, n_threads: int, seed: int,
+         progress: bool) -> ItemQuantizer:
+    how = "faiss" if len(x) >= x.shape[1] else "OPQ in numpy: fewer vectors than dimensions"
+    _say(progress, f"training OPQ rotation and PQ codebooks ({n_codebooks} x {codebook_size}) on {len(x):,} vectors "
+                   f"of {x.shape[1]} dims ({how}; {opq_iterations} OPQ iterations) ...")
+    t0 = time.perf_counter()
+    q = ItemQuantizer(x.shape[1], n_codebooks, codebook_size, opq_iterations, n_threads).fit(x, seed)
+    _say(progress, f"trained in {time.perf_counter() - t0:.1f} s")
+    return q
+
+
+def _encode(q: ItemQuantizer, x: np.ndarray, what: str, progress: bool) -> np.ndarray:
+    _say(progress, f"encoding {len(x):,} {what} ...")
+    return q.encode(x)
 
 
 def _load(data_dir: Path):
@@ -143,18 +176,20 @@ def quantize_dataset(
     quantizer: str | Path | ItemQuantizer | None = None,
     opq_iterations: int = 50,
     n_threads: int = 1,
+    progress: bool = False,
 ) -> QuantizeResult:
     """Item codes for every item of ``data_dir`` (see module doc).
 
     Default: fit a new quantiser on the training-split items' ``embeddings`` and encode all items.
     ``quantizer``: encode with an existing quantiser (a faiss file or object; "reuse the index set").
-    ``from_index``: import a released index built on this dataset's training items.
+    ``from_index``: import a released index built on this dataset's training items. ``progress``: say
+    on stderr which step is running.
     """
     data_dir, t0 = Path(data_dir), time.perf_counter()
     if from_index is not None and quantizer is not None:
         raise DataError("pass either from_index (import its codes) or quantizer (encode with it), not both")
     if from_index is not None:
-        return _import_index(data_dir, Path(from_index), embeddings, name, t0)
+        return _import_index(data_dir, Path(from_index), embeddings, name, t0, progress)
     table, emb_info = load_item_embeddings(data_dir, embeddings)
     ds, train_ids = _load(data_dir)
     x = table[1:]
@@ -168,13 +203,13 @@ def quantize_dataset(
                 "quantizer": None if isinstance(quantizer, ItemQuantizer) else str(Path(quantizer).resolve()),
                 "quantizer_sha1": None if isinstance(quantizer, ItemQuantizer) else _file_sha1(Path(quantizer))}
     else:
-        q = ItemQuantizer(x.shape[1], n_codebooks, codebook_size, opq_iterations, n_threads).fit(x[train_ids - 1], seed)
+        q = _fit(x[train_ids - 1], n_codebooks, codebook_size, opq_iterations, n_threads, seed, progress)
         default = f"{emb_info['name']}-opq{n_codebooks}x{codebook_size}"
         info = {"kind": "fit", "n_fit": len(train_ids), "seed": seed, "opq_iterations": opq_iterations, "n_threads": n_threads,
                 "opq_method": q.opq_method,
                 "fit_on": [{"dataset": ds.name, "dir": str(data_dir.resolve()), "n_train_items": len(train_ids)}]}
     name = check_name(name or default, "codes")
-    codes = q.encode(x)
+    codes = _encode(q, x, "items", progress)
     info.update(embeddings=_embedding_summary(emb_info), encoded_by={"quantizer": ds.n_items},
                 n_unseen=ds.n_items - len(train_ids), reconstruction_rel_error=_rel_error(x, q.reconstruct(codes)))
     return _write_codes(data_dir, name, codes, q, train_ids, info, t0)
@@ -215,7 +250,8 @@ def _lstsq_map(table: np.ndarray, train_ids: np.ndarray, train_codes: np.ndarray
     return (design(missing) @ w).astype(np.float32), report
 
 
-def _import_index(data_dir: Path, index_path: Path, embeddings: str | None, name: str | None, t0: float) -> QuantizeResult:
+def _import_index(data_dir: Path, index_path: Path, embeddings: str | None, name: str | None, t0: float,
+                  progress: bool = False) -> QuantizeResult:
     """Codes from a released index: its own for the training items, the rest encoded through it."""
     q = ItemQuantizer.load(index_path)
     parts = q._require_fitted()
@@ -233,12 +269,13 @@ def _import_index(data_dir: Path, index_path: Path, embeddings: str | None, name
             "encoded_by": {"index_codes": n}, "n_unseen": int(missing.size), "approximation": None, "embeddings": None}
     feat = ds.features.get("feat1CLS")
     if missing.size and feat is not None and feat.shape[1] == q.dim:
-        codes[missing - 1] = q.encode(np.asarray(feat)[missing])  # the reference's path: index.add(feat1CLS)
+        # the reference's path: index.add(feat1CLS)
+        codes[missing - 1] = _encode(q, np.asarray(feat)[missing], "items not in the index (their feat1CLS vectors)", progress)
         info["encoded_by"]["feat1CLS"] = int(missing.size)
     elif missing.size:
         table, emb_info = load_item_embeddings(data_dir, embeddings)
         mapped, info["approximation"] = _lstsq_map(table, train_ids, codes[train_ids - 1], q, missing)
-        codes[missing - 1] = q.encode(mapped)
+        codes[missing - 1] = _encode(q, mapped, "items not in the index (mapped embeddings)", progress)
         info["encoded_by"]["lstsq_map"] = int(missing.size)
         info["embeddings"] = _embedding_summary(emb_info)
         print(f"note: {missing.size} of {ds.n_items} items are not in {index_path.name}; their codes come from a "
@@ -258,6 +295,7 @@ def quantize_datasets(
     out_index: str | Path | None = None,
     opq_iterations: int = 50,
     n_threads: int = 1,
+    progress: bool = False,
 ) -> list[QuantizeResult]:
     """One quantiser fitted on the training items of several datasets (multi-domain pre-training).
 
@@ -279,21 +317,21 @@ def quantize_datasets(
         raise DataError(f"the datasets' embeddings come from different encoders (dims {sorted(dims)}, "
                         f"identities {sorted(identities)}); encode them all with the same encoder")
     x_train = np.concatenate([table[train_ids] for _, _, train_ids, table, _ in loaded])
-    q = ItemQuantizer(dims.pop(), n_codebooks, codebook_size, opq_iterations, n_threads).fit(x_train, seed)
+    q = _fit(x_train, n_codebooks, codebook_size, opq_iterations, n_threads, seed, progress)
     fit_on, offset = [], 0
     for data_dir, ds, train_ids, _, _ in loaded:
         fit_on.append({"dataset": ds.name, "dir": str(data_dir.resolve()), "n_train_items": len(train_ids),
                        "rows": [offset, offset + len(train_ids)]})
         offset += len(train_ids)
     if out_index is not None:
-        q.save(out_index, q.encode(x_train))
+        q.save(out_index, _encode(q, x_train, "training items of all datasets for the shared index", progress))
         write_json(Path(out_index).with_suffix(".json"), {"n_codebooks": n_codebooks, "codebook_size": codebook_size,
                    "seed": seed, "fit_on": fit_on, "ids": "row r of list 0 = fit_on entry whose rows contain r; "
                    "within it the (r - start)-th smallest training-split item id"})
     results = []
     for data_dir, ds, train_ids, table, emb_info in loaded:
         x = table[1:]
-        codes = q.encode(x)
+        codes = _encode(q, x, f"items of {ds.name}", progress)
         info = {"kind": "joint_fit", "n_fit": len(x_train), "opq_method": q.opq_method, "seed": seed, "opq_iterations": opq_iterations,
                 "n_threads": n_threads, "fit_on": fit_on, "shared_index": str(Path(out_index).resolve()) if out_index else None,
                 "embeddings": _embedding_summary(emb_info), "encoded_by": {"quantizer": ds.n_items},
@@ -316,8 +354,9 @@ def load_item_codes(data_dir: str | Path, name: str | None = None) -> tuple[np.n
     if name is None or name not in names:
         if not names:
             raise NotFoundError(f"{data_dir}: no item codes; run `textrec quantize {data_dir}` first")
-        what = "several item codes; choose one by name" if name is None else f"no item codes named {name!r}"
-        raise NotFoundError(f"{data_dir}: {what} (available: {', '.join(names)})")
+        if name is None:
+            raise NotFoundError(f"several item codes in {data_dir} ({', '.join(names)}); choose one with data.codes=NAME")
+        raise NotFoundError(f"{data_dir}: no item codes named {name!r} (available: {', '.join(names)})")
     path = data_dir / CODES_DIR / f"{name}.npy"
     info = read_json(path.with_suffix(".json")) if path.with_suffix(".json").exists() else {}
     if info.get("dataset_content_hash") != meta["content_hash"]:

@@ -9,17 +9,20 @@ view) as raw float32 rows indexed by item token, re-encoding everything on every
                                  word_drop and its seed, seconds
 
 The default name is ``<encoder>-<pooling>`` (``minilm-mean``), with ``-wd15`` for a 0.15 word-drop view.
-Counts are over *distinct* texts: items with identical text are encoded once. Loading checks the content
-hash, so embeddings are never silently used with a changed dataset. Features imported with the
-dataset (``DIR/features/<name>.npy``, e.g. UniSRec's ``feat1CLS``) are loadable under their own name.
+Counts are over *distinct* texts: items with identical text are encoded once. Vectors go into the cache
+``CHUNK_TEXTS`` texts at a time as they are encoded, so a killed run resumes where it stopped. Loading
+checks the content hash, so embeddings are never silently used with a changed dataset. Features imported
+with the dataset (``DIR/features/<name>.npy``, e.g. UniSRec's ``feat1CLS``) are loadable under their own name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -32,6 +35,7 @@ from textrec.text.cache import EmbeddingCache, text_hashes
 from textrec.text.encoders import TextEncoder, get_encoder
 
 EMBEDDINGS_DIR = "embeddings"
+CHUNK_TEXTS = 4096  # texts encoded between cache writes: a killed run loses at most this many (~50 chunks for 200k)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -68,8 +72,40 @@ def dataset_meta(data_dir: str | Path) -> dict:
     return meta
 
 
-def encode_texts(encoder: TextEncoder, texts: list[str], cache: EmbeddingCache | None = None) -> EncodedTexts:
-    """Vectors for ``texts``; each distinct text is encoded once, and only when the cache lacks it."""
+def _encode_checked(encoder: TextEncoder, texts: list[str]) -> np.ndarray:
+    new = np.asarray(encoder.encode(texts), dtype=np.float32)
+    if new.shape != (len(texts), encoder.dim):
+        raise DataError(f"encoder {encoder.name} returned shape {new.shape}, expected ({len(texts)}, {encoder.dim})")
+    if not np.isfinite(new).all():
+        raise DataError(f"encoder {encoder.name} returned NaN or infinite values")
+    return new
+
+
+@contextlib.contextmanager
+def _one_bar(encoder: TextEncoder, total: int, chunk_size: int) -> Iterator:
+    """One progress bar over all chunks in place of the encoder's own, which would restart at every chunk."""
+    if total <= chunk_size or not getattr(encoder, "progress", False):
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    encoder.progress = False
+    try:
+        with tqdm(total=total, unit="text", desc="encoding") as bar:
+            yield bar
+    finally:
+        encoder.progress = True
+
+
+def encode_texts(encoder: TextEncoder, texts: list[str], cache: EmbeddingCache | None = None,
+                 chunk_size: int | None = None) -> EncodedTexts:
+    """Vectors for ``texts``; each distinct text is encoded once, and only when the cache lacks it.
+
+    Missing texts are encoded ``chunk_size`` (default ``CHUNK_TEXTS``) at a time, and each finished chunk is
+    put into the cache at once (one atomically written chunk file), so a run killed half-way keeps what it
+    finished and the rerun encodes only the rest.
+    """
+    chunk_size = chunk_size or CHUNK_TEXTS
     hashes = text_hashes(texts)
     uniq, first, inverse = np.unique(hashes, axis=0, return_index=True, return_inverse=True)
     inverse = inverse.reshape(-1)
@@ -78,15 +114,14 @@ def encode_texts(encoder: TextEncoder, texts: list[str], cache: EmbeddingCache |
     else:
         vectors, found = np.zeros((len(uniq), encoder.dim), dtype=np.float32), np.zeros(len(uniq), dtype=bool)
     todo = np.flatnonzero(~found)
-    if todo.size:
-        new = np.asarray(encoder.encode([texts[i] for i in first[todo]]), dtype=np.float32)
-        if new.shape != (todo.size, encoder.dim):
-            raise DataError(f"encoder {encoder.name} returned shape {new.shape}, expected ({todo.size}, {encoder.dim})")
-        if not np.isfinite(new).all():
-            raise DataError(f"encoder {encoder.name} returned NaN or infinite values")
-        vectors[todo] = new
-        if cache is not None:
-            cache.put(uniq[todo], new)
+    with _one_bar(encoder, todo.size, chunk_size) as bar:
+        for start in range(0, todo.size, chunk_size):
+            rows = todo[start : start + chunk_size]
+            vectors[rows] = _encode_checked(encoder, [texts[i] for i in first[rows]])
+            if cache is not None:
+                cache.put(uniq[rows], vectors[rows])
+            if bar is not None:
+                bar.update(len(rows))
     return EncodedTexts(vectors[inverse], int(todo.size), int(found.sum()))
 
 
@@ -122,6 +157,9 @@ def encode_dataset(
     t0 = time.perf_counter()
     meta = dataset_meta(data_dir)
     ds = Dataset.load(data_dir, features=False)
+    if not any(t.strip() for t in ds.item_texts):
+        raise DataError(f"{data_dir}: every item text is empty, so there is nothing to encode (attach precomputed "
+                        f"features instead: `textrec encode {data_dir} --attach FILE --name NAME`)")
     if not isinstance(encoder, TextEncoder):
         encoder = get_encoder(encoder, pooling, max_length, batch_size, device, dtype, normalize, progress)
     name = check_name(name or default_name(encoder, word_drop))
@@ -184,8 +222,10 @@ def _choose(data_dir: Path, name: str | None) -> str:
     available = ", ".join(encoded + [f"{f} (dataset feature)" for f in features]) or "none"
     if name is None and not encoded:
         raise NotFoundError(f"{data_dir}: no item embeddings; run `textrec encode {data_dir}` first")
-    what = f"no embeddings named {name!r}" if name is not None else "several item embeddings; choose one by name"
-    raise NotFoundError(f"{data_dir}: {what} (available: {available})")
+    if name is None:
+        raise NotFoundError(f"several item embeddings in {data_dir} ({available}); choose one with data.embeddings=NAME "
+                            "(textrec quantize: --embeddings NAME)")
+    raise NotFoundError(f"{data_dir}: no embeddings named {name!r} (available: {available})")
 
 
 def load_item_embeddings(data_dir: str | Path, name: str | None = None) -> tuple[np.ndarray, dict]:

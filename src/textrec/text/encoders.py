@@ -79,7 +79,7 @@ def _model_folder(path: Path) -> Path:
         return path
     modules = path / "modules.json"
     if modules.exists():  # older sentence-transformers layouts keep the transformer in a sub-folder
-        for module in json.loads(modules.read_text(encoding="utf-8")):
+        for module in json.loads(modules.read_text(encoding="utf-8-sig")):
             if str(module.get("type", "")).endswith("Transformer") and (path / module.get("path", "") / "config.json").exists():
                 return path / module.get("path", "")
     raise NotFoundError(f"{path}: not a Hugging Face model folder (no config.json); choices: {ENCODER_CHOICES}")
@@ -101,7 +101,7 @@ def weights_digest(folder: Path) -> str:
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    return json.loads(path.read_text(encoding="utf-8-sig")) if path.exists() else {}
 
 
 def _cpu_only_torch() -> bool:

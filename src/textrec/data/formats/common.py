@@ -35,7 +35,7 @@ class PrepareOptions:
     text_col: str = "text"
     rating_col: str = "rating"  # generic format: used (dedup, min_rating) only when the column exists
     min_rating: float | None = None  # keep only interactions rated at least this (None keeps all)
-    drop_items_without_text: bool = True  # references drop items without metadata
+    drop_items_without_text: bool = True  # references drop items without metadata; unisrec: False allows a missing .text
 
 
 @dataclass
@@ -61,13 +61,17 @@ class BadLines:
 
 
 def open_text(path: str | Path) -> io.TextIOBase:
-    """Open a text file, transparently decompressing ``.gz``; missing files raise DataError."""
+    """Open a UTF-8 text file, transparently decompressing ``.gz``; missing files raise DataError.
+
+    A leading byte-order mark (what spreadsheets write for "CSV UTF-8") is dropped (``utf-8-sig``), so it
+    never sticks to the first header name or the first key.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace", newline="")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", errors="replace")
+    return open(path, encoding="utf-8-sig", errors="replace", newline="")
 
 
 def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:

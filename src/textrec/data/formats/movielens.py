@@ -20,6 +20,7 @@ interaction unless ``opts.min_rating`` is set. The interactions then go through
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,10 +39,16 @@ UNKNOWN_YEARS = ("", "unknown", "unkonwn")  # RecBole's ml-100k spells item 267'
 
 
 def latin1_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line) of a latin-1 file (the GroupLens raw files), skipping blank lines."""
+    """(1-based line number, line) of a latin-1 file (the GroupLens raw files), skipping blank lines.
+
+    A file that starts with a UTF-8 byte-order mark was re-saved as UTF-8 (by an editor or a spreadsheet)
+    and is read as such, without the mark.
+    """
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    with reading(path), open(path, encoding="latin-1", newline="") as f:
+    with reading(path), open(path, "rb") as f:
+        encoding = "utf-8-sig" if f.read(3) == codecs.BOM_UTF8 else "latin-1"
+    with reading(path), open(path, encoding=encoding, errors="replace", newline="") as f:
         for n, line in enumerate(f, 1):
             line = line.rstrip("\r\n")
             if line.strip():

@@ -78,6 +78,15 @@ def _read_inter(path: Path, bad: BadLines) -> list[tuple[int, str, list[str], st
     return rows
 
 
+def _raise_unknown_item(prefix: Path, rows: dict, known: dict[str, str]) -> None:
+    """The first item token of the .inter files (in split, line order) that ``.item2index`` lacks."""
+    for split in SPLITS:
+        for line, _, hist, target in rows[split]:
+            unknown = next((t for t in [*hist, target] if t not in known), None)
+            if unknown is not None:
+                raise DataError(f"{prefix}.{split}.inter:{line}: unknown item {unknown!r} (not in {prefix.name}.item2index)")
+
+
 def _reconstruct(user: str, train_rows, valid_row, test_row, prefix: Path) -> list[str]:
     """A user's full sequence from their train/valid/test rows (see module doc)."""
     valid_hist, valid_target = valid_row[2], valid_row[3]
@@ -129,8 +138,7 @@ def read_unisrec(source: str | Path, opts: PrepareOptions = PrepareOptions()) ->
             tokens.update(hist)
             tokens.add(target)
     if item_keys_by_token and not tokens <= set(item_keys_by_token):
-        unknown = sorted(tokens - set(item_keys_by_token))[:3]
-        raise DataError(f"{item_index_path}: item tokens {unknown} used in the .inter files are missing")
+        _raise_unknown_item(prefix, rows, item_keys_by_token)
     order = sorted(tokens, key=lambda t: (0, int(t), t) if t.lstrip("-").isdigit() else (1, 0, t))
     item_id = {t: i + 1 for i, t in enumerate(order)}
     item_keys = [item_keys_by_token.get(t, t) for t in order]
@@ -160,7 +168,7 @@ def read_unisrec(source: str | Path, opts: PrepareOptions = PrepareOptions()) ->
     user_keys = [user_keys_by_token.get(user_tokens[i], user_tokens[i]) for i in order_users]
     sequences = [sequences[i] for i in order_users]
 
-    texts = _read_texts(Path(f"{prefix}.text"), item_keys, bad)
+    texts = _read_texts(Path(f"{prefix}.text"), item_keys, bad, opts.drop_items_without_text)
     features = _read_features(prefix, order, item_keys_by_token)
     meta = {
         "source": {"format": "unisrec", "path": str(Path(f"{prefix}").resolve()), "max_seq_len_in_files": max_seq_len},
@@ -172,9 +180,14 @@ def read_unisrec(source: str | Path, opts: PrepareOptions = PrepareOptions()) ->
     )
 
 
-def _read_texts(path: Path, item_keys: list[str], bad: BadLines) -> list[str]:
+def _read_texts(path: Path, item_keys: list[str], bad: BadLines, require: bool = True) -> list[str]:
+    """Item texts by key from ``.text``; without the file every text is empty, which only ``require=False`` allows."""
     if not path.exists():
-        print(f"warning: {path} not found; items have no text", file=sys.stderr)
+        if require:
+            raise DataError(f"{path}: file not found (it holds the item texts; pass --keep-items-without-text "
+                            "to prepare the dataset without any text)")
+        print(f"warning: {path} not found: every item text is empty, so `textrec encode` cannot embed them "
+              "(SASRec still trains; text models need `textrec encode --attach`)", file=sys.stderr)
         return [""] * len(item_keys)
     text_by_key: dict[str, str] = {}
     for _, (key, text) in iter_tsv(path, 2, bad, header=TEXT_HEADER):
