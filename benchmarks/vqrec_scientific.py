@@ -49,7 +49,8 @@ def main() -> None:
     p.add_argument("--pt-seeds", type=int, nargs="+", default=[2020])
     p.add_argument("--sasrec-seeds", type=int, nargs="+", default=None,
                    help="seeds of the SASRec speed-reference row (default: the first of --seeds)")
-    p.add_argument("--skip", nargs="*", default=[], help="groups to skip: sasrec released minilm random pretrain ablations")
+    p.add_argument("--skip", nargs="*", default=[],
+                   help="groups to skip: sasrec released minilm random pretrain ablations ft-noinit")
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--resume", action="store_true", help="keep the finished runs of an interrupted invocation")
     p.add_argument("--render-only", action="store_true", help="rewrite the RESULTS.md section from the saved JSON")
@@ -72,8 +73,10 @@ def main() -> None:
     from textrec.data.dataset import Dataset
     from textrec.data.split import train_windows
 
-    windows = train_windows(Dataset.load(sci), 50)
-    sizes = {"train_rows": int(len(windows.lengths)), "train_targets": int(windows.n_targets.sum())}
+    sci_ds = Dataset.load(sci)
+    windows = train_windows(sci_ds, 50)
+    sizes = {"train_rows": int(len(windows.lengths)), "train_targets": int(windows.n_targets.sum()), "test_users": sci_ds.n_users,
+             "released_ties": shared_code_groups(sci)}
 
     def save():  # after every run, so an interrupted benchmark still leaves its finished rows
         result = {"machine": machine(), "runs": runs, "commands": cmds, "argv": argv, **sizes}
@@ -123,24 +126,66 @@ def main() -> None:
             runs[f"{tag}-run"] = [textrec("pretrain", office, ml, "--model", "vqrec", "--out", out, "--overwrite", "--quiet",
                                           "data.codes=joint", *PRETRAIN, *extra, log=cmds)]
             save()
+        if "ft-noinit" not in args.skip:  # the same fine-tuning recipe from an untrained model: isolates pre-training
+            noinit = WORK / "runs" / "vqrec-untrained"
+            untrained_run(noinit, WORK / "runs" / "vqrec-pt-office-ml")
+            note = ("# $WORK/runs/vqrec-untrained: the pre-training run's config with freshly initialised weights (seed 2020), "
+                    "no training (made by this script)")
+            if note not in cmds:
+                cmds.append(note)
         finetunes = {
+            "vqrec-ft-untrained": ("untrained", ["data.codes=minilm"]),
             "vqrec-pt-learned": ("pt", ["data.codes=minilm"]),
             "vqrec-pt-reference": ("pt", ["data.codes=minilm", "model.permutation=reference"]),
             "vqrec-pt-reuse": ("pt", ["data.codes=reuse"]),
             "vqrec-pt-nosemi": ("pt-nosemi", ["data.codes=minilm"]),
         }
         for key, (tag, extra) in finetunes.items():
-            if "ablations" in args.skip and key != "vqrec-pt-learned":
+            if ("ablations" in args.skip and key not in ("vqrec-pt-learned", "vqrec-ft-untrained")) or \
+                    (key == "vqrec-ft-untrained" and "ft-noinit" in args.skip):
                 continue
+            init = WORK / "runs" / ("vqrec-untrained" if tag == "untrained" else f"vqrec-{tag}-office-ml")
             for seed in args.pt_seeds:
                 if finished(runs, key, seed):
                     continue
                 out = WORK / "runs" / "vqrec_scientific" / f"{key}-{seed}"
-                res = textrec("finetune", sci, "--init", WORK / "runs" / f"vqrec-{tag}-office-ml", "--out", out, "--overwrite",
+                res = textrec("finetune", sci, "--init", init, "--out", out, "--overwrite",
                               "--quiet", f"train.seed={seed}", *FINETUNE, *extra, log=cmds if key not in runs else None)
                 record(key, res, seed)
 
     print(save())
+
+
+def shared_code_groups(data_dir) -> dict | None:
+    """How many items share their full code with another item under the released codes, and in how many groups."""
+    import numpy as np
+
+    path = data_dir / "codes" / "released.npy"
+    if not path.exists():
+        return None
+    codes = np.load(path)[1:]
+    _, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
+    shared = counts[inverse.reshape(-1)] > 1
+    return {"items": int(shared.sum()), "groups": int((counts > 1).sum())}
+
+
+def untrained_run(out, pretrain_run) -> None:
+    """A run directory holding the pre-training run's config and freshly initialised weights (no training)."""
+    import torch
+    from safetensors.torch import save_model
+
+    from textrec.io import write_json
+    from textrec.train.inputs import build_model, load_item_inputs
+    from textrec.train.run import read_run_config
+
+    if (out / "model.safetensors").exists():
+        return
+    cfg, config = read_run_config(pretrain_run)
+    torch.manual_seed(2020)
+    inputs, _ = load_item_inputs(cfg, [d["path"] for d in config["pretrain"]["datasets"]], recorded=config.get("item_inputs"))
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(build_model(cfg, inputs), str(out / "model.safetensors"))
+    write_json(out / "config.json", {k: v for k, v in config.items() if k != "item_inputs"} | {"untrained": True})
 
 
 LABELS = {
@@ -148,6 +193,7 @@ LABELS = {
     "vqrec-released": "VQ-Rec, scratch, released codes (BERT, imported index)",
     "vqrec-minilm": "VQ-Rec, scratch, MiniLM codes",
     "vqrec-random": "VQ-Rec, scratch, random codes",
+    "vqrec-ft-untrained": "VQ-Rec, no PT -> the same FT recipe (untrained init), learned permutation",
     "vqrec-pt-learned": "VQ-Rec, PT Office+ML -> FT, new index set, learned permutation",
     "vqrec-pt-reference": "VQ-Rec, PT -> FT, reference permutation (no gradient)",
     "vqrec-pt-reuse": "VQ-Rec, PT -> FT, reused pre-training index set",
@@ -183,12 +229,7 @@ def render(r: dict) -> str:
         "the Transformer from epoch 5 even without pre-training; textrec trains every parameter when training from scratch.",
         *_released_gap(runs),
         "",
-        "Ties. Items whose codes are identical get identical vectors (the released Scientific index gives 242 such items in 92 groups, "
-        "mostly colour variants of one product, such as 3D-printer filament spools whose titles differ in one word; "
-        f"{runs['vqrec-released'][0]['test_targets_with_ties'] if 'vqrec-released' in runs else '-'} of 8,442 test targets tie "
-        "with another item under the released codes). textrec's protocol ranks every tied item above the target (the main "
-        "columns); the 'random ties' column is the exact expectation under a random order of tied items, which is what the "
-        "references' `torch.topk` gives on average — compare that column with the papers (`textrec evaluate RUN --ties random`).",
+        _ties_paragraph(r),
     ]
     speed = [k for k in ("sasrec", "vqrec-released", "vqrec-minilm", "vqrec-pt-learned") if k in runs]
     if speed:
@@ -206,6 +247,19 @@ def render(r: dict) -> str:
                          f"per epoch, merged-validation N@10 {fmt(pt['valid']['ndcg@10'])}.")
     lines += ["", "Commands (first seed; `$WORK` = benchmarks/.work):", "", "```", *r["commands"], "```"]
     return "\n".join(lines)
+
+
+def _ties_paragraph(r: dict) -> str:
+    runs, groups = r["runs"], r.get("released_ties")
+    share = (f"the released Scientific index gives {groups['items']:,} such items in {groups['groups']:,} groups, mostly colour "
+             "variants of one product, such as 3D-printer filament spools whose titles differ in one word" if groups else
+             "the released Scientific index gives several groups of such items")
+    tied = runs["vqrec-released"][0]["test_targets_with_ties"] if "vqrec-released" in runs else "-"
+    return (f"Ties. Items whose codes are identical get identical vectors ({share}; {tied} of {r.get('test_users', 0):,} test "
+            "targets tie with another item under the released codes). textrec's protocol ranks every tied item above the target "
+            "(the main columns); the 'random ties' column is the exact expectation under a uniformly random order of tied items, "
+            "an approximation of the references' `torch.topk`, whose order among equal scores is implementation-defined — "
+            "compare that column with the papers (`textrec evaluate RUN --ties random`).")
 
 
 def _released_gap(runs: dict) -> list[str]:
@@ -237,7 +291,8 @@ def _ablation_sentence(runs: dict) -> str:
     base = mean_metrics(runs[base_key])
     span = lambda k: max(x["test"]["recall@10"] for x in runs[k]) - min(x["test"]["recall@10"] for x in runs[k])
     parts = []
-    for key, name in (("vqrec-pt-reference", "reference permutation"), ("vqrec-pt-reuse", "reused index set"),
+    for key, name in (("vqrec-ft-untrained", "no pre-training, same fine-tuning recipe"),
+                      ("vqrec-pt-reference", "reference permutation"), ("vqrec-pt-reuse", "reused index set"),
                       ("vqrec-pt-nosemi", "no semi-synthetic negatives"), ("vqrec-minilm", "no pre-training (same MiniLM codes)")):
         if key in runs:
             m = mean_metrics(runs[key])
