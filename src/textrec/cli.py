@@ -280,7 +280,10 @@ def cmd_recommend(args) -> None:
 def cmd_demo(args) -> None:
     from textrec.demo import run_demo
 
-    summary = run_demo(data=args.data, out=args.out, quick=args.quick, device=args.device, encoder=args.encoder)
+    # result tables on stdout (``textrec demo > out.txt`` keeps them), progress on stderr; with --json the
+    # tables join the progress on stderr so that stdout holds exactly one JSON object
+    summary = run_demo(data=args.data, out=args.out, quick=args.quick, device=args.device, encoder=args.encoder,
+                       results=sys.stderr if args.json else sys.stdout)
     if args.json:
         _print_json(summary)
 

@@ -17,13 +17,21 @@ Without ``--data`` it shows transfer on the synthetic multi-domain world (``text
 
 With ``--data DIR`` it trains SASRec on a prepared real dataset with the references' settings, evaluates it
 and shows recommendations.
+
+Progress (stage headers, every training epoch) goes to stderr; the results (metric tables with the chance
+level, recommendations, the new-item ranks) go to the ``results`` stream, stdout by default, so that
+``textrec demo > out.txt`` keeps them. ``textrec demo --json`` sends them to stderr instead and prints only
+the JSON summary on stdout.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -39,39 +47,51 @@ TARGET_DOMAIN = "garden"
 SMALL = ["model.hidden_size=64", "model.inner_size=64", "train.batch_size=512", "train.patience=5"]
 
 
+Show = Callable[..., None]  # prints one result line (print's arguments) to the results stream
+
+
 def _say(*args) -> None:
+    """Progress: to stderr, never to the results stream."""
     print(*args, file=sys.stderr, flush=True)
 
 
-def _show_recommendations(model, ds: Dataset, max_seq_len: int, user: int = 0, k: int = 5, history=None, truth=None) -> list[dict]:
-    """Print the last items of a history and the model's top-k after it."""
+def _where(path: Path) -> str:
+    """``./textrec-demo`` rather than ``textrec-demo``, so it reads as a place in the current directory."""
+    text = str(path)
+    return text if path.is_absolute() or text.startswith(".") else f"./{text}"
+
+
+def _show_recommendations(show: Show, model, ds: Dataset, max_seq_len: int, user: int = 0, k: int = 5, history=None,
+                          truth=None) -> list[dict]:
+    """Show the last items of a history and the model's top-k after it."""
     if history is None:
         seq = ds.sequence(user)
         history, truth = seq[:-2], seq[-2]  # what the model saw in training, and the validation target
     recs = recommend(model, ds, history, k=k, max_seq_len=max_seq_len)
-    _say("  last items:")
+    show("  last items:")
     for i in history[-3:]:
-        _say(f"      {shorten(ds.item_texts[i - 1], 80)}")
+        show(f"      {shorten(ds.item_texts[i - 1], 80)}")
     if truth is not None:
-        _say(f"  next item actually bought: {shorten(ds.item_texts[truth - 1], 80)}")
-    _say(f"  top {k} recommendations:")
+        show(f"  next item actually bought: {shorten(ds.item_texts[truth - 1], 80)}")
+    show(f"  top {k} recommendations:")
     for r in recs:
         mark = "  <- the actual next item" if r.item_id == truth else ("  <- NEW item, never trained on" if r.item_key.startswith("NEW") else "")
-        _say(f"    {r.rank}. {shorten(r.text, 80)}{mark}")
+        show(f"    {r.rank}. {shorten(r.text, 80)}{mark}")
     return [r.to_dict() for r in recs]
 
 
-def _demo_real(data: str, out_dir: Path, quick: bool, device: str) -> dict:
+def _demo_real(show: Show, data: str, out_dir: Path, quick: bool, device: str) -> dict:
     data_dir = Path(data)
     ds = Dataset.load(data_dir)
     _say(f"demo on {ds.name}: {ds.n_users:,} users, {ds.n_items:,} items")
     cfg = load_config(model="sasrec", overrides=[f"train.device={device}"] + (["train.epochs=5"] if quick else []))
     _say("training SASRec with the reference settings ...")
-    fit = train_run(data_dir, cfg, out_dir / "runs" / f"sasrec-{ds.name}", overwrite=True, quiet=True).fit
-    _say("\n" + metrics_table([(f"SASRec ({ds.name}) test", fit.test), ("chance level", {"recall@10": 10 / ds.n_items, "recall@50": 50 / ds.n_items})]))
+    fit = train_run(data_dir, cfg, out_dir / "runs" / f"sasrec-{ds.name}", overwrite=True).fit
+    show(f"test metrics on {ds.name} (full ranking over all {ds.n_items:,} items):\n")
+    show(metrics_table([(f"SASRec ({ds.name}) test", fit.test), ("chance level", {"recall@10": 10 / ds.n_items, "recall@50": 50 / ds.n_items})]))
     run = load_run(out_dir / "runs" / f"sasrec-{ds.name}", data_dir, device)
-    _say(f"\nuser {ds.user_keys[0]}:")
-    examples = _show_recommendations(run.model, run.dataset, cfg.data.max_seq_len)
+    show(f"\nuser {ds.user_keys[0]}:")
+    examples = _show_recommendations(show, run.model, run.dataset, cfg.data.max_seq_len)
     return {"dataset": ds.name, "runs": {"sasrec": fit.to_dict()}, "example_recommendations": examples}
 
 
@@ -89,7 +109,7 @@ def _rule_target(ds: Dataset, history) -> tuple[str, str]:
     return COLORS[(COLORS.index(colour) + 1) % len(COLORS)], style
 
 
-def _new_items(ds: Dataset, runs: dict) -> dict:
+def _new_items(show: Show, ds: Dataset, runs: dict) -> dict:
     """Add one brand-new item per (colour, style) by text alone; show and measure where the rule's one ranks."""
     from textrec.data.synthetic import COLORS, STYLES
     from textrec.serve.catalogue import add_items
@@ -97,15 +117,15 @@ def _new_items(ds: Dataset, runs: dict) -> dict:
     pairs = [(c, s) for c in COLORS for s in STYLES]
     keys = [f"NEW-{c}-{s}" for c, s in pairs]
     texts = [f"{NEW_BRAND} {c} bamboo {NEW_KIND}, {s} style. Garden Outdoor Living. {NEW_BRAND}. " for c, s in pairs]
-    _say(f"\nadded {len(keys)} brand-new items by their text alone, no retraining: a new brand and a new kind of "
+    show(f"\nadded {len(keys)} brand-new items by their text alone, no retraining: a new brand and a new kind of "
          f"product, one per colour and style, e.g. {shorten(texts[0], 70)}")
     summary = {"texts": texts, "models": {}}
     extended = {name: add_items(run, keys, texts) for name, run in runs.items()}
     first = next(iter(runs))
     history = ds.sequence(0)[:-2]
-    _say(f"{first} for user {ds.user_keys[0]}, with the new items in the catalogue "
+    show(f"{first} for user {ds.user_keys[0]}, with the new items in the catalogue "
          f"(the rule says {' '.join(_rule_target(ds, history))} next):")
-    summary["recommendations"] = _show_recommendations(extended[first].model, extended[first].dataset,
+    summary["recommendations"] = _show_recommendations(show, extended[first].model, extended[first].dataset,
                                                        runs[first].cfg.data.max_seq_len, history=history, k=10)
     for name, ext in extended.items():
         ranks = []
@@ -118,11 +138,11 @@ def _new_items(ds: Dataset, runs: dict) -> dict:
             ranks.append(1 + sum(1 for r in ranking[:before] if r.item_id <= ds.n_items))
         ranks = np.array(ranks)
         summary["models"][name] = {"median_rank": float(np.median(ranks)), "top10": float(np.mean(ranks <= 10)), "ranks": ranks.tolist()}
-    _say(f"\nwhere the new item that fits the user's rule (usual style, next colour) ranks among the {ds.n_items} catalogue "
+    show(f"\nwhere the new item that fits the user's rule (usual style, next colour) ranks among the {ds.n_items} catalogue "
          f"items, over all {ds.n_users} {TARGET_DOMAIN} users (chance: median about {ds.n_items // 2}, top 10 for {10 / ds.n_items:.0%}):")
     for name, m in summary["models"].items():
-        _say(f"  {name:<22} median rank {m['median_rank']:5.1f}, in the top 10 for {m['top10']:.0%} of users")
-    _say("  (UniSRec scores a new item from its text embedding; VQ-Rec from the codes that the target's quantiser, "
+        show(f"  {name:<22} median rank {m['median_rank']:5.1f}, in the top 10 for {m['top10']:.0%} of users")
+    show("  (UniSRec scores a new item from its text embedding; VQ-Rec from the codes that the target's quantiser, "
          f"fitted on {ds.n_items} items, gives its text)")
     return summary
 
@@ -151,14 +171,17 @@ def _build_world(out_dir: Path, quick: bool, encoder: str = "minilm") -> dict[st
 
 
 def run_demo(data: str | None = None, out: str = "textrec-demo", quick: bool = False, device: str = "auto",
-             encoder: str = "minilm") -> dict:
+             encoder: str = "minilm", results: TextIO | None = None) -> dict:
+    """Run the demo, writing under ``out``; result tables go to ``results`` (default stdout), progress to stderr."""
     from textrec.train.transfer import finetune_config, finetune_run, pretrain_run
 
     start = time.perf_counter()
+    show = functools.partial(print, file=results if results is not None else sys.stdout, flush=True)
     out_dir = Path(out)
     if data is not None:
-        summary = _demo_real(data, out_dir, quick, device)
+        summary = _demo_real(show, data, out_dir, quick, device)
         summary["seconds"] = time.perf_counter() - start
+        _say(f"\ndemo finished in {summary['seconds']:.0f}s; wrote {_where(out_dir)} (runs)")
         return summary
     dirs = _build_world(out_dir, quick, encoder)
     target, runs_dir = dirs[TARGET_DOMAIN], out_dir / "runs"
@@ -167,29 +190,29 @@ def run_demo(data: str | None = None, out: str = "textrec-demo", quick: bool = F
     results = {}
 
     _say(f"\n[1/5] SASRec (item IDs) on {TARGET_DOMAIN}, from scratch ...")
-    results["SASRec, scratch"] = train_run(target, load_config(model="sasrec", overrides=common), runs_dir / "sasrec", overwrite=True, quiet=True).fit
+    results["SASRec, scratch"] = train_run(target, load_config(model="sasrec", overrides=common), runs_dir / "sasrec", overwrite=True).fit
     _say(f"[2/5] UniSRec (text embeddings, inductive) on {TARGET_DOMAIN}, from scratch ...")
     uni_cfg = load_config(model="unisrec", overrides=common + ["model.mode=inductive"])
-    results["UniSRec inductive, scratch"] = train_run(target, uni_cfg, runs_dir / "unisrec", overwrite=True, quiet=True).fit
+    results["UniSRec inductive, scratch"] = train_run(target, uni_cfg, runs_dir / "unisrec", overwrite=True).fit
     _say(f"[3/5] VQ-Rec (text -> codes) on {TARGET_DOMAIN}, from scratch ...")
-    results["VQ-Rec, scratch"] = train_run(target, load_config(model="vqrec", overrides=common), runs_dir / "vqrec-scratch", overwrite=True, quiet=True).fit
+    results["VQ-Rec, scratch"] = train_run(target, load_config(model="vqrec", overrides=common), runs_dir / "vqrec-scratch", overwrite=True).fit
     _say(f"[4/5] VQ-Rec pre-trained on {' + '.join(SOURCE_DOMAINS)} ...")
-    pt = pretrain_run([dirs[s] for s in SOURCE_DOMAINS], load_config(model="vqrec", overrides=common), runs_dir / "vqrec-pretrain", overwrite=True, quiet=True)
+    pt = pretrain_run([dirs[s] for s in SOURCE_DOMAINS], load_config(model="vqrec", overrides=common), runs_dir / "vqrec-pretrain", overwrite=True)
     _say(f"[5/5] ... fine-tuned on {TARGET_DOMAIN} (learned code permutation, then code embeddings) ...")
     ft_cfg = finetune_config(pt.out_dir, [epochs, "train.batch_size=512", "train.patience=5", "train.lr=0.003", f"train.device={device}"])
-    results["VQ-Rec, pre-trained + fine-tuned"] = finetune_run(target, pt.out_dir, ft_cfg, runs_dir / "vqrec-finetune", overwrite=True, quiet=True).fit
+    results["VQ-Rec, pre-trained + fine-tuned"] = finetune_run(target, pt.out_dir, ft_cfg, runs_dir / "vqrec-finetune", overwrite=True).fit
 
     ds = Dataset.load(target)
     chance = {"recall@10": 10 / ds.n_items, "recall@50": 50 / ds.n_items}
-    _say(f"\ntest metrics on {TARGET_DOMAIN} (full ranking over all {ds.n_items} items):\n")
-    _say(metrics_table([*((k, v.test) for k, v in results.items()), ("chance level", chance)]))
+    show(f"\ntest metrics on {TARGET_DOMAIN} (full ranking over all {ds.n_items} items):\n")
+    show(metrics_table([*((k, v.test) for k, v in results.items()), ("chance level", chance)]))
 
     run = load_run(runs_dir / "vqrec-finetune", target, device)
-    _say(f"\nrecommendations of the fine-tuned VQ-Rec for user {ds.user_keys[0]}:")
-    examples = _show_recommendations(run.model, run.dataset, run.cfg.data.max_seq_len)
-    new_item = _new_items(ds, {"UniSRec inductive": load_run(runs_dir / "unisrec", target, device), "VQ-Rec fine-tuned": run})
+    show(f"\nrecommendations of the fine-tuned VQ-Rec for user {ds.user_keys[0]}:")
+    examples = _show_recommendations(show, run.model, run.dataset, run.cfg.data.max_seq_len)
+    new_item = _new_items(show, ds, {"UniSRec inductive": load_run(runs_dir / "unisrec", target, device), "VQ-Rec fine-tuned": run})
     seconds = time.perf_counter() - start
-    _say(f"\ndemo finished in {seconds:.0f}s; datasets and runs are in {out_dir}")
+    _say(f"\ndemo finished in {seconds:.0f}s; wrote {_where(out_dir)} (datasets and runs)")
     return {
         "out": str(out_dir),
         "target": TARGET_DOMAIN,
