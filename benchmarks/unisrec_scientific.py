@@ -14,10 +14,13 @@ import argparse
 import json
 import sys
 
-from _common import (SHARED_DATA, WORK, finished, fmt, machine, machine_line, mean_metrics, metric_row, prepare, previous_runs,
+from _common import (ROOT, SHARED_DATA, WORK, finished, fmt, machine, machine_line, mean_metrics, metric_row, prepare, previous_runs,
                      textrec, update_results)
 
 PRETRAIN = ["train.epochs=20", "train.patience=5", "data.long_sequences=chunked"]
+
+PT_TITLE = (": pre-trained rows, re-run with domain-stratified, user-diverse pre-training batches (same-user targets are "
+            "never negatives; textrec 0.1 after the model-surface review)")
 
 
 def main() -> None:
@@ -26,28 +29,30 @@ def main() -> None:
     p.add_argument("--pt-seeds", type=int, nargs="+", default=[2020], help="fine-tuning seeds after pre-training")
     p.add_argument("--skip", nargs="*", default=[], help="row groups to skip: sasrec inductive transductive pretrain")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--section", default="unisrec_scientific",
+                   help="docs/RESULTS.md section and benchmarks/results/SECTION.json to write (a subset of rows in its own section)")
     p.add_argument("--resume", action="store_true", help="keep the finished runs of an interrupted invocation")
     p.add_argument("--render-only", action="store_true", help="rewrite the RESULTS.md section from the saved JSON")
     args = p.parse_args()
     if args.render_only:
-        result = json.loads((WORK / "unisrec_scientific.json").read_text())
+        result = json.loads((ROOT / "benchmarks" / "results" / f"{args.section}.json").read_text())
         md = render(result, args)
         print(md)
         if not args.no_write:
-            update_results("unisrec_scientific", md)
+            update_results(args.section, md)
         return
 
     sci = prepare("scientific", SHARED_DATA / "amazon-scientific-unisrec", "unisrec")
-    runs, cmds, _ = previous_runs(WORK / "unisrec_scientific.json", args.resume)
+    runs, cmds, _ = previous_runs(ROOT / "benchmarks" / "results" / f"{args.section}.json", args.resume)
     # the table then holds this invocation's seeds; with --resume, runs an earlier one finished are kept
     argv = [a for a in sys.argv if a != "--resume"]
 
     def save():  # after every run, so an interrupted benchmark still leaves its finished rows
-        result = {"machine": machine(), "runs": runs, "commands": cmds, "argv": argv}
-        (WORK / "unisrec_scientific.json").write_text(json.dumps(result, indent=2))
+        result = {"section": args.section, "machine": machine(), "runs": runs, "commands": cmds, "argv": argv}
+        (ROOT / "benchmarks" / "results" / f"{args.section}.json").write_text(json.dumps(result, indent=2))
         md = render(result, args)
         if not args.no_write:
-            update_results("unisrec_scientific", md)
+            update_results(args.section, md)
         return md
 
     def train(key, model, seed, *extra):
@@ -116,7 +121,7 @@ def render(r: dict, args) -> str:
         rows.append(metric_row(label + spread, m, f" {len(rs)} | {sec:.1f} | {epochs} |"))
     pt = runs.get("pretrain", [None])[0]
     lines = [
-        "## UniSRec on Amazon Scientific (MiniLM text)",
+        "## UniSRec on Amazon Scientific (MiniLM text)" + ("" if r.get("section", "unisrec_scientific") == "unisrec_scientific" else PT_TITLE),
         "",
         f"Machine: {machine_line(r['machine'])}. Script: `python {' '.join(r['argv'])}` (means over seeds).",
         "",

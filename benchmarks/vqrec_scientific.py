@@ -21,7 +21,7 @@ import argparse
 import json
 import sys
 
-from _common import (SHARED_DATA, WORK, command_line, finished, fmt, machine, machine_line, mean_metrics, metric_row, prepare,
+from _common import (ROOT, SHARED_DATA, WORK, command_line, finished, fmt, machine, machine_line, mean_metrics, metric_row, prepare,
                      previous_runs, textrec, update_results)
 
 RELEASED = SHARED_DATA / "amazon-scientific-unisrec" / "Scientific.OPQ32,IVF1,PQ32x8.strict.index"
@@ -41,6 +41,9 @@ def quantize(output, log: list, *args):
     if not output.exists():
         textrec("quantize", *args)
 
+PT_TITLE = (": pre-trained rows, re-run with domain-stratified, user-diverse pre-training batches (same-user targets are "
+            "never negatives; textrec 0.1 after the model-surface review)")
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,19 +55,21 @@ def main() -> None:
     p.add_argument("--skip", nargs="*", default=[],
                    help="groups to skip: sasrec released minilm random pretrain ablations ft-noinit")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--section", default="vqrec_scientific",
+                   help="docs/RESULTS.md section and benchmarks/results/SECTION.json to write (a subset of rows in its own section)")
     p.add_argument("--resume", action="store_true", help="keep the finished runs of an interrupted invocation")
     p.add_argument("--render-only", action="store_true", help="rewrite the RESULTS.md section from the saved JSON")
     args = p.parse_args()
     if args.render_only:
-        result = json.loads((WORK / "vqrec_scientific.json").read_text())
+        result = json.loads((ROOT / "benchmarks" / "results" / f"{args.section}.json").read_text())
         md = render(result)
         print(md)
         if not args.no_write:
-            update_results("vqrec_scientific", md)
+            update_results(args.section, md)
         return
 
     sci = prepare("scientific", SHARED_DATA / "amazon-scientific-unisrec", "unisrec")
-    runs, cmds, _ = previous_runs(WORK / "vqrec_scientific.json", args.resume)
+    runs, cmds, _ = previous_runs(ROOT / "benchmarks" / "results" / f"{args.section}.json", args.resume)
     # the table then holds this invocation's seeds; with --resume, runs an earlier one finished are kept
     argv = [a for a in sys.argv if a != "--resume"]
     codes(sci, "released", "--from-index", RELEASED, log=cmds)
@@ -79,11 +84,11 @@ def main() -> None:
              "released_ties": shared_code_groups(sci)}
 
     def save():  # after every run, so an interrupted benchmark still leaves its finished rows
-        result = {"machine": machine(), "runs": runs, "commands": cmds, "argv": argv, **sizes}
-        (WORK / "vqrec_scientific.json").write_text(json.dumps(result, indent=2))
+        result = {"section": args.section, "machine": machine(), "runs": runs, "commands": cmds, "argv": argv, **sizes}
+        (ROOT / "benchmarks" / "results" / f"{args.section}.json").write_text(json.dumps(result, indent=2))
         md = render(result)
         if not args.no_write:
-            update_results("vqrec_scientific", md)
+            update_results(args.section, md)
         return md
 
     def record(key, res, seed):
@@ -216,7 +221,7 @@ def render(r: dict) -> str:
         rt = mean_metrics(rs, "test_random_ties")
         rows.append(metric_row(label + spread, mean_metrics(rs), f" {fmt(rt['recall@10'])} / {fmt(rt['ndcg@10'])} | {len(rs)} | {sec:.1f} | {epochs} |"))
     lines = [
-        "## VQ-Rec on Amazon Scientific",
+        "## VQ-Rec on Amazon Scientific" + ("" if r.get("section", "vqrec_scientific") == "vqrec_scientific" else PT_TITLE),
         "",
         f"Machine: {machine_line(r['machine'])}. Script: `python {' '.join(r['argv'])}` (means over seeds).",
         "",

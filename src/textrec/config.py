@@ -42,9 +42,13 @@ class DataConfig:
     # "auto": what the model declares for training (whole-sequence windows for causal models) and one row per
     # prefix for pre-training (user-diverse batches); "windows" is refused for models that are not causal
     train_rows: Literal["auto", "windows", "prefixes", "sampled"] = "auto"
+    # pre-training on windows: at most this many loss positions per window per epoch, drawn anew each epoch, so
+    # a batch spans >= batch_size / N users (0 = all); same-user rows are never negatives either way
+    pretrain_targets_per_row: int = 8
 
     def __post_init__(self) -> None:
         _check(self.max_seq_len >= 1, "data.max_seq_len must be >= 1")
+        _check(self.pretrain_targets_per_row >= 0, "data.pretrain_targets_per_row must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,10 @@ steps. Ways to group rows:
   references' "mixed-domain negatives": their shuffled rows give this on average), rows of similar length
   within each domain (little padding), and, with one row per prefix, targets from many users.
 
+``targets_per_row`` > 0 keeps at most that many loss positions of each row, drawn anew every epoch
+(pre-training on whole-sequence windows: a batch of ``batch_size`` targets then spans at least
+``batch_size / targets_per_row`` users, while each window is still encoded once for all its targets).
+
 ``sample_per_user`` keeps one randomly drawn row per user each epoch (models whose ``TRAINING_ROWS`` is
 ``"sampled"``, e.g. one random target position per user per epoch as Recformer's fine-tuning does).
 """
@@ -65,6 +69,7 @@ class TrainBatcher:
         seed: int = 0,
         domains: np.ndarray | None = None,
         sample_per_user: bool = False,
+        targets_per_row: int = 0,
     ) -> None:
         if len(windows.lengths) == 0:
             from textrec.errors import DataError
@@ -77,6 +82,9 @@ class TrainBatcher:
         self.targets = torch.as_tensor(windows.targets, dtype=torch.long, device=self.device)
         self.lengths = torch.as_tensor(windows.lengths, dtype=torch.long)  # batch planning stays on CPU
         self.n_targets = torch.as_tensor(windows.n_targets, dtype=torch.long)
+        self.targets_per_row = targets_per_row
+        if targets_per_row > 0:  # batch planning counts the targets each row will keep
+            self.n_targets = self.n_targets.clamp(max=targets_per_row)
         self.domains = None if domains is None else torch.as_tensor(domains, dtype=torch.long, device=self.device)
         self.row_domains = torch.zeros(len(windows.lengths), dtype=torch.long) if domains is None else torch.as_tensor(domains, dtype=torch.long)
         self.users_cpu = torch.as_tensor(windows.users, dtype=torch.long)
@@ -148,13 +156,23 @@ class TrainBatcher:
         """The batch of training rows ``rows`` (CPU indices), trimmed to its longest row."""
         width = int(self.lengths[rows].max())
         rows_d = rows.to(self.device)
+        targets = self.targets[rows_d, :width]
+        if self.targets_per_row > 0 and width > self.targets_per_row:
+            targets = self._subsample(targets)
         return SeqBatch(
             item_seq=self.inputs[rows_d, :width],
             seq_len=self.lengths[rows].to(self.device),
-            targets=self.targets[rows_d, :width],
+            targets=targets,
             domain=None if self.domains is None else self.domains[rows_d],
             users=self.users[rows_d],
         )
+
+    def _subsample(self, targets: Tensor) -> Tensor:
+        """Keep ``targets_per_row`` uniformly drawn loss positions of each row (all of a row with fewer)."""
+        noise = torch.rand(targets.shape, generator=self.generator).to(targets.device)  # (B, W)
+        score = torch.where(targets > 0, noise, -1.0)
+        kth = score.topk(self.targets_per_row, dim=1).values[:, -1:]  # (B, 1) the k-th largest per row
+        return torch.where((score >= kth) & (targets > 0), targets, 0)
 
     def epoch(self) -> Iterator[SeqBatch]:
         for rows in self.plan():

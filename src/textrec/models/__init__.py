@@ -11,11 +11,12 @@ plus one line here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar, Protocol
-
-from torch import Tensor
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from textrec.errors import NotFoundError
+
+if TYPE_CHECKING:  # annotations only: the registry itself must not import torch
+    from torch import Tensor
 
 
 class Recommender(Protocol):

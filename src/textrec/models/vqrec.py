@@ -180,9 +180,14 @@ class VQRec(nn.Module):
         return torch.cat([table[:, :1], permuted], dim=1).reshape(D * (M + 1), -1)
 
     def item_vectors(self, ids: Tensor, table: Tensor | None = None, index: Tensor | None = None) -> Tensor:
-        """Mean of the D code embeddings of ``ids`` (any shape) -> (..., h)."""
+        """Mean of the D code embeddings of ``ids`` (any shape) -> (..., h).
+
+        ``embedding_bag`` averages without materialising the (..., D, h) gather, which for a batch of
+        prefix rows (2048 x 50 positions x 32 codes x 300) would be about 4 GB.
+        """
         table = self.code_table() if table is None else table
-        v = F.embedding(self.code_index[ids] if index is None else index, table).mean(dim=-2)
+        index = self.code_index[ids] if index is None else index  # (..., D)
+        v = F.embedding_bag(index.reshape(-1, index.shape[-1]), table, mode="mean").view(*index.shape[:-1], table.shape[1])
         if self.item_id_emb is not None:
             v = v + self.item_id_emb(ids)
         return v

@@ -84,11 +84,15 @@ def resolve_training_rows(cfg: RunConfig, pretraining: bool) -> tuple[str, str]:
     """(rows, batching) for this run: what the config asks, else what the model declares.
 
     A model whose ``TRAINING_ROWS`` is not ``"windows"`` (not causal) can never train on windows.
+    Pre-training batches are domain-stratified by default; on windows, each keeps at most
+    ``data.pretrain_targets_per_row`` targets per epoch (``make_batchers``), so batches span many users at
+    the cost of windows rather than of one row per prefix (``data.train_rows=prefixes``, the references'
+    pairs: about 40x the tokens on Office + MovieLens, which does not fit a CPU).
     """
     declared = model_class(cfg.model).TRAINING_ROWS
     rows = cfg.data.train_rows
     if rows == "auto":
-        rows = "prefixes" if pretraining and declared == "windows" else declared
+        rows = declared
     if rows == "windows" and declared != "windows":
         raise ConfigError(f"model {cfg.model} is not causal, so it cannot train on whole-sequence windows; "
                           f"use data.train_rows={declared} (or auto)")
@@ -109,8 +113,9 @@ def make_batchers(
     rows_kind, batching = resolve_training_rows(cfg, pretraining)
     rows = train_windows(ds, L, cfg.data.long_sequences) if rows_kind == "windows" else prefix_rows(ds, L)
     row_domains = None if domains is None else domains[rows.users]
+    cap = cfg.data.pretrain_targets_per_row if pretraining and rows_kind == "windows" else 0
     train_b = TrainBatcher(rows, cfg.train.batch_size, device, batching, seed=cfg.train.seed, domains=row_domains,
-                           sample_per_user=rows_kind == "sampled")
+                           sample_per_user=rows_kind == "sampled", targets_per_row=cap)
     valid_b = EvalBatcher(eval_examples(ds, "valid", L), cfg.eval.batch_size, device)
     test_b = EvalBatcher(eval_examples(ds, "test", L), cfg.eval.batch_size, device)
     return train_b, valid_b, test_b
