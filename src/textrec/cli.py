@@ -383,8 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="run directory to write")
     s.add_argument("--mode", choices=("inductive", "transductive"), help="text/codes only, or plus item-ID embeddings")
     s.add_argument("--freeze-encoder", dest="freeze_encoder", action="store_true", default=None,
-                   help="freeze position embeddings and Transformer (reference fine-tuning)")
-    s.add_argument("--no-freeze-encoder", dest="freeze_encoder", action="store_false")
+                   help="freeze position embeddings and Transformer while fine-tuning (default: the pre-trained "
+                        "model's setting; unisrec and vqrec freeze position embeddings and Transformer by default, "
+                        "as the references do)")
+    s.add_argument("--no-freeze-encoder", dest="freeze_encoder", action="store_false",
+                   help="fine-tune position embeddings and Transformer too")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.003")
     s.add_argument("--resume", action="store_true")
     s.add_argument("--overwrite", action="store_true")

@@ -22,3 +22,7 @@ class ConfigError(TextrecError):
 
 class NotFoundError(TextrecError):
     """An unknown user, item, model name or run directory."""
+
+
+class CheckpointError(TextrecError):
+    """A run's weights or training state that are damaged, were changed after training, or fit another config."""

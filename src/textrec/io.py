@@ -3,11 +3,16 @@
 Files are written to a temporary name in the same directory and moved into place with ``os.replace``
 (atomic on POSIX). Directories are built under a temporary name and renamed; an existing directory is
 replaced only after the new one is complete.
+
+Files that must not change after they are written (a run's checkpoints) are written with
+``checksummed_path``, which records their sha256 in ``checksums.json`` next to them; ``checksum_matches``
+tells a reader whether a file is still what was written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -86,3 +91,61 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+CHECKSUMS = "checksums.json"
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_checksums(manifest: Path) -> dict:
+    from textrec.errors import DataError
+
+    sums = read_json(manifest) if manifest.exists() else {}
+    if not isinstance(sums, dict):
+        raise DataError(f"{manifest}: not a table of checksums")
+    return sums
+
+
+def _record_checksum(path: Path, digest: str, pending: bool) -> None:
+    manifest = path.parent / CHECKSUMS
+    sums = _read_checksums(manifest)
+    if pending:  # the file about to be moved into place; the one in place stays valid until it is
+        sums[path.name] = {"sha256": (sums.get(path.name) or {}).get("sha256"), "next_sha256": digest}
+    else:
+        sums[path.name] = {"sha256": digest}
+    write_json(manifest, sums)
+
+
+@contextlib.contextmanager
+def checksummed_path(path: str | os.PathLike) -> Iterator[Path]:
+    """``atomic_path`` that also records the new file's sha256 in ``checksums.json`` of its directory.
+
+    The digest is recorded as pending before the file is moved into place and as final after, so a process
+    killed at any moment leaves a ``checksums.json`` that accepts whichever file is in place.
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        yield tmp
+        digest = sha256_file(tmp)
+        _record_checksum(path, digest, pending=True)
+    _record_checksum(path, digest, pending=False)
+
+
+def checksum_matches(path: str | os.PathLike) -> bool | None:
+    """Whether ``path`` is the file ``checksummed_path`` wrote; None when no digest was recorded for it."""
+    path = Path(path)
+    manifest = path.parent / CHECKSUMS
+    if not manifest.exists():
+        return None
+    entry = _read_checksums(manifest).get(path.name)
+    accepted = {entry.get("sha256"), entry.get("next_sha256")} - {None} if isinstance(entry, dict) else set()
+    if not accepted:
+        return None
+    return sha256_file(path) in accepted

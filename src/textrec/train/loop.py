@@ -18,9 +18,13 @@ A run directory holds::
                        reaches the same result as an uninterrupted run
     log.jsonl          one JSON object per epoch (on resume, trimmed to the restored epoch)
     metrics.json       best epoch, validation and test metrics, timings (written at the end)
+    checksums.json     sha256 of model.safetensors and state.pt, updated as each is written
 
 ``state.pt`` holds only tensors and plain values and is read with ``torch.load(weights_only=True)``, so
-loading it never unpickles arbitrary objects.
+loading it never unpickles arbitrary objects. ``load_weights`` and ``--resume`` refuse a checkpoint whose
+sha256 differs from the recorded one (flipped bits, a truncated copy, an edit) and turn an unreadable
+file or one of other sizes than the config's into one line; runs written before checksums were kept load
+unverified.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import pickle
 import sys
 import time
 from collections.abc import Callable
@@ -35,14 +40,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 
 from textrec.config import RunConfig, TrainConfig
 from textrec.data.batching import EvalBatcher, TrainBatcher
-from textrec.errors import TextrecError
+from textrec.errors import CheckpointError, TextrecError
 from textrec.eval.ranking import evaluate
-from textrec.io import atomic_path, write_json
+from textrec.io import atomic_path, checksum_matches, checksummed_path, write_json
 from textrec.models.spec import Phase
 
 
@@ -231,7 +237,7 @@ class _Trainer:
 
     def restore_best(self) -> None:
         if self.out is not None:
-            load_model(self.model, str(self.out / "model.safetensors"), device=str(self.device))
+            load_weights(self.model, self.out / "model.safetensors", self.device)
         elif self.best_state is not None:
             self.model.load_state_dict(self.best_state)
 
@@ -282,7 +288,7 @@ class _Trainer:
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        with atomic_path(path) as tmp:
+        with checksummed_path(path) as tmp:
             torch.save(state, tmp)
 
 
@@ -309,8 +315,11 @@ def fit(
     result = FitResult(best_epoch=0, epochs_run=0, valid={}, test=None)
     state_path = out / "state.pt" if out else None
     if resume and state_path is not None and state_path.exists():
-        state = torch.load(state_path, map_location=train.device, weights_only=True)
-        trainer.resume(state)
+        state = _load_state(state_path, train.device)
+        try:
+            trainer.resume(state)
+        except (RuntimeError, KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{state_path} is damaged or from another config ({_first_problem(e)})") from None
         result.train_seconds, result.eval_seconds = list(state["train_seconds"]), list(state["eval_seconds"])
         _trim_log(out, trainer.progress.epoch)
         if not quiet:
@@ -380,10 +389,77 @@ def _run_epochs(trainer: _Trainer, valid: EvalBatcher, result: FitResult, state_
 
 def _save_best(trainer: _Trainer) -> None:
     if trainer.out is not None:
-        with atomic_path(trainer.out / "model.safetensors") as tmp:
+        with checksummed_path(trainer.out / "model.safetensors") as tmp:
             save_model(trainer.model, str(tmp))
     else:
         trainer.best_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------
+
+
+def verify_checkpoint(path: Path) -> bool | None:
+    """Refuse ``path`` if it is not the file the run wrote; True if verified, None if no checksum was kept."""
+    matches = checksum_matches(path)
+    if matches is False:
+        raise CheckpointError(f"{path} is damaged or was changed after training (checksum mismatch)")
+    return matches
+
+
+def _first_problem(e: Exception) -> str:
+    """The first specific line of an error (load_state_dict lists every mismatched tensor on its own line)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    more = ""
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        lines, more = lines[1:], f"; and {len(lines) - 2} more" if len(lines) > 2 else ""
+    line = lines[0].split(". ")[0].rstrip(".")
+    head, _, keys = line.partition(": ")
+    if keys.startswith('"'):  # Missing key(s) in state_dict: "a", "b", ... -> the first three
+        names = [k.strip(' "') for k in keys.split(",")]
+        line = f"{head}: {', '.join(names[:3])}" + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return line + more
+
+
+def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in a safetensors file; a file safetensors cannot read is damaged."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is damaged or from another config ({_first_problem(e)})") from None
+
+
+def load_weights(model: torch.nn.Module, path: Path, device) -> bool | None:
+    """Load the weights file ``path`` into ``model``, verified; one-line errors for damaged or foreign files.
+
+    Returns what ``verify_checkpoint`` returns (None: the run kept no checksum for it).
+    """
+    verified = verify_checkpoint(path)
+    own = model.state_dict()
+    for key, shape in weight_shapes(path).items():
+        if key not in own:
+            raise CheckpointError(f"{path} is damaged or from another config (weight {key} does not belong to this model)")
+        if tuple(own[key].shape) != shape:
+            raise CheckpointError(f"{path} is damaged or from another config (weight {key} has shape {shape}, "
+                                  f"this config needs {tuple(own[key].shape)})")
+    try:
+        load_model(model, str(path), device=str(device))
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise CheckpointError(f"{path} is damaged or from another config ({_first_problem(e)})") from None
+    return verified
+
+
+def _load_state(state_path: Path, device) -> dict:
+    """``state.pt`` for resuming, after checking it and the best weights against the recorded checksums."""
+    verify_checkpoint(state_path)
+    if (state_path.parent / "model.safetensors").exists():
+        verify_checkpoint(state_path.parent / "model.safetensors")
+    try:
+        return torch.load(state_path, map_location=device, weights_only=True)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, ValueError) as e:
+        raise CheckpointError(f"{state_path} is damaged ({_first_problem(e)})") from None
 
 
 def _trim_log(out: Path, epoch: int) -> None:

@@ -4,21 +4,25 @@
 seeds, builds the model, its phases and the device-resident batchers — all before anything is written, so a
 run that cannot start leaves no directory behind — then writes ``config.json`` and hands over to
 ``textrec.train.loop.fit``. ``load_run`` rebuilds the model from a run directory's ``config.json`` and
-``model.safetensors`` for evaluation and recommendation. Pre-training and fine-tuning are in
-``textrec.train.transfer``.
+``model.safetensors`` (checked against the run's ``checksums.json``) for evaluation and recommendation.
+Pre-training and fine-tuning are in ``textrec.train.transfer``.
+
+A start that fails before its first epoch is saved (a missing optional package, a device error, an
+interruption) removes what it wrote (``writing_run``), so the corrected command needs no ``--overwrite``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_model
-
 from textrec import __version__
 from textrec.config import RunConfig
 from textrec.data.batching import EvalBatcher, TrainBatcher
@@ -29,7 +33,7 @@ from textrec.io import read_json, write_json
 from textrec.models import model_class
 from textrec.models.spec import ItemInputs, Phase
 from textrec.train.inputs import build_model, load_item_inputs
-from textrec.train.loop import FitResult, fit, resolve_device, seed_everything
+from textrec.train.loop import FitResult, fit, load_weights, resolve_device, seed_everything
 
 
 def dataset_record(ds: Dataset, path: Path) -> dict:
@@ -74,10 +78,36 @@ def prepare_out_dir(out: Path, config: dict, resume: bool, overwrite: bool) -> N
         elif not overwrite:
             raise TextrecError(f"{out} already exists and is not empty (pass --resume to continue it or --overwrite)")
         else:
-            for f in ("model.safetensors", "state.pt", "log.jsonl", "metrics.json"):
+            for f in _RUN_FILES:
                 (out / f).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", config)
+
+
+_RUN_FILES = ("model.safetensors", "state.pt", "checksums.json", "log.jsonl", "metrics.json")
+
+
+@contextlib.contextmanager
+def writing_run(out: Path, config: dict, resume: bool, overwrite: bool) -> Iterator[None]:
+    """``prepare_out_dir``, then run the block; if it fails before an epoch is saved, undo the start.
+
+    Without ``state.pt`` nothing can be resumed, so the files of this start are removed (and ``out`` itself
+    when this start created it): an existing empty directory is left empty, a missing one stays missing.
+    """
+    existed = out.exists()
+    prepare_out_dir(out, config, resume, overwrite)
+    try:
+        yield
+    except BaseException:
+        if not (out / "state.pt").exists():
+            for f in ("config.json", *_RUN_FILES):
+                (out / f).unlink(missing_ok=True)
+            for tmp in out.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+            shutil.rmtree(out / "tensorboard", ignore_errors=True)
+            if not existed and not any(out.iterdir()):
+                out.rmdir()
+        raise
 
 
 def resolve_training_rows(cfg: RunConfig, pretraining: bool) -> tuple[str, str]:
@@ -147,10 +177,10 @@ def train_run(
     model = build_model(cfg, inputs).to(device)
     phases = phases if phases is not None else model.phases("train")
     train_b, valid_b, test_b = make_batchers(ds, cfg, device)
-    prepare_out_dir(out, config, resume, overwrite)
-    if not quiet:
-        describe("training", cfg, ds, model, train_b, device, out)
-    result = fit(model, train_b, valid_b, test_b, cfg, out, resume=resume, quiet=quiet, phases=phases)
+    with writing_run(out, config, resume, overwrite):
+        if not quiet:
+            describe("training", cfg, ds, model, train_b, device, out)
+        result = fit(model, train_b, valid_b, test_b, cfg, out, resume=resume, quiet=quiet, phases=phases)
     return RunResult(out, result)
 
 
@@ -187,8 +217,31 @@ def load_run(run_dir: str | Path, data_dir: str | Path | None = None, device: st
         raise DataError(f"{data_path}: {ds.n_items} items but the model in {run} was trained for {expected}")
     dev = resolve_device(device)
     same_data = data_dir is None or Path(data_dir).resolve() == Path(config["dataset"]["path"]).resolve()
-    inputs, _ = load_item_inputs(cfg, [data_path], recorded=config.get("item_inputs") if same_data else None)
+    recorded = config.get("item_inputs") if same_data else None
+    try:
+        inputs, _ = load_item_inputs(cfg, [data_path], recorded=recorded)
+    except NotFoundError as e:
+        trained_with = _recorded_inputs(recorded)
+        if not trained_with:
+            raise
+        raise NotFoundError(f"{e}; {run} was trained with {trained_with} "
+                            "(make them again under that name, or train again)") from None
     model = build_model(cfg, inputs)
-    load_model(model, str(run / "model.safetensors"), device=str(dev))
+    if load_weights(model, run / "model.safetensors", dev) is None:
+        print(f"note: {run} records no checksum of model.safetensors (made before textrec kept them); "
+              "its weights are not verified", file=sys.stderr)
     model.to(dev).eval()
     return LoadedRun(model, cfg, ds, config, dev, inputs)
+
+
+def _recorded_inputs(recorded: dict | None) -> str:
+    """The item-side inputs a run's config.json names, e.g. ``item codes 'opq-32x256'``."""
+    labels = {"embeddings": "embeddings", "word_drop_embeddings": "word-drop embeddings", "codes": "item codes",
+              "features": "feature tables"}
+    parts = []
+    for key, label in labels.items():
+        names = (recorded or {}).get(key)
+        names = [names] if isinstance(names, str) else names or []
+        if names:
+            parts.append(f"{label} {', '.join(repr(n) for n in dict.fromkeys(names))}")
+    return " and ".join(parts)

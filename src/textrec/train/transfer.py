@@ -21,16 +21,17 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from textrec import __version__
 from textrec.config import RunConfig, apply_overrides
 from textrec.data.dataset import Dataset
 from textrec.data.multidomain import domain_of_rows, merge_domains
-from textrec.errors import TextrecError
+from textrec.errors import CheckpointError, TextrecError
 from textrec.train.inputs import build_model, load_item_inputs
-from textrec.train.loop import fit, resolve_device, seed_everything
-from textrec.train.run import RunResult, dataset_record, describe, make_batchers, prepare_out_dir, read_run_config
+from textrec.train.loop import fit, resolve_device, seed_everything, verify_checkpoint
+from textrec.train.run import RunResult, dataset_record, describe, make_batchers, read_run_config, writing_run
 
 
 def pretrain_run(
@@ -55,10 +56,10 @@ def pretrain_run(
     model = build_model(cfg, inputs).to(device)
     phases = model.phases("pretrain")
     train_b, valid_b, _ = make_batchers(merged, cfg, device, pretraining=True, domains=domain_of_rows(datasets))
-    prepare_out_dir(out, config, resume, overwrite)
-    if not quiet:
-        describe("pre-training", cfg, merged, model, train_b, device, out)
-    result = fit(model, train_b, valid_b, None, cfg, out, resume=resume, quiet=quiet, phases=phases)
+    with writing_run(out, config, resume, overwrite):
+        if not quiet:
+            describe("pre-training", cfg, merged, model, train_b, device, out)
+        result = fit(model, train_b, valid_b, None, cfg, out, resume=resume, quiet=quiet, phases=phases)
     return RunResult(out, result)
 
 
@@ -81,15 +82,23 @@ def load_pretrained(model: torch.nn.Module, init_dir: Path) -> list[str]:
     path = init_dir / "model.safetensors"
     if not path.exists():
         raise TextrecError(f"{init_dir}: no model.safetensors to fine-tune from")
+    verified = verify_checkpoint(path)
     skip = tuple(getattr(model, "CATALOGUE_KEYS", ()))
-    state = {k: v for k, v in load_file(str(path)).items() if not k.startswith(skip)}
+    try:
+        state = {k: v for k, v in load_file(str(path)).items() if not k.startswith(skip)}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is damaged or from another config ({e})") from None
     own = model.state_dict()
     bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if bad:
-        raise TextrecError(f"{init_dir}: weight {bad[0]} has shape {tuple(state[bad[0]].shape)}, this model needs {tuple(own[bad[0]].shape)}")
+        raise CheckpointError(f"{path} is damaged or from another config (weight {bad[0]} has shape "
+                              f"{tuple(state[bad[0]].shape)}, this model needs {tuple(own[bad[0]].shape)})")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected:
-        raise TextrecError(f"{init_dir}: weights {unexpected[:3]} do not belong to this model")
+        raise CheckpointError(f"{path} is damaged or from another config (weights {unexpected[:3]} do not belong to this model)")
+    if verified is None:
+        print(f"note: {init_dir} records no checksum of model.safetensors (made before textrec kept them); "
+              "its weights are not verified", file=sys.stderr)
     return [k for k in missing if not k.startswith(skip)]
 
 
@@ -115,10 +124,11 @@ def finetune_run(
     fresh = load_pretrained(model, init_dir)
     model.to(device)
     train_b, valid_b, test_b = make_batchers(ds, cfg, device)
-    prepare_out_dir(out, config, resume, overwrite)
-    if not quiet:
-        describe("fine-tuning", cfg, ds, model, train_b, device, out)
-        if fresh:
-            print(f"newly initialised (not in the pre-trained run): {', '.join(sorted({k.split('.')[0] for k in fresh}))}", file=sys.stderr)
-    result = fit(model, train_b, valid_b, test_b, cfg, out, resume=resume, quiet=quiet, phases=phases)
+    with writing_run(out, config, resume, overwrite):
+        if not quiet:
+            describe("fine-tuning", cfg, ds, model, train_b, device, out)
+            if fresh:
+                print(f"newly initialised (not in the pre-trained run): {', '.join(sorted({k.split('.')[0] for k in fresh}))}",
+                      file=sys.stderr)
+        result = fit(model, train_b, valid_b, test_b, cfg, out, resume=resume, quiet=quiet, phases=phases)
     return RunResult(out, result)
