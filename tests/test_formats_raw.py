@@ -321,6 +321,16 @@ def test_generic_tsv_parquet_and_registry(tmp_path):
     assert {"amazon2018", "amazon2023", "movielens", "csv", "parquet", "rechorus", "unisrec"} <= set(READERS)
 
 
+def test_generic_tsv_keeps_quotes_and_names_the_dataset_after_its_folder(tmp_path):
+    """TSV has no quoting: a title starting with a quote keeps it, and an unbalanced quote swallows no lines."""
+    write(tmp_path / "beauty" / "interactions.tsv", ["user\titem\ttimestamp"] + [f"u\t{i}\t{t}" for t, i in enumerate("abc")])
+    write(tmp_path / "beauty" / "items.tsv", ["item\ttext", 'a\t"C" Size Battery Adapter', 'b\t"unbalanced title', "c\tplain"])
+    ds = read_generic(tmp_path / "beauty", PrepareOptions(k_core=0))
+    assert ds.name == "beauty"
+    assert sequences(ds) == {"u": ["a", "b", "c"]}
+    assert [text_of(ds, k) for k in "abc"] == ['"C" Size Battery Adapter', '"unbalanced title', "plain"]
+
+
 def test_generic_parquet_time_types(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -7,7 +7,10 @@
   string attributes (``item_attributes``; empty and null values left out). The first row of an item wins.
 
 CSV/TSV files need a header; the delimiter is a tab for ``.tsv``/``.tab`` files and for a ``.csv`` whose
-header has tabs but no commas, a comma otherwise; ``.gz`` is read transparently. Errors name the file
+header has tabs but no commas, a comma otherwise; ``.gz`` is read transparently. Tab-separated files are
+read without CSV quoting (the TSV convention: a field cannot hold a tab or a line break), so a title that
+starts with ``"`` keeps its quote and an unbalanced quote cannot swallow the lines after it; comma-separated
+files use CSV quoting. A dataset read from a directory is named after the directory (``--name`` overrides). Errors name the file
 and line (for Parquet, the 1-based row). SOURCE may also be a directory with ``interactions.<ext>``
 and, unless ``opts.items`` is given, ``items.<ext>``. Texts are used as given (not cleaned); an item with
 an empty or missing text has no text. The interactions then go through
@@ -65,7 +68,8 @@ def read_csv_columns(path: Path, wanted: list[str] | None, optional: tuple[str, 
     lines: list[int] = []
     found: list[tuple[int, str]] = []
     with reading(path), open_text(path) as f:
-        reader = csv.reader(f, delimiter=delimiter)
+        quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
         try:
             header = [h.strip() for h in next(reader, [])]
             if not header:
@@ -246,7 +250,7 @@ def read_generic(source: str | Path, opts: PrepareOptions = PrepareOptions()) ->
         raise DataError(f"{path}: no interactions")
     mask = pa.array(keep)
     texts, attributes, duplicate_items = read_items_table(items_path, opts, bad) if items_path else ({}, None, 0)
-    name = opts.name or path.name.split(".")[0]
+    name = opts.name or (Path(source).name if Path(source).is_dir() else path.name.split(".")[0])
     source_meta = {
         "format": "parquet" if _is_parquet(path) else "csv",
         "path": str(path.resolve()),
