@@ -264,8 +264,6 @@ def test_a_fixed_phase_leaves_frozen_parameters_untouched_and_the_next_phase_reb
     assert len(_log(tmp_path / "run")) == 3  # 2 + 1 epochs: the phases ended the run before train.epochs
 
 
-@pytest.mark.xfail(strict=True, reason="loop.py _Trainer.enter: with optimizer='keep' the kept optimiser holds only the "
-                   "previous phase's parameters, so parameters the new phase unfreezes silently never train")
 def test_a_kept_optimiser_trains_what_the_phase_unfreezes_or_is_refused(small_dir, tmp_path):
     phases = [Phase("item embeddings", _only_item_emb, epochs=1), Phase("everything", train_all, optimizer="keep", epochs=1)]
     cfg = load_config(model="sasrec", overrides=[*SASREC, "train.epochs=2", "train.batch_size=128", "train.lr=0.01"])
@@ -318,8 +316,6 @@ def test_vqrec_permutation_phase_changes_only_the_permutation_and_bakes_a_row_pe
         torch.testing.assert_close(new[d, 1:], old[d, 1:][idx[d]], rtol=1e-6, atol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="vqrec.py _permutation: one_hot + soft - soft.detach() evaluates as "
-                   "(one_hot + soft) - soft, whose 1-entries are 1 +- 1 ulp, so the baked rows are not bit-exact copies")
 def test_vqrec_baked_table_is_an_exact_row_permutation(tiny_world):
     model = _model("vqrec", tiny_world)
     model.start_permutation()

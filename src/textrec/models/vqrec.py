@@ -164,7 +164,7 @@ class VQRec(nn.Module):
         soft = log_p.exp()
         if self.cfg.permutation == "reference":  # row-wise argmax then ceil: connected, but zero gradient
             return F.one_hot(log_p.argmax(dim=2), M).to(soft.dtype) + 0.0 * soft
-        return F.one_hot(hungarian(log_p), M).to(soft.dtype) + soft - soft.detach()
+        return F.one_hot(hungarian(log_p), M).to(soft.dtype) + (soft - soft.detach())  # exactly 0/1 forward
 
     def code_table(self, noise: bool | None = None) -> Tensor:
         """(D (M + 1), h) code embeddings, permuted per sub-space during the permutation phase.

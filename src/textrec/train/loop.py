@@ -221,6 +221,13 @@ class _Trainer:
                 epochs = ph.epochs if ph.epochs is not None else self.tc.epochs - pr.epoch
                 pr.schedule_steps = max(1, min(epochs, self.tc.epochs - pr.epoch) * -(-len(self.train) // self.tc.grad_accum))
         ph.trainable(self.model)
+        if ph.optimizer == "keep":
+            held = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+            new = [n for n, p in self.model.named_parameters() if p.requires_grad and id(p) not in held]
+            if new:
+                raise TextrecError(f"phase {ph.name!r} keeps the optimiser of phase {self.phases[pr.optimizer_phase].name!r}, "
+                                   f"which does not hold parameters this phase trains ({', '.join(new[:3])}, ...): "
+                                   "make them trainable there, or rebuild the optimiser")
 
     def resume(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
