@@ -71,8 +71,9 @@ def _format_stats(stats: dict) -> str:
         ("items_without_text", "items without text"),
     ]
     lines = [f"{label:<22}{stats[k]:,}" if isinstance(stats[k], int) else f"{label:<22}{stats[k]}" for k, label in keys]
-    if stats.get("features"):
-        lines.append(f"{'features':<22}" + ", ".join(f"{k} {tuple(v)}" for k, v in stats["features"].items()))
+    for i, (name, f) in enumerate(stats.get("features", {}).items()):  # one line per item feature table
+        lines.append(f"{'features' if i == 0 else '':<22}{name}: {f['dim']}-d, present for {f['items_present']:,} of "
+                     f"{stats['items']:,} items")
     return "\n".join(lines)
 
 

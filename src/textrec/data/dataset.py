@@ -137,7 +137,9 @@ class Dataset:
             "avg_text_chars": round(float(text_chars.mean()), 2),
             "avg_text_words": round(float(text_words.mean()), 2),
             "items_without_text": int((text_chars == 0).sum()),
-            "features": {k: list(v.shape) for k, v in self.features.items()},
+            # per table its width and the items that have it (a missing modality is an all-zero row)
+            "features": {k: {"dim": int(v.shape[1]), "items_present": int((np.abs(v[1:]).sum(axis=1) > 0).sum())}
+                         for k, v in self.features.items()},
         }
 
     # ---- disk --------------------------------------------------------------------------------

@@ -52,10 +52,17 @@ def _vqrec():
     return VQRec
 
 
+def _missrec():
+    from textrec.models.missrec import MISSRec
+
+    return MISSRec
+
+
 MODELS: dict[str, Callable[[], type]] = {
     "sasrec": _sasrec,
     "unisrec": _unisrec,
     "vqrec": _vqrec,
+    "missrec": _missrec,
 }
 
 

@@ -9,7 +9,9 @@ A model class (``nn.Module``; no base class) carries these class attributes and 
     the item-side inputs its constructor needs, a tuple of ``InputKind`` (``"text_embeddings"``,
     ``"codes"``, ``"features"``, ``"attributes"``); ``PRETRAIN_INPUTS`` the optional extras pre-training
     reads when present (UniSRec's ``"word_drop_embeddings"``). An empty ``ITEM_INPUTS`` means the model
-    scores item IDs and cannot take new items.
+    scores item IDs and cannot take new items. A model whose inputs depend on its config (MISSRec: text from a
+    feature table or from text embeddings) lists all it can read and defines ``item_inputs_for(cfg)``, the
+    subset a config reads (``item_input_kinds``).
 ``TRAINING_ROWS``
     ``"windows"``: causal, so one whole-sequence window yields every prefix's next-item loss;
     ``"prefixes"``: not causal, one row per (prefix, next item) as the references build them;
@@ -99,6 +101,12 @@ class Phase:
             raise ValueError(f"phase {self.name!r}: epochs must be >= 1 or None")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"phase {self.name!r}: patience must be >= 1 or None")
+
+
+def item_input_kinds(cls: type, model_cfg) -> tuple[str, ...]:
+    """The item-side inputs model class ``cls`` reads under its config ``model_cfg``."""
+    pick = getattr(cls, "item_inputs_for", None)
+    return tuple(pick(model_cfg)) if pick is not None else tuple(cls.ITEM_INPUTS)
 
 
 def train_all(model: nn.Module) -> None:

@@ -7,7 +7,7 @@ from (the ``.index`` file saved next to them). The model is rebuilt with the ext
 the trained weights; an item-ID embedding (transductive mode) starts at zero for new items. SASRec scores
 item IDs and cannot score an item it never saw.
 
-Generic over models: which inputs to extend comes from the model's ``ITEM_INPUTS`` declaration (text
+Generic over models: which inputs to extend comes from the model's declaration (``item_input_kinds``: text
 embeddings: encode the texts; codes: quantise those embeddings; feature tables: the new items have none, so
 their rows are zero and masked as absent; attributes: the text as one ``text`` attribute). Trained weights
 carry over; a state entry whose first dimension counts items is rebuilt from the extended inputs when it is
@@ -26,7 +26,7 @@ import torch
 from textrec.data.dataset import Dataset
 from textrec.errors import DataError, TextrecError
 from textrec.io import read_json
-from textrec.models.spec import FeatureTable, ItemInputs
+from textrec.models.spec import FeatureTable, ItemInputs, item_input_kinds
 from textrec.train.inputs import build_model
 from textrec.train.run import LoadedRun
 
@@ -91,7 +91,7 @@ def _extend_inputs(run: LoadedRun, keys: list[str], texts: list[str], encoder: s
     record = run.config.get("item_inputs", {})
     old, n_new = run.inputs, len(keys)
     new = ItemInputs(n_items=old.n_items + n_new, codebook_size=old.codebook_size)
-    kinds = type(run.model).ITEM_INPUTS
+    kinds = item_input_kinds(type(run.model), run.cfg.model_config)
     if "text_embeddings" in kinds:
         vectors = _encoder_for(data_dir, record["embeddings"][0], encoder).encode(texts)
         new.text_embeddings = torch.cat([old.text_embeddings, torch.as_tensor(vectors, dtype=torch.float32)])

@@ -25,7 +25,7 @@ from textrec.config import RunConfig
 from textrec.data.multidomain import merge_item_arrays
 from textrec.errors import DataError, NotFoundError
 from textrec.models import model_class
-from textrec.models.spec import FeatureTable, ItemInputs
+from textrec.models.spec import FeatureTable, ItemInputs, item_input_kinds
 
 _WORD_DROP = re.compile(r"-wd\d+$")
 
@@ -149,7 +149,7 @@ def load_item_inputs(
     """
     dirs = [Path(d) for d in data_dirs]
     cls = model_class(cfg.model)
-    kinds = list(cls.ITEM_INPUTS) + (list(getattr(cls, "PRETRAIN_INPUTS", ())) if pretraining else [])
+    kinds = list(item_input_kinds(cls, cfg.model_config)) + (list(getattr(cls, "PRETRAIN_INPUTS", ())) if pretraining else [])
     n_items = _total_items(dirs)
     inputs, record = ItemInputs(n_items=n_items), {}
     rec = recorded or {}
