@@ -20,6 +20,7 @@ SMALL = {
     "unisrec": ["model.hidden_size=34", "model.n_heads=2", "model.inner_size=37", "model.n_experts=3"],
     "vqrec": ["model.hidden_size=34", "model.n_heads=2", "model.inner_size=37"],
     "missrec": ["model.hidden_size=34", "model.n_heads=2", "model.inner_size=37"],
+    "recformer": ["model.backbone=random", "model.hidden_size=34", "model.n_heads=2", "model.inner_size=37", "model.n_layers=2"],
 }
 MAX_SEQ_LEN = 9
 
@@ -36,7 +37,7 @@ def item_inputs(name, ds):
     features = {name: FeatureTable(torch.from_numpy(v), torch.from_numpy(np.abs(v).sum(axis=1) > 0))
                 for name, v in (("feat1CLS", text), ("feat3CLS", image))}
     return ItemInputs(n_items=ds.n_items, text_embeddings=torch.from_numpy(text), codes=torch.from_numpy(codes), codebook_size=7,
-                      features=features)
+                      features=features, attributes=list(ds.item_attributes))
 
 
 def scores(model, seq_repr):
@@ -120,7 +121,7 @@ def test_save_load_gives_identical_scores(name, tiny_world, tmp_path):
 
 
 # Fixed-init forward values: a change here must be deliberate (it changes every reported number).
-GOLDEN_LOSS = {"sasrec": 4.10165, "unisrec": 5.61010, "vqrec": 6.42061, "missrec": 5.25199}
+GOLDEN_LOSS = {"sasrec": 4.10165, "unisrec": 5.61010, "vqrec": 6.42061, "missrec": 5.25199, "recformer": 4.09432}
 
 
 def test_golden_fixed_init_loss(name, tiny_world):

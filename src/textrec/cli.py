@@ -81,6 +81,8 @@ def cmd_info(args) -> None:
     from textrec.data.dataset import Dataset
 
     ds = Dataset.load(args.data)
+    if args.item is not None:
+        return _item_info(ds, args)
     stats = ds.statistics()
     stats["content_hash"] = ds.meta.get("content_hash")
     stats["source"] = ds.meta.get("source")
@@ -94,6 +96,33 @@ def cmd_info(args) -> None:
         for sub in ("embeddings", "codes"):
             if stats[sub]:
                 print(f"{sub:<22}{', '.join(stats[sub])}")
+
+
+def _item_info(ds, args) -> None:
+    """One item: its text, its key-value attributes and the sentence a key-value model reads."""
+    from textrec.data.sentences import item_attributes, ordered_attributes, sentence
+
+    index = ds.item_index()
+    if args.item not in index:
+        close = [k for k in ds.item_keys if args.item.lower() in k.lower()][:5]
+        hint = f" (similar keys: {', '.join(close)})" if close else ""
+        raise TextrecError(f"{args.data}: no item {args.item!r}{hint}")
+    item_id = index[args.item]
+    attrs = item_attributes(ds)[item_id - 1]
+    kept = ordered_attributes(attrs, args.max_attr_num)
+    info = {"item": args.item, "id": item_id, "text": ds.item_texts[item_id - 1], "attributes": attrs,
+            "sentence": sentence(attrs, args.max_attr_num),
+            "dropped_attributes": [k for k, _ in ordered_attributes(attrs)[len(kept):]]}
+    if args.json:
+        _print_json(info)
+        return
+    print(f"{'item':<12}{args.item} (id {item_id})")
+    print(f"{'text':<12}{info['text']}")
+    for key, value in ordered_attributes(attrs):
+        print(f"{key:<12}{value}")
+    print(f"{'sentence':<12}{info['sentence']}")
+    if info["dropped_attributes"]:
+        print(f"{'not read':<12}{', '.join(info['dropped_attributes'])} (beyond --max-attr-num {args.max_attr_num})")
 
 
 # ---- encode / quantize --------------------------------------------------------------------------
@@ -322,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("info", help="users, items, interactions, sequence and text statistics")
     s.add_argument("data", help="dataset directory")
+    s.add_argument("--item", metavar="KEY", help="show one item: its text, attributes and key-value sentence")
+    s.add_argument("--max-attr-num", type=int, default=3, help="attributes a sentence keeps (with --item; Recformer's default 3)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_info)
 

@@ -46,6 +46,12 @@ def _unisrec():
     return UniSRec
 
 
+def _recformer():
+    from textrec.models.recformer import Recformer
+
+    return Recformer
+
+
 def _vqrec():
     from textrec.models.vqrec import VQRec
 
@@ -62,6 +68,7 @@ MODELS: dict[str, Callable[[], type]] = {
     "sasrec": _sasrec,
     "unisrec": _unisrec,
     "vqrec": _vqrec,
+    "recformer": _recformer,
     "missrec": _missrec,
 }
 

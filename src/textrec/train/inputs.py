@@ -131,13 +131,9 @@ def _load_features(dirs, names: tuple[str, ...], record) -> dict[str, FeatureTab
 
 def _load_attributes(dirs) -> list[dict[str, str]]:
     from textrec.data.dataset import Dataset
+    from textrec.data.sentences import item_attributes
 
-    attributes = []
-    for d in dirs:
-        ds = Dataset.load(d)
-        attrs = ds.item_attributes or [{} for _ in range(ds.n_items)]
-        attributes += [a if a else {"text": t} for a, t in zip(attrs, ds.item_texts)]
-    return attributes
+    return [a for d in dirs for a in item_attributes(Dataset.load(d, features=False))]
 
 
 def load_item_inputs(

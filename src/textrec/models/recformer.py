@@ -1,0 +1,472 @@
+"""Recformer: items as key-value sentences, a Longformer-style language model over them (Li et al., KDD 2023).
+
+Reference: AaronHeee/RecFormer @26b00a5 (identical to the code JiachengLi1995/Recformer held):
+``recformer/models.py``, ``tokenization.py``, ``collator.py``, ``finetune.py``, ``lightning_pretrain.py``;
+summarised in REFERENCE_NOTES section 4 and the seed text 003 in shared/reference.
+
+* Items are sentences of their key-value attributes (``textrec.data.sentences``: at most ``max_attr_num``
+  attributes, key + value tokens cut to ``max_attr_length``, token types key 1 / value 2), tokenised once
+  per catalogue by the backbone's fast tokenizer into flat per-item tables (buffers). A batch's token rows
+  are gathered from them on the device (``sequence_tokens``); nothing is tokenised per step.
+* A sequence is ``<s>`` then its items **most recent first**, at most ``max_item_embeddings - 1`` items and
+  ``max_token_num`` tokens. ``<s>``: token type 0, item position 0; the k-th most recent item's tokens:
+  item position k; padding: the pad id, type 3, item position ``max_item_embeddings - 1``.
+* Embeddings: word + position + token type (4 rows) + item position -> LayerNorm -> dropout
+  (transformers' ``BertEmbeddings``, the item positions entering as part of ``inputs_embeds``). Positions
+  are the backbone's: 0, 1, ... for BERT, from ``padding_idx + 1`` for RoBERTa / Longformer.
+* Encoder: BERT layers from transformers (``BertAttention``, ``BertIntermediate``, ``BertOutput``) with
+  Longformer's attention pattern: every token attends to the tokens within ``attention_window / 2`` on
+  either side and to ``<s>`` (local projections), and ``<s>`` attends to every token through its own global
+  query / key / value projections. Loaded backbones without global projections start them equal to the
+  local ones (Longformer was made from RoBERTa so).
+* The last hidden state of ``<s>`` is the representation of a sequence, and of an item encoded alone
+  (``<s>`` + its tokens). Scores are cosines; losses divide them by ``temperature`` (0.05).
+* ``pretrain_loss``: in-batch contrastive loss between each (prefix, next item) pair's prefix and item,
+  plus ``mlm_weight`` (0.1) x whole-word masked-language-model loss on each side (15% of the words; of
+  their tokens 80% [MASK], 10% a random token, 10% kept), the MLM on separately masked copies of the
+  inputs, as the reference; the MLM decoder is tied to the word embeddings.
+* Fine-tuning and training (``phases``), the reference's two stages: stage 1 re-encodes every catalogue
+  item into a fixed item table at the start of every epoch and trains the sequence encoder against it with
+  cross-entropy over all items (patience 5); stage 2 reloads the best weights, with that epoch's item table,
+  keeps the table fixed and goes on with the same optimiser and schedule (patience 3).
+
+Backbones (``backbone``): ``"minilm"``, the embedded all-MiniLM-L6-v2 (BERT, 384-d, read offline); any
+local BERT / RoBERTa / Longformer folder (``allenai/longformer-base-4096`` is the paper's setting); or
+``"random"``, the tokenizer's architecture (MiniLM's unless ``tokenizer`` names a folder) with random
+weights, sizes overridable, for tests. Word embeddings and layers (and an MLM head when the folder has one)
+come from the backbone; token types, item positions (and a missing MLM head) start random.
+
+Deliberate differences from the reference:
+
+* Attention is BERT's dense attention under a sliding-window + global mask: the same outputs as
+  Longformer's banded kernels, at O(L^2) instead of O(L w) cost (at 512 tokens and a 64 window, about 20%
+  more compute per layer).
+* Whole-word masking draws each word with probability 0.15 (15% of the tokens in expectation) instead of
+  filling a shuffled word list up to round(0.15 n) tokens.
+* In-batch pre-training negatives: another row with the same target item, or of the same user, is not a
+  negative (``same_target="mask"``, as textrec's UniSRec); ``"keep"`` is the reference's plain
+  cross-entropy.
+* Training rows come from the generic batcher (``TRAINING_ROWS = "sampled"``): one random (prefix, next
+  item) row per user per epoch, histories of at least one item; the reference also draws the first item
+  (an empty history) in fine-tuning, and cuts pre-training sequences at t ~ U[(n-1)//2, n-1].
+* Item-table rows that were never encoded (a new catalogue, new items) are encoded when the table is first
+  used; during pre-training the table is re-encoded for each validation pass.
+* Attributes with empty values are left out; ``max_token_num`` defaults to 512 (reference 1024; its README
+  reports no clear loss at 512, and the embedded MiniLM has 512 positions).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoTokenizer, BertConfig
+from transformers.models.bert.modeling_bert import (BertAttention, BertEmbeddings, BertIntermediate, BertOutput,
+                                                    BertPredictionHeadTransform)
+
+from textrec.data.batching import SeqBatch
+from textrec.data.sentences import tokenize_items
+from textrec.errors import ConfigError, NotFoundError
+from textrec.models.layers import in_batch_contrastive, init_weights
+from textrec.models.spec import ItemInputs, Phase, train_all_but
+
+BOS_TYPE, PAD_TYPE = 0, 3  # token types of <s> and padding (key 1, value 2: textrec.data.sentences)
+_ROBERTA_POSITIONS = ("roberta", "longformer", "xlm-roberta", "camembert")  # positions start at padding_idx + 1
+
+
+@dataclass(frozen=True)
+class RecformerConfig:
+    backbone: str = "minilm"  # "minilm" (embedded, offline), a local BERT/RoBERTa/Longformer folder, or "random"
+    tokenizer: str = ""  # "" = the backbone's (for "random": the MiniLM tokenizer); or a local tokenizer folder
+    hidden_size: int = 0  # 0 = the backbone's; "random" may set any size (a loaded backbone must match)
+    n_layers: int = 0  # 0 = every backbone layer; k = its first k layers (a CPU-sized model)
+    n_heads: int = 0  # 0 = the backbone's
+    inner_size: int = 0  # 0 = the backbone's feed-forward size
+    hidden_dropout: float = -1.0  # < 0: the backbone's (0.1 for BERT, MiniLM, Longformer)
+    attn_dropout: float = -1.0  # < 0: the backbone's
+    init_std: float = 0.0  # std of the randomly initialised weights; 0: the backbone's initializer_range (0.02)
+    max_attr_num: int = 3  # reference: attributes per item
+    max_attr_length: int = 32  # reference: key + value tokens per attribute
+    max_item_embeddings: int = 51  # reference: 50 items + <s>
+    max_token_num: int = 512  # reference 1024; its README: 512 without clear loss (and MiniLM has 512 positions)
+    attention_window: int = 64  # reference [64] * 12: each token sees 32 tokens on either side (+ <s>)
+    temperature: float = 0.05  # reference config default
+    mlm_weight: float = 0.1  # reference mlm_weight, applied to each side of a pre-training pair
+    mlm_probability: float = 0.15  # reference whole-word masking rate
+    freeze_word_embeddings: Literal["pretrain", "always", "never"] = "pretrain"  # reference: --fix_word_embedding in pre-training
+    same_target: Literal["mask", "keep"] = "mask"  # pre-training: same-item / same-user rows are not negatives, or reference
+    stage_1_patience: int = 5  # reference: evaluations without improvement while re-encoding items every epoch
+    stage_2_patience: int = 3  # reference: the same with the item table fixed
+    encode_tokens: int = 8192  # tokens per forward pass when encoding the catalogue or evaluating (bounds memory)
+
+    def __post_init__(self) -> None:
+        for key in ("max_attr_num", "max_attr_length", "max_token_num", "attention_window", "stage_1_patience",
+                    "stage_2_patience", "encode_tokens"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"model.{key} must be >= 1, not {getattr(self, key)}")
+        if self.max_item_embeddings < 2:
+            raise ConfigError("model.max_item_embeddings must be >= 2 (<s> and at least one item)")
+        if min(self.hidden_size, self.n_layers, self.n_heads, self.inner_size) < 0:
+            raise ConfigError("model.hidden_size, n_layers, n_heads and inner_size must be >= 0 (0: the backbone's)")
+        if self.init_std < 0:
+            raise ConfigError("model.init_std must be >= 0 (0: the backbone's)")
+        if self.hidden_dropout >= 1 or self.attn_dropout >= 1:
+            raise ConfigError("model.hidden_dropout and attn_dropout must be < 1 (negative: the backbone's)")
+        if self.temperature <= 0 or not 0 < self.mlm_probability < 1 or self.mlm_weight < 0:
+            raise ConfigError("model.temperature must be > 0, mlm_probability in (0, 1), mlm_weight >= 0")
+
+
+class Tokens(NamedTuple):
+    """Token rows of a batch of sequences (or of items encoded alone)."""
+
+    ids: Tensor  # (B, W) long token ids
+    types: Tensor  # (B, W) long token types: <s> 0, key 1, value 2, padding 3
+    item_pos: Tensor  # (B, W) long: <s> 0, k-th most recent item k, padding max_item_embeddings - 1
+    real: Tensor  # (B, W) bool: not padding
+    word_starts: Tensor  # (B, W) bool: the token begins a word (never <s> or padding)
+
+
+# ---- backbones ---------------------------------------------------------------------------------------
+def _folder(name: str) -> Path:
+    if name == "minilm":
+        from textrec.text.encoders import default_encoder_path
+
+        return default_encoder_path()
+    path = Path(name).expanduser()
+    if not (path / "config.json").exists():
+        raise NotFoundError(f"model.backbone={name!r}: not 'minilm', 'random' or a local model folder with config.json")
+    return path.resolve()
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(folder: str):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    if not tok.is_fast:
+        raise ConfigError(f"{folder}: Recformer needs a fast tokenizer (tokenizer.json)")
+    return tok
+
+
+def backbone_config(cfg: RecformerConfig) -> tuple[BertConfig, Path | None, int]:
+    """(BERT config of the model, folder to load weights from or None, first position id)."""
+    weights = None if cfg.backbone == "random" else _folder(cfg.backbone)
+    source = weights or _folder(cfg.tokenizer or "minilm")
+    hf = AutoConfig.from_pretrained(source, local_files_only=True)
+    sizes = {"hidden_size": cfg.hidden_size, "num_attention_heads": cfg.n_heads, "intermediate_size": cfg.inner_size}
+    for key, value in sizes.items():
+        if value and weights is not None and value != getattr(hf, key):
+            raise ConfigError(f"{weights} has {key} {getattr(hf, key)}; model settings cannot change it (use 0)")
+    if cfg.n_layers > hf.num_hidden_layers and weights is not None:
+        raise ConfigError(f"{weights} has {hf.num_hidden_layers} layers, fewer than model.n_layers={cfg.n_layers}")
+    offset = hf.pad_token_id + 1 if hf.model_type in _ROBERTA_POSITIONS else 0
+    config = BertConfig(
+        vocab_size=hf.vocab_size, hidden_size=sizes["hidden_size"] or hf.hidden_size,
+        num_hidden_layers=cfg.n_layers or hf.num_hidden_layers, num_attention_heads=cfg.n_heads or hf.num_attention_heads,
+        intermediate_size=cfg.inner_size or hf.intermediate_size, hidden_act=hf.hidden_act,
+        hidden_dropout_prob=hf.hidden_dropout_prob if cfg.hidden_dropout < 0 else cfg.hidden_dropout,
+        attention_probs_dropout_prob=hf.attention_probs_dropout_prob if cfg.attn_dropout < 0 else cfg.attn_dropout,
+        max_position_embeddings=hf.max_position_embeddings, type_vocab_size=4, layer_norm_eps=hf.layer_norm_eps,
+        initializer_range=cfg.init_std or hf.initializer_range, pad_token_id=hf.pad_token_id,
+    )
+    config._attn_implementation = "sdpa"  # takes the boolean window mask
+    if config.hidden_size % config.num_attention_heads:
+        raise ConfigError(f"model.hidden_size {config.hidden_size} is not a multiple of n_heads {config.num_attention_heads}")
+    return config, weights, offset
+
+
+def _read_weights(folder: Path) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        return {k: v for f in files for k, v in load_file(str(f)).items()}
+    if (folder / "pytorch_model.bin").exists():
+        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise NotFoundError(f"{folder}: no model weights (*.safetensors or pytorch_model.bin)")
+
+
+_HEAD_NAMES = {"cls.predictions.transform.": "lm_head.transform.", "cls.predictions.bias": "lm_head.bias",
+               "lm_head.dense.": "lm_head.transform.dense.", "lm_head.layer_norm.": "lm_head.transform.LayerNorm.",
+               "lm_head.bias": "lm_head.bias"}
+
+
+def backbone_state(raw: dict[str, Tensor], n_layers: int) -> dict[str, Tensor]:
+    """A BERT / RoBERTa / Longformer state dict in this model's names (the new tables are not in it)."""
+    out = {}
+    for key, value in raw.items():
+        for prefix in ("bert.", "roberta.", "longformer."):
+            key = key.removeprefix(prefix)
+        head = next((p for p in _HEAD_NAMES if key.startswith(p)), None)
+        if head is not None:
+            out[_HEAD_NAMES[head] + key[len(head):]] = value
+        elif key.startswith("embeddings.") and "token_type" not in key and "position_ids" not in key:
+            out[key] = value
+        elif key.startswith("encoder.layer."):
+            i, rest = key.removeprefix("encoder.layer.").split(".", 1)
+            if int(i) < n_layers:
+                for kind in ("query", "key", "value"):
+                    rest = rest.replace(f"attention.self.{kind}_global.", f"global_{kind}.")
+                out[f"layers.{i}.{rest}"] = value
+    return out
+
+
+# ---- layers ------------------------------------------------------------------------------------------
+class LongformerStyleLayer(nn.Module):
+    """A BERT layer whose self-attention is Longformer's: local window for every token, global for <s>."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        d = config.hidden_size
+        self.attention = BertAttention(config)  # local q/k/v + output projection, residual and LayerNorm
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+        self.global_query, self.global_key, self.global_value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.n_heads = config.num_attention_heads
+        self.attn_dropout = config.attention_probs_dropout_prob
+
+    @torch.no_grad()
+    def copy_local_to_global(self) -> None:
+        local = self.attention.self
+        for g, loc in ((self.global_query, local.query), (self.global_key, local.key), (self.global_value, local.value)):
+            g.load_state_dict(loc.state_dict())
+
+    def forward(self, h: Tensor, local_mask: Tensor, real: Tensor) -> Tensor:
+        B, W, D = h.shape
+        local, _ = self.attention.self(h, attention_mask=local_mask)  # (B, W, D)
+        q = self.global_query(h[:, :1]).view(B, 1, self.n_heads, -1).transpose(1, 2)  # (B, H, 1, d_head)
+        k = self.global_key(h).view(B, W, self.n_heads, -1).transpose(1, 2)  # (B, H, W, d_head)
+        v = self.global_value(h).view(B, W, self.n_heads, -1).transpose(1, 2)
+        glob = F.scaled_dot_product_attention(q, k, v, attn_mask=real[:, None, None, :],
+                                              dropout_p=self.attn_dropout if self.training else 0.0)  # (B, H, 1, d_head)
+        mixed = torch.cat([glob.transpose(1, 2).reshape(B, 1, D), local[:, 1:]], dim=1)  # (B, W, D)
+        x = self.attention.output(mixed, h)
+        return self.output(self.intermediate(x), x)
+
+
+class MLMHead(nn.Module):
+    """BERT's prediction head; the decoder is the word-embedding matrix (tied, as the reference's lm_head)."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(config)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, h: Tensor, word_weight: Tensor) -> Tensor:
+        return F.linear(self.transform(h), word_weight, self.bias)  # (N, vocab)
+
+
+# ---- the model ---------------------------------------------------------------------------------------
+def _with_pad_entry(values, fill) -> Tensor:
+    """A flat numpy token table as a tensor with one padding entry appended (every gather index stays valid)."""
+    t = torch.from_numpy(values)
+    return torch.cat([t, torch.full((1,), fill, dtype=t.dtype)])
+
+
+class Recformer(nn.Module):
+    Config = RecformerConfig
+    ITEM_INPUTS = ("attributes",)
+    TRAINING_ROWS = "sampled"  # one random (prefix, next item) per user per epoch, as the reference
+    CATALOGUE_KEYS = ("item_table",)  # the token tables are rebuilt from the attributes and never saved
+
+    def __init__(self, cfg: RecformerConfig, inputs: ItemInputs, max_seq_len: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        attributes = inputs.require("attributes", "recformer")
+        self.n_items = len(attributes)
+        config, weights, self.position_offset = backbone_config(cfg)
+        if cfg.max_token_num + self.position_offset > config.max_position_embeddings:
+            raise ConfigError(f"model.max_token_num={cfg.max_token_num} exceeds the backbone's "
+                              f"{config.max_position_embeddings - self.position_offset} positions")
+        tok = _tokenizer(str(weights or _folder(cfg.tokenizer or "minilm")))
+        self.bos_id, self.pad_id, self.mask_id = tok.cls_token_id, tok.pad_token_id, tok.mask_token_id
+        self.vocab_size = config.vocab_size
+        table = tokenize_items(attributes, tok, cfg.max_attr_num, cfg.max_attr_length)
+        # flat per-item token tables (one pad entry appended so that every gather index is valid)
+        self.register_buffer("tok_ids", _with_pad_entry(table.token_ids, self.pad_id), persistent=False)  # (N + 1,) int32
+        self.register_buffer("tok_types", _with_pad_entry(table.token_types, PAD_TYPE), persistent=False)  # (N + 1,) int8
+        self.register_buffer("tok_word_starts", _with_pad_entry(table.word_starts, False), persistent=False)  # (N + 1,) bool
+        self.register_buffer("item_offsets", torch.from_numpy(table.offsets[:-1]).clone(), persistent=False)  # (n + 1,)
+        self.register_buffer("item_lengths", torch.from_numpy(table.lengths).clone(), persistent=False)  # (n + 1,)
+
+        self.embeddings = BertEmbeddings(config)
+        self.item_position_embeddings = nn.Embedding(cfg.max_item_embeddings, config.hidden_size)
+        self.layers = nn.ModuleList(LongformerStyleLayer(config) for _ in range(config.num_hidden_layers))
+        self.lm_head = MLMHead(config)
+        # <s> state of every item encoded alone, L2-normalised; all-zero rows are not encoded yet (row 0: padding)
+        self.register_buffer("item_table", torch.zeros(self.n_items + 1, config.hidden_size))
+        self.apply(lambda m: init_weights(m, config.initializer_range))
+        has_global = False
+        if weights is not None:
+            state = backbone_state(_read_weights(weights), config.num_hidden_layers)
+            has_global = any(".global_" in k for k in state)
+            unexpected = self.load_state_dict(state, strict=False).unexpected_keys
+            if unexpected:
+                raise ConfigError(f"{weights}: weights {unexpected[:3]} do not fit a BERT-style backbone")
+        if not has_global:
+            for layer in self.layers:
+                layer.copy_local_to_global()
+
+    # ---- tokens --------------------------------------------------------------------------------------
+    def sequence_tokens(self, item_seq: Tensor, seq_len: Tensor) -> Tokens:
+        """Token rows of right-padded item sequences (oldest first): <s>, then items most recent first."""
+        cfg, device = self.cfg, item_seq.device
+        B, L = item_seq.shape
+        K = max(1, min(L, cfg.max_item_embeddings - 1))
+        slot = torch.arange(K, device=device)
+        n_kept = seq_len.clamp(max=K)  # (B,)
+        kept = slot[None, :] < n_kept[:, None]  # (B, K)
+        recent = torch.where(kept, item_seq.gather(1, (seq_len[:, None] - 1 - slot[None, :]).clamp(min=0, max=L - 1)), 0)  # (B, K)
+        lengths = self.item_lengths[recent]  # (B, K) tokens of each kept item (0 for padding)
+        ends = lengths.cumsum(dim=1)  # (B, K) end of each item's tokens, counted after <s>
+        n_tokens = (1 + ends[:, -1]).clamp(max=cfg.max_token_num)  # (B,) including <s>
+        W = int(n_tokens.max())
+        pos = torch.arange(W - 1, device=device).expand(B, -1)  # (B, W - 1) token index after <s>
+        k = torch.searchsorted(ends, pos.contiguous(), right=True).clamp(max=K - 1)  # (B, W - 1) item slot of each token
+        real = pos + 1 < n_tokens[:, None]
+        start = ends.gather(1, k) - lengths.gather(1, k)
+        flat = torch.where(real, self.item_offsets[recent.gather(1, k)] + pos - start, self.tok_ids.numel() - 1)
+        first = torch.ones(B, 1, dtype=torch.bool, device=device)
+        return Tokens(
+            ids=torch.cat([torch.full_like(first, self.bos_id, dtype=torch.long), self.tok_ids[flat].long()], dim=1),
+            types=torch.cat([torch.full_like(first, BOS_TYPE, dtype=torch.long), self.tok_types[flat].long()], dim=1),
+            item_pos=torch.cat([torch.zeros_like(first, dtype=torch.long),
+                                torch.where(real, k + 1, cfg.max_item_embeddings - 1)], dim=1),
+            real=torch.cat([first, real], dim=1),
+            word_starts=torch.cat([~first, self.tok_word_starts[flat]], dim=1),
+        )
+
+    def item_tokens(self, ids: Tensor) -> Tokens:
+        """Token rows of items encoded alone: ``<s>`` + the item, as the reference's ``encode_all_items``."""
+        return self.sequence_tokens(ids[:, None], torch.ones_like(ids))
+
+    # ---- encoder -------------------------------------------------------------------------------------
+    def attention_mask(self, real: Tensor) -> Tensor:
+        """(B, 1, W, W) or (B, 1, 1, W) bool: key j is visible to query i (local window, <s>, not padding)."""
+        W = real.shape[1]
+        half = self.cfg.attention_window // 2
+        if W - 1 <= half:  # the window covers the whole row
+            return real[:, None, None, :]
+        pos = torch.arange(W, device=real.device)
+        window = ((pos[:, None] - pos[None, :]).abs() <= half) | (pos[None, :] == 0)  # (W, W)
+        return window[None, None] & real[:, None, None, :]
+
+    def hidden(self, tok: Tokens) -> Tensor:
+        """Token rows -> (B, W, D) last hidden states."""
+        B, W = tok.ids.shape
+        positions = (self.position_offset + torch.arange(W, device=tok.ids.device)).expand(B, -1)
+        x = self.embeddings(token_type_ids=tok.types, position_ids=positions,
+                            inputs_embeds=self.embeddings.word_embeddings(tok.ids) + self.item_position_embeddings(tok.item_pos))
+        mask = self.attention_mask(tok.real)
+        for layer in self.layers:
+            x = layer(x, mask, tok.real)
+        return x  # (B, W, D)
+
+    def _pooled(self, tok: Tokens) -> Tensor:
+        """L2-normalised <s> states, ``encode_tokens`` tokens per forward pass: (B, D)."""
+        rows = max(1, self.cfg.encode_tokens // tok.ids.shape[1])
+        parts = [self.hidden(Tokens(*(t[i : i + rows] for t in tok)))[:, 0] for i in range(0, tok.ids.shape[0], rows)]
+        return F.normalize(torch.cat(parts), dim=-1)
+
+    def encode(self, batch: SeqBatch) -> Tensor:
+        return self._pooled(self.sequence_tokens(batch.item_seq, batch.seq_len))  # (B, D)
+
+    # ---- the item table ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_items(self, ids: Tensor) -> None:
+        """Encode items ``ids`` into ``item_table``, in length order, at most ``encode_tokens`` tokens at a time."""
+        was_training = self.training
+        self.eval()
+        ids = ids[torch.argsort(self.item_lengths[ids], stable=True)]
+        widths = (1 + self.item_lengths[ids]).clamp(max=self.cfg.max_token_num).tolist()
+        start = 0
+        while start < len(widths):
+            rows = max(1, self.cfg.encode_tokens // widths[start])
+            while rows > 1 and rows * widths[min(len(widths), start + rows) - 1] > self.cfg.encode_tokens:
+                rows = max(1, self.cfg.encode_tokens // widths[min(len(widths), start + rows) - 1])  # widths ascend
+            chunk = ids[start : start + rows]
+            self.item_table[chunk] = self._pooled(self.item_tokens(chunk)).to(self.item_table.dtype)
+            start += rows
+        self.train(was_training)
+
+    def refresh_item_table(self) -> None:
+        """Re-encode every catalogue item (stage 1: at the start of every epoch)."""
+        self.encode_items(torch.arange(1, self.n_items + 1, device=self.item_table.device))
+
+    def clear_item_table(self) -> None:
+        """Mark every row stale; the next use re-encodes them (pre-training: before each validation)."""
+        self.item_table.zero_()
+
+    def _ready_item_table(self) -> Tensor:
+        missing = torch.nonzero(self.item_table[1:].abs().sum(dim=1) == 0).squeeze(1) + 1
+        if missing.numel():
+            self.encode_items(missing)
+        return self.item_table
+
+    def item_embeddings(self) -> Tensor:
+        return self._ready_item_table()  # (n_items + 1, D); row 0 is zeros
+
+    # ---- losses --------------------------------------------------------------------------------------
+    def loss(self, batch: SeqBatch) -> Tensor:
+        """Cross-entropy over all items of cos(sequence, fixed item table) / temperature (reference fine-tuning)."""
+        items = self._ready_item_table()[1:]  # (n_items, D), no gradient: re-encoded per epoch or fixed
+        target = batch.targets.gather(1, (batch.seq_len - 1)[:, None]).squeeze(1)  # (B,)
+        logits = self.encode(batch) @ items.T / self.cfg.temperature
+        return F.cross_entropy(logits.float(), target - 1)
+
+    def pretrain_loss(self, batch: SeqBatch) -> Tensor:
+        """In-batch contrastive loss of (prefix, next item) + mlm_weight x whole-word MLM on both sides."""
+        target = batch.targets.gather(1, (batch.seq_len - 1)[:, None]).squeeze(1)  # (B,)
+        seq_tok, item_tok = self.sequence_tokens(batch.item_seq, batch.seq_len), self.item_tokens(target)
+        seq, item = self.hidden(seq_tok)[:, 0], self.hidden(item_tok)[:, 0]  # (B, D) each
+        if self.cfg.same_target == "mask":
+            loss = in_batch_contrastive(seq, item, target, self.cfg.temperature, "mask", groups=batch.users)
+        else:
+            logits = F.normalize(seq, dim=-1) @ F.normalize(item, dim=-1).T / self.cfg.temperature
+            loss = F.cross_entropy(logits.float(), torch.arange(len(target), device=target.device))
+        if self.cfg.mlm_weight > 0:
+            loss = loss + self.cfg.mlm_weight * (self.mlm_loss(seq_tok) + self.mlm_loss(item_tok))
+        return loss
+
+    def mask_words(self, tok: Tokens) -> tuple[Tensor, Tensor]:
+        """(masked ids, chosen) for whole-word MLM: each word drawn with mlm_probability; 80/10/10 per token."""
+        B, W = tok.ids.shape
+        word = tok.word_starts.long().cumsum(dim=1)  # (B, W) word index in the row (1-based; <s> 0)
+        drawn = torch.rand(B, W + 1, device=tok.ids.device) < self.cfg.mlm_probability  # one draw per word index
+        chosen = drawn.gather(1, word) & tok.real & (word > 0)  # (B, W)
+        r = torch.rand(B, W, device=tok.ids.device)
+        ids = tok.ids.masked_fill(chosen & (r < 0.8), self.mask_id)
+        random_ids = torch.randint(self.vocab_size, (B, W), device=tok.ids.device)
+        return torch.where(chosen & (r >= 0.8) & (r < 0.9), random_ids, ids), chosen
+
+    def mlm_loss(self, tok: Tokens) -> Tensor:
+        masked, chosen = self.mask_words(tok)
+        h = self.hidden(tok._replace(ids=masked))[chosen]  # (M, D)
+        if h.shape[0] == 0:
+            return h.sum()  # no word drawn in this batch: zero, still on the graph
+        logits = self.lm_head(h, self.embeddings.word_embeddings.weight)  # (M, vocab)
+        return F.cross_entropy(logits.float(), tok.ids[chosen])
+
+    # ---- phases --------------------------------------------------------------------------------------
+    def _frozen(self, pretraining: bool) -> list[nn.Module]:
+        frozen = [] if pretraining and self.cfg.mlm_weight > 0 else [self.lm_head]
+        if self.cfg.freeze_word_embeddings == "always" or (pretraining and self.cfg.freeze_word_embeddings == "pretrain"):
+            frozen.append(self.embeddings.word_embeddings)
+        return frozen
+
+    def phases(self, kind: str) -> list[Phase]:
+        if kind == "pretrain":
+            return [Phase("pretrain", train_all_but(*self._frozen(True)), loss=self.pretrain_loss,
+                          on_epoch_start=lambda m, epoch: m.clear_item_table())]
+        trainable = train_all_but(*self._frozen(False))
+        return [
+            Phase("stage 1 (items re-encoded every epoch)", trainable, patience=self.cfg.stage_1_patience,
+                  on_epoch_start=lambda m, epoch: m.refresh_item_table()),
+            Phase("stage 2 (item table fixed)", trainable, patience=self.cfg.stage_2_patience, reload_best=True,
+                  optimizer="keep"),
+        ]
