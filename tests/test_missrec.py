@@ -262,3 +262,17 @@ def test_cli_trains_evaluates_and_recommends_on_two_feature_tables(tmp_path, cap
     assert evaluated["split"] == "test" and evaluated["recall@10"] == pytest.approx(metrics["test"]["recall@10"])
     assert main(["recommend", str(run), "--items", f"{ds.item_keys[0]},{ds.item_keys[1]}", "-k", "3", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["recommendations"]) == 3
+
+
+def test_the_multimodal_scientific_subset_loads_unchanged_with_both_modalities(tmp_path):
+    from conftest import requires_shared
+    from textrec.data.dataset import Dataset
+
+    source = requires_shared("amazon-scientific-mm-decorec")
+    assert main(["prepare", str(source), "--format", "unisrec", "--out", str(tmp_path / "mm")]) == 0
+    ds = Dataset.load(tmp_path / "mm")
+    stats = ds.statistics()
+    assert (stats["users"], stats["items"], stats["interactions"]) == (2928, 1585, 19712)
+    assert stats["features"] == {"feat1CLS": {"dim": 512, "items_present": 1585}, "feat3CLS": {"dim": 512, "items_present": 1585}}
+    raw = np.fromfile(source / "Scientific.feat3CLS", dtype=np.float32).reshape(-1, 512)
+    np.testing.assert_array_equal(ds.features["feat3CLS"][1:], raw)  # item ids follow the .item2index order

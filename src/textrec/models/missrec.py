@@ -225,7 +225,7 @@ class MISSRec(nn.Module):
             self.register_buffer(f"feature_{m}", table.values.float().clone())  # (n_items + 1, d_m)
             self.register_buffer(f"present_{m}", table.present.bool().clone())  # (n_items + 1,)
             self.register_buffer(f"interest_of_{m}", torch.zeros(self.n_items + 1, dtype=torch.long))  # cluster id + 1
-        word_drop = self._word_drop(cfg, inputs)
+        word_drop = self._word_drop(cfg, inputs, tables.get("text"))
         self.register_buffer("word_drop_table", None if word_drop is None else word_drop.float().clone())
         self.adaptors = nn.ModuleDict({m: nn.Linear(t.values.shape[1], d) for m, t in tables.items()})
         n_points = sum(int(t.present.sum()) for t in tables.values())
@@ -269,12 +269,18 @@ class MISSRec(nn.Module):
         return tables
 
     @staticmethod
-    def _word_drop(cfg: MISSRecConfig, inputs: ItemInputs) -> Tensor | None:
-        if cfg.text_feature == "embeddings":
-            return inputs.word_drop_embeddings
+    def _word_drop(cfg: MISSRecConfig, inputs: ItemInputs, text: FeatureTable | None) -> Tensor | None:
+        from textrec.errors import DataError
+
+        table = inputs.word_drop_embeddings if cfg.text_feature == "embeddings" else None
         if cfg.word_drop_feature:
-            return inputs.require("features", "missrec")[cfg.word_drop_feature].values
-        return None
+            if cfg.word_drop_feature not in inputs.features:
+                raise DataError(f"model.word_drop_feature={cfg.word_drop_feature!r} is not among the loaded feature tables; "
+                                "name it in data.features=[...]")
+            table = inputs.features[cfg.word_drop_feature].values
+        if table is not None and (text is None or table.shape != text.values.shape):
+            raise DataError(f"the word-drop view {tuple(table.shape)} does not match the text table")
+        return table
 
     # ---- items -------------------------------------------------------------------------------
     def adapted(self, m: str, ids: Tensor, rows: Tensor | None = None) -> Tensor:
