@@ -1,64 +1,58 @@
 """MISSRec: multi-modal interest-aware sequence representations (Wang et al., ACM MM 2023).
 
 Reference: gimpong/MM23-MISSRec @c3167c5 (``missrec.py``, ``model_utils.py``, ``trainer.py``, ``cluster_utils.py``,
-``data/transform.py``, ``props/{MISSRec,finetune,pretrain}.yaml``), summarised in REFERENCE_NOTES section 3.
+``data/transform.py``, ``props/*.yaml``), summarised in REFERENCE_NOTES section 3.
 
-* Items: each modality (text, image) is a frozen feature table -> its own adaptor, a plain ``Linear(d_in, D)``
-  with PyTorch's default init (the reference builds the adaptors after its N(0, 0.02) init pass). The text
-  table is a dataset feature table (``text_feature``, e.g. CLIP text ``feat1CLS``) or the run's text embeddings
-  (``text_feature="embeddings"``, e.g. MiniLM on full Scientific); ``""`` leaves a modality out, so text-only
-  and image-only are configurations of this model.
-* Interest discovery (paper Sec. 3.2; reference ``_multimodal_interest_discovery``), before every epoch as the
-  phases' ``on_epoch_start`` hook: k-means over the adaptor outputs of every item's text and image rows into
-  K = ceil(P x ratio) clusters (``interest_ratio`` 0.5 when training / fine-tuning, ``pretrain_interest_ratio``
-  0.02 in pre-training), 5 iterations, Euclidean, with **faiss** (``faiss.Kmeans``; on GPU when faiss has one,
-  else on CPU with torch's thread count). Centroids and each row's cluster id (+1; 0 = padding) are buffers
-  saved with the weights, so evaluation after loading uses the interests the epoch trained with.
-* Interest tokens: the sorted distinct cluster ids of a sequence's items (both modalities), embedded by the
-  centroids (not trained), through a non-causal post-LN Transformer encoder without positions -> memory.
-* Decoder (paper Eq. 4-6): per position the sum of the adapted modality vectors + a position embedding
-  (+ an item-ID embedding when transductive) -> LayerNorm -> dropout -> post-LN layers of non-causal
-  self-attention over the items (key padding), cross-attention to the memory, feed-forward; the sequence is
-  the L2-normalised output at the last item. Encoder and decoder end with a LayerNorm as ``nn.Transformer``.
-  ``n_layers`` counts each stack (the reference's ``n_layers 2`` is one encoder and one decoder layer).
-* Scores (paper Eq. 7-8, ``_compute_dynamic_fused_logits``): s_m = cos(u, item_m) per modality, fused by
-  user-adaptive weights softmax(alpha x [s_text, s_image]) with a learned scalar alpha (init 0);
-  ``mode="transductive"``: (cos(u, E_id[i]) + 2 x fused) / 3; ``"inductive"``: the fused score alone. The item
-  table (``item_embeddings``) holds per item its normalised modality vectors, ID vector and presence flags;
-  ``score_items`` fuses them, as the evaluator and recommender call it.
-* ``loss``: cross-entropy of scores / temperature over all items + gamma x the interest-orthogonality
-  regulariser Omega = sum over the batch of ||pooled memory||^2 / D (``interest_orthogonal_regularization``).
-* ``pretrain_loss`` (``pretrain``): in-batch sequence-item contrast on fused scores + lambda x sequence-sequence
-  contrast against an augmented view (item drop with probability ``item_drop_coefficient``, else the word-drop
-  text view when one is given) + gamma x (Omega + Omega of the view).
-* Phases: one from scratch; one in pre-training; in fine-tuning position embeddings, encoder and decoder are
-  frozen when ``freeze_encoder`` (the reference with a checkpoint: ``-f`` is ``type=bool`` and always freezes;
-  here it is a real switch). Training rows are one per (prefix, next item): the decoder is not causal and the
-  interests come from the whole history, so whole-sequence windows would leak later items.
+* Items: each modality has a frozen feature table and its own adaptor, a plain ``Linear(d_in, D)`` with PyTorch's
+  default init (the reference builds it after its N(0, 0.02) pass). Text comes from a dataset feature table
+  (``text_feature``, e.g. CLIP ``feat1CLS``; item input ``features``, named in ``data.features``) or from the run's
+  text embeddings (``text_feature="embeddings"``, e.g. MiniLM; item input ``text_embeddings``, and the word-drop
+  view in pre-training); ``""`` drops a modality, so text-only and image-only are configurations of this model.
+* Interest discovery (paper Sec. 3.2, ``_multimodal_interest_discovery``) before every epoch, as the phases'
+  ``on_epoch_start`` hook: **faiss** k-means (``faiss.Kmeans``, 5 iterations, Euclidean; faiss' GPU when it has
+  one, else the CPU with torch's thread count) of the adaptor outputs of all items' text and image rows into
+  K = ceil(P x ratio) clusters (``interest_ratio`` 0.5; ``pretrain_interest_ratio`` 0.02 in pre-training).
+  Centroids and each row's cluster id (+1, 0 = padding) are buffers saved with the weights.
+* Interest tokens: the sorted distinct cluster ids of a sequence's items over all modalities, embedded by the
+  (untrained) centroids, through a non-causal post-LN Transformer encoder without positions -> memory.
+* Decoder (paper Eq. 4-6): per position the sum of the adapted modality vectors + a position embedding (+ an
+  item-ID embedding when transductive) -> LayerNorm -> dropout -> post-LN layers of non-causal self-attention
+  (key padding), cross-attention to the memory and feed-forward; the sequence is the L2-normalised output at the
+  last item. Both stacks end with a LayerNorm as ``nn.Transformer``; ``n_layers`` counts each stack (the
+  reference's ``n_layers 2`` is one encoder and one decoder layer).
+* Scores (paper Eq. 7-8, ``_compute_dynamic_fused_logits``): s_m = cos(u, item_m), fused by user-adaptive weights
+  softmax(alpha x [s_text, s_image]) with a learned scalar alpha (init 0), computed as its two-modality closed
+  form s_v + sigmoid(alpha (s_t - s_v)) (s_t - s_v); transductive: (cos(u, E_id[i]) + 2 x fused) / 3, inductive:
+  fused. ``item_embeddings`` rows hold an item's normalised modality vectors, ID vector and presence flags, and
+  ``score_items`` fuses them (the evaluator and recommender call it).
+* ``loss``: cross-entropy over all items of scores / temperature + gamma x Omega, the interest-orthogonality
+  regulariser sum_batch ||pooled memory||^2 / D. ``pretrain_loss``: in-batch sequence-item contrast on fused
+  scores + lambda x sequence-sequence contrast with an augmented view (item drop with probability
+  ``item_drop_coefficient``, else the word-drop text view when given) + gamma x (Omega + Omega of the view).
+* Phases: training from scratch; pre-training; fine-tuning with position embeddings, encoder and decoder frozen
+  when ``freeze_encoder`` (a real switch: the reference's ``-f`` is ``type=bool`` and always freezes). Rows: one
+  per (prefix, next item), since the decoder is not causal and interests come from the whole history.
 
 Deliberate differences from the reference:
 
-* A missing modality (an all-zero row, ``FeatureTable.present`` False) is masked everywhere: it adds nothing to
-  the decoder input (the reference adds ``adaptor(0)`` = the adaptor bias), is not clustered (the reference
-  clusters the zero rows too, so they share one "missing" interest), and is left out of the fusion softmax. An
-  item with no modality at all scores -1 before the ID term. K counts the present rows (the reference: all 2N).
-* The item-drop view is built from the dropped sequence for every modality and its interest tokens; the
-  reference recomputes only the text rows and reuses the un-dropped sequence's image rows and image interests,
-  so the image rows of the view sit at misaligned positions.
+* A missing modality (all-zero row, ``FeatureTable.present`` False) is masked: it adds nothing to the decoder
+  input (the reference adds ``adaptor(0)``, the bias), is not clustered (the reference clusters the zero rows,
+  which then share a "missing" interest; K counts present rows, not 2N) and has no fusion weight. An item with
+  no modality at all scores -1 before the ID term.
+* The item-drop view is built from the dropped sequence in every modality, interests included; the reference
+  reuses the un-dropped sequence's image rows and image interests, misaligned with the dropped positions.
 * Omega pools the memory by its mean over real interest tokens; the reference scales a sum over all positions,
-  padded ones included, by the fraction of real tokens, so its value depends on the batch's padding width.
-* In-batch contrast removes other rows with the same target and rows of the same user from a row's negatives
-  (``same_target="mask"``, as textrec's UniSRec; ``"reference"`` gives such rows logit 0 as UniSRec's release).
-* With one modality the transductive score is (cos(u, E_id) + 2 cos(u, item)) / 3 like the fused case; the
-  reference then scores cos(u, normalise(item + E_id)) instead.
-* The padding row is never a candidate (the reference's softmax includes it). The last decoder layer computes
-  only the query at the last item, the one output used (the same function, less work). Attention projections
-  are initialised N(0, 0.02) (``nn.MultiheadAttention``'s in-projection keeps Xavier init in the reference);
-  the feed-forward has no dropout between its two layers. The reference fine-tunes with batches of 512
-  (``train.batch_size=512``); textrec's default is 2048.
+  padding included, by the share of real ones, so it depends on the batch's padding width.
+* In-batch contrast drops same-target and same-user rows from the negatives (``same_target="mask"``, as textrec's
+  UniSRec; ``"reference"``: logit 0 as UniSRec's release). The padding row is never a candidate.
+* With one modality the transductive score keeps the (s_id + 2 s) / 3 form; the reference then scores
+  cos(u, normalise(item + E_id)).
+* The last decoder layer computes only the query at the last item (the one output used: the same function).
+  Attention projections start N(0, 0.02) (the reference's in-projection keeps Xavier); no dropout inside the
+  feed-forward. The reference fine-tunes with batches of 512 (``train.batch_size=512``; textrec: 2048).
 * A sequence without any interest (before the first discovery, or no feature present) attends to one zero token.
-* A model whose catalogue grew (``serve.catalogue`` rebuilds item-sized buffers) gives the new rows their nearest
-  centroid on loading, or re-discovers the interests when the centroid table itself had to be rebuilt.
+  A grown catalogue (``serve.catalogue`` rebuilds item-sized buffers) gives new rows their nearest centroid on
+  loading, or re-discovers the interests when the centroid table had to be rebuilt too.
 """
 
 from __future__ import annotations
@@ -218,14 +212,13 @@ class MISSRec(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.n_items = inputs.n_items
-        tables = self._modality_tables(cfg, inputs)
+        tables, word_drop = self._tables(cfg, inputs)
         self.modalities = tuple(tables)
         d = cfg.hidden_size
         for m, table in tables.items():
             self.register_buffer(f"feature_{m}", table.values.float().clone())  # (n_items + 1, d_m)
             self.register_buffer(f"present_{m}", table.present.bool().clone())  # (n_items + 1,)
             self.register_buffer(f"interest_of_{m}", torch.zeros(self.n_items + 1, dtype=torch.long))  # cluster id + 1
-        word_drop = self._word_drop(cfg, inputs, tables.get("text"))
         self.register_buffer("word_drop_table", None if word_drop is None else word_drop.float().clone())
         self.adaptors = nn.ModuleDict({m: nn.Linear(t.values.shape[1], d) for m, t in tables.items()})
         n_points = sum(int(t.present.sum()) for t in tables.values())
@@ -249,38 +242,32 @@ class MISSRec(nn.Module):
         self.register_load_state_dict_post_hook(lambda module, keys: module._complete_interests())
 
     @staticmethod
-    def _modality_tables(cfg: MISSRecConfig, inputs: ItemInputs) -> dict[str, FeatureTable]:
+    def _tables(cfg: MISSRecConfig, inputs: ItemInputs) -> tuple[dict[str, FeatureTable], Tensor | None]:
+        """The modality tables a config names, and the word-drop text view (None without one)."""
         from textrec.errors import DataError
 
-        tables = {}
-        for m, name in (("text", cfg.text_feature), ("image", cfg.image_feature)):
-            if name == "embeddings":
-                values = inputs.require("text_embeddings", "missrec").float()
-                present = values.abs().sum(dim=1) > 0
-                present[0] = False
-                tables[m] = FeatureTable(values, present)
-            elif name:
-                if name not in inputs.features:
-                    raise DataError(f"model.{m}_feature={name!r} is not among the loaded feature tables "
-                                    f"({', '.join(sorted(inputs.features)) or 'none'}); name it in data.features=[...]")
-                tables[m] = inputs.features[name]
-            if m in tables and tables[m].values.shape[0] != inputs.n_items + 1:
-                raise DataError(f"{m} feature table has {tables[m].values.shape[0]} rows for {inputs.n_items} items")
-        return tables
+        def named(key: str, name: str) -> FeatureTable:
+            if name not in inputs.features:
+                raise DataError(f"model.{key}={name!r} is not among the loaded feature tables "
+                                f"({', '.join(sorted(inputs.features)) or 'none'}); name it in data.features=[...]")
+            return inputs.features[name]
 
-    @staticmethod
-    def _word_drop(cfg: MISSRecConfig, inputs: ItemInputs, text: FeatureTable | None) -> Tensor | None:
-        from textrec.errors import DataError
-
-        table = inputs.word_drop_embeddings if cfg.text_feature == "embeddings" else None
+        tables, word_drop = {}, inputs.word_drop_embeddings if cfg.text_feature == "embeddings" else None
+        if cfg.text_feature == "embeddings":
+            values = inputs.require("text_embeddings", "missrec").float()
+            tables["text"] = FeatureTable(values, (values.abs().sum(dim=1) > 0) & (torch.arange(len(values)) > 0))
+        elif cfg.text_feature:
+            tables["text"] = named("text_feature", cfg.text_feature)
+        if cfg.image_feature:
+            tables["image"] = named("image_feature", cfg.image_feature)
         if cfg.word_drop_feature:
-            if cfg.word_drop_feature not in inputs.features:
-                raise DataError(f"model.word_drop_feature={cfg.word_drop_feature!r} is not among the loaded feature tables; "
-                                "name it in data.features=[...]")
-            table = inputs.features[cfg.word_drop_feature].values
-        if table is not None and (text is None or table.shape != text.values.shape):
-            raise DataError(f"the word-drop view {tuple(table.shape)} does not match the text table")
-        return table
+            word_drop = named("word_drop_feature", cfg.word_drop_feature).values
+        for m, t in tables.items():
+            if t.values.shape[0] != inputs.n_items + 1:
+                raise DataError(f"{m} feature table has {t.values.shape[0]} rows for {inputs.n_items} items")
+        if word_drop is not None and ("text" not in tables or word_drop.shape != tables["text"].values.shape):
+            raise DataError(f"the word-drop view {tuple(word_drop.shape)} does not match the text table")
+        return tables, word_drop
 
     # ---- items -------------------------------------------------------------------------------
     def adapted(self, m: str, ids: Tensor, rows: Tensor | None = None) -> Tensor:
@@ -304,14 +291,11 @@ class MISSRec(nn.Module):
     def item_embeddings(self) -> Tensor:
         return self.item_rows(torch.arange(self.n_items + 1, device=self.interest_centroids.device))  # (n_items + 1, W)
 
-    def modality_scores(self, seq_repr: Tensor, item_rows: Tensor) -> tuple[list[Tensor], Tensor]:
-        """Per modality the (B, n) cosines of each sequence with each item, and the (n, M) presence flags."""
-        M, D = len(self.modalities), self.cfg.hidden_size
-        return [seq_repr @ item_rows[:, j * D : (j + 1) * D].T for j in range(M)], item_rows[:, -M:] > 0.5
-
     def score_items(self, seq_repr: Tensor, item_rows: Tensor) -> Tensor:
         """(B, n) fused scores of (B, D) sequences against ``item_rows`` (rows of ``item_embeddings``)."""
-        s, present = self.modality_scores(seq_repr, item_rows)  # M x (B, n), (n, M)
+        M, D = len(self.modalities), self.cfg.hidden_size
+        s = [seq_repr @ item_rows[:, j * D : (j + 1) * D].T for j in range(M)]  # M x (B, n) cosines
+        present = item_rows[:, -M:] > 0.5  # (n, M)
         if len(s) == 1:
             fused = s[0]
         else:  # softmax(alpha * [s_t, s_v]) . [s_t, s_v] = s_v + sigmoid(alpha * (s_t - s_v)) * (s_t - s_v)
@@ -322,7 +306,6 @@ class MISSRec(nn.Module):
         fused = torch.where(present.any(dim=-1), fused, -1.0)  # (B, n); no modality at all: the lowest cosine
         if self.item_id_emb is None:
             return fused
-        M, D = len(self.modalities), self.cfg.hidden_size
         return (seq_repr @ item_rows[:, M * D : (M + 1) * D].T + 2 * fused) / 3
 
     # ---- sequences ---------------------------------------------------------------------------
