@@ -276,3 +276,21 @@ def test_the_multimodal_scientific_subset_loads_unchanged_with_both_modalities(t
     assert stats["features"] == {"feat1CLS": {"dim": 512, "items_present": 1585}, "feat3CLS": {"dim": 512, "items_present": 1585}}
     raw = np.fromfile(source / "Scientific.feat3CLS", dtype=np.float32).reshape(-1, 512)
     np.testing.assert_array_equal(ds.features["feat3CLS"][1:], raw)  # item ids follow the .item2index order
+
+
+def test_cli_text_only_from_the_text_embeddings_scores_new_items_by_their_text(tmp_path, capsys):
+    ds = make_domain("office", WorldSpec(n_items=40, n_users=120, min_len=5, max_len=10, noise=0.1), seed=4)
+    ds.save(tmp_path / "data")  # no feature tables at all: text from `textrec encode`
+    assert main(["encode", str(tmp_path / "data"), "--encoder", "hashing-32", "--json"]) == 0
+    run = tmp_path / "run"
+    assert main(["train", str(tmp_path / "data"), "--model", "missrec", "--out", str(run), "--quiet", "model.text_feature=embeddings",
+                 "model.image_feature=", "model.hidden_size=16", "model.n_heads=2", "model.inner_size=16", "train.epochs=2",
+                 "train.batch_size=128", "train.device=cpu", "train.num_threads=1"]) == 0
+    record = json.loads((run / "config.json").read_text())["item_inputs"]
+    assert record["embeddings"] == ["hashing-32-mean"] and "features" not in record
+    new = tmp_path / "new.csv"
+    new.write_text(f"item,text\nNEW1,{ds.item_texts[0]}\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["recommend", str(run), "--items", ds.item_keys[1], "-k", "3", "--new-items", str(new), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["recommendations"]) == 3 and out["new_items"][0]["item"] == "NEW1" and out["new_items"][0]["rank"] >= 1
