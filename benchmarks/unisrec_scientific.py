@@ -78,7 +78,7 @@ def main() -> None:
         ml = prepare("ml100k", SHARED_DATA / "movielens-100k-recbole", "movielens", word_drop=True)
         pt = WORK / "runs" / "unisrec-pretrain-office-ml"
         if "pretrain" not in runs:
-            runs["pretrain"] = [textrec("pretrain", office, ml, "--model", "unisrec", "--out", pt, "--overwrite", "--quiet", *PRETRAIN, log=cmds)]
+            runs["pretrain"] = [textrec("pretrain", office, ml, "--model", "unisrec", "--out", pt, "--resume", "--quiet", *PRETRAIN, log=cmds)]
             save()
         for mode in ("inductive", "transductive"):
             for seed in args.pt_seeds:

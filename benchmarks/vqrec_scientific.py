@@ -128,7 +128,7 @@ def main() -> None:
             if f"{tag}-run" in runs:
                 continue
             out = WORK / "runs" / f"vqrec-{tag}-office-ml"
-            runs[f"{tag}-run"] = [textrec("pretrain", office, ml, "--model", "vqrec", "--out", out, "--overwrite", "--quiet",
+            runs[f"{tag}-run"] = [textrec("pretrain", office, ml, "--model", "vqrec", "--out", out, "--resume", "--quiet",
                                           "data.codes=joint", *PRETRAIN, *extra, log=cmds)]
             save()
         if "ft-noinit" not in args.skip:  # the same fine-tuning recipe from an untrained model: isolates pre-training
