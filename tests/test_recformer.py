@@ -149,6 +149,8 @@ def test_item_tokens_hand_built(tok):
     assert len(unaffable) > 1  # a word of several pieces: one word start
     starts = t.word_starts[t.offsets[2] : t.offsets[3]].tolist()
     assert starts == [True] * (len(title) + 1) + [True] + [False] * (len(unaffable) - 1) + [True]
+    blocks = tokenize_items(ITEMS, tok, block=2)  # tokenised two items at a time: the same table
+    assert all(np.array_equal(getattr(t, f), getattr(blocks, f)) for f in ("token_ids", "token_types", "word_starts", "offsets"))
     cut = tokenize_items(ITEMS, tok, max_attr_num=1, max_attr_length=2)  # key + value cut together
     assert cut.item(1) == (title + ids(tok, "red"), [1, 2]) and cut.item(2)[0] == title + ids(tok, "blue")
 
@@ -270,6 +272,37 @@ def test_minilm_backbone_initialises_words_and_layers(tiny_world):
                     ItemInputs(n_items=tiny_world.n_items, attributes=tiny_world.item_attributes))
 
 
+def test_local_longformer_folder_gives_longformers_outputs(tmp_path, tok, tiny_world):
+    from transformers import LongformerConfig, LongformerForMaskedLM
+
+    config = LongformerConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                              attention_window=[8, 8], max_position_embeddings=130, pad_token_id=tok.pad_token_id,
+                              hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, type_vocab_size=1)
+    torch.manual_seed(0)
+    lf = LongformerForMaskedLM(config).eval()
+    with torch.no_grad():
+        for name, p in lf.named_parameters():
+            if "global" in name:
+                p.normal_(0, 0.1)  # global projections that differ from the local ones
+        lf.longformer.embeddings.token_type_embeddings.weight.zero_()
+    lf.save_pretrained(tmp_path / "lf")
+    tok.save_pretrained(tmp_path / "lf")
+    model = build(tiny_world.item_attributes, f"model.backbone={tmp_path / 'lf'}", "model.hidden_size=0", "model.n_heads=0",
+                  "model.inner_size=0", "model.n_layers=0", "model.attention_window=8", "model.max_token_num=120")
+    assert torch.equal(model.layers[1].global_key.weight, lf.longformer.encoder.layer[1].attention.self.key_global.weight)
+    assert torch.equal(model.lm_head.transform.dense.weight, lf.lm_head.dense.weight)
+    with torch.no_grad():  # without the new tables the model is that Longformer
+        model.embeddings.token_type_embeddings.weight.zero_()
+        model.item_position_embeddings.weight.zero_()
+    rows = model.sequence_tokens(torch.tensor([[1, 2, 3, 4, 5], [6, 7, 0, 0, 0]]), torch.tensor([5, 2]))
+    assert rows.ids.shape[1] > 16  # longer than the window
+    global_attention = torch.zeros_like(rows.ids)
+    global_attention[:, 0] = 1
+    want = lf.longformer(input_ids=rows.ids, attention_mask=rows.real.long(), global_attention_mask=global_attention).last_hidden_state
+    with torch.no_grad():
+        torch.testing.assert_close(model.hidden(rows)[rows.real], want[rows.real], atol=1e-5, rtol=1e-4)
+
+
 def test_backbone_state_maps_longformer_and_bert_names():
     raw = {"longformer.embeddings.word_embeddings.weight": 1, "longformer.embeddings.token_type_embeddings.weight": 2,
            "longformer.encoder.layer.0.attention.self.query_global.weight": 3,
@@ -302,8 +335,11 @@ def test_item_table_chunked_lazy_and_saved(tiny_world, tmp_path):
     load_model(other, str(tmp_path / "m.safetensors"))
     assert torch.equal(other.item_embeddings(), fixed)  # the stored table, not a re-encoding
     assert torch.equal(model.encode(batch) @ model.item_embeddings().T, other.encode(batch) @ other.item_embeddings().T)
+    other.item_table[7] = 0.0
+    assert torch.equal(other.item_embeddings()[8:], fixed[8:])  # only the stale (all-zero) row is encoded on use
+    torch.testing.assert_close(other.item_embeddings()[7], whole[7])
     other.clear_item_table()
-    torch.testing.assert_close(other.item_embeddings(), whole)  # stale rows are encoded on use
+    torch.testing.assert_close(other.item_embeddings(), whole)
 
 
 def test_whole_word_masking(tiny_world):
@@ -400,3 +436,47 @@ def test_golden_fixed_init_forward(tiny_world):
     with torch.no_grad():
         got = {"loss": float(model.loss(batch)), "encode_sum": float(model.encode(batch)[:, :8].sum())}
     assert got == pytest.approx(GOLDEN, abs=1e-4), got
+
+
+def test_cli_pretrain_finetune_evaluate_recommend(tmp_path, capsys):
+    for domain in ("tools", "kitchen", "garden"):
+        make_domain(domain, WorldSpec(n_items=30, n_users=60, min_len=5, max_len=8), seed=0).save(tmp_path / domain)
+    small = [*TINY, *CPU, "train.batch_size=16", "data.max_seq_len=4"]
+    assert main(["pretrain", str(tmp_path / "tools"), str(tmp_path / "kitchen"), "--model", "recformer",
+                 "--out", str(tmp_path / "pre"), "--quiet", *small, "train.epochs=2"]) == 0
+    assert main(["finetune", str(tmp_path / "garden"), "--init", str(tmp_path / "pre"), "--out", str(tmp_path / "ft"), "--quiet",
+                 "--json", *CPU, "train.batch_size=16", "data.max_seq_len=4", "train.epochs=4", "model.stage_1_patience=1",
+                 "train.lr=1e-12"]) == 0  # no step changes a ranking: epoch 2 does not improve, so stage 1 ends there
+    result = json.loads(capsys.readouterr().out)
+    phases = [json.loads(line)["phase"][:7] for line in (tmp_path / "ft" / "log.jsonl").read_text().splitlines()]
+    assert phases == ["stage 1", "stage 1", "stage 2", "stage 2"]
+    assert main(["evaluate", str(tmp_path / "ft"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ndcg@10"] == pytest.approx(result["test"]["ndcg@10"])
+    (tmp_path / "new.csv").write_text("item,text\nNEW-1,Zorblat orange bamboo rake. Garden Outdoor Living. Zorblat.\n")
+    assert main(["recommend", str(tmp_path / "ft"), "--items", "garden-00001,garden-00002", "--new-items",
+                 str(tmp_path / "new.csv"), "-k", "31", "--json"]) == 0
+    keys = [r["item"] for r in json.loads(capsys.readouterr().out)["recommendations"]]
+    assert "NEW-1" in keys and len(keys) == 29  # the new item ranks among the whole catalogue (history left out)
+
+
+@pytest.mark.slow
+def test_catalogue_encoding_memory_is_bounded_by_the_chunk():
+    import re
+    from pathlib import Path
+
+    status = Path("/proc/self/status")
+    if not status.exists():
+        pytest.skip("needs Linux /proc/self/status to read the peak resident set size")
+
+    def mb(key):
+        return int(re.search(rf"{key}:\s+(\d+) kB", status.read_text()).group(1)) / 1024
+
+    n = 200_000
+    attrs = [{"title": f"brand{i % 97} item {i}", "brand": f"brand{i % 97}", "category": f"Tools {i % 13}"} for i in range(n)]
+    model = build(attrs, "model.encode_tokens=4096")
+    del attrs
+    model.item_table.fill_(0.0)  # the (n + 1, D) result itself, made resident before measuring
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak
+    before = mb("VmRSS")
+    model.item_embeddings()
+    assert mb("VmHWM") - before < 48, "encoding 200k items needed more than 48 MB beyond the table"

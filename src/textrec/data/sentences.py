@@ -174,28 +174,40 @@ def _tokens_with_word_starts(tokenizer, texts: list[str]) -> list[tuple[list[int
     return out
 
 
-def tokenize_items(attributes: Sequence[Mapping[str, Any]], tokenizer, max_attr_num: int = 3, max_attr_length: int = 32) -> ItemTokens:
-    """The token table of items 1..len(attributes) (reference ``encode_item``, see the module doc)."""
-    pairs = [ordered_attributes(a, max_attr_num) for a in attributes]
-    keys = sorted({k for p in pairs for k, _ in p})
-    key_tokens = dict(zip(keys, _tokens_with_word_starts(tokenizer, keys)))
-    values = _tokens_with_word_starts(tokenizer, [v for p in pairs for _, v in p])
-    ids, types, starts, lengths = [], [], [], [0]
-    v = 0
-    for p in pairs:
-        n = 0
-        for key, _ in p:
-            (k_ids, k_starts), (v_ids, v_starts) = key_tokens[key], values[v]
-            v += 1
-            kept = (k_ids + v_ids)[:max_attr_length]
-            ids += kept
-            types += ([KEY_TYPE] * len(k_ids) + [VALUE_TYPE] * len(v_ids))[:max_attr_length]
-            starts += (k_starts + v_starts)[:max_attr_length]
-            n += len(kept)
-        lengths.append(n)
+def tokenize_items(attributes: Sequence[Mapping[str, Any]], tokenizer, max_attr_num: int = 3, max_attr_length: int = 32,
+                   block: int = 16384) -> ItemTokens:
+    """The token table of items 1..len(attributes) (reference ``encode_item``, see the module doc).
+
+    Items are tokenised ``block`` at a time (one batched tokenizer call each) and each block's tokens turned
+    into arrays at once, so the Python lists never hold more than one block (a million items tokenise in
+    bounded memory).
+    """
+    key_tokens: dict[str, tuple[list[int], list[bool]]] = {}
+    ids, types, starts, lengths = [], [], [], [np.zeros(1, dtype=np.int64)]
+    for first in range(0, len(attributes), block):
+        pairs = [ordered_attributes(a, max_attr_num) for a in attributes[first : first + block]]
+        new_keys = sorted({k for p in pairs for k, _ in p} - key_tokens.keys())
+        key_tokens.update(zip(new_keys, _tokens_with_word_starts(tokenizer, new_keys)))
+        values = iter(_tokens_with_word_starts(tokenizer, [v for p in pairs for _, v in p]))
+        b_ids, b_types, b_starts, b_lengths = [], [], [], []
+        for p in pairs:
+            n = 0
+            for key, _ in p:
+                (k_ids, k_starts), (v_ids, v_starts) = key_tokens[key], next(values)
+                kept = (k_ids + v_ids)[:max_attr_length]
+                b_ids += kept
+                b_types += ([KEY_TYPE] * len(k_ids) + [VALUE_TYPE] * len(v_ids))[:max_attr_length]
+                b_starts += (k_starts + v_starts)[:max_attr_length]
+                n += len(kept)
+            b_lengths.append(n)
+        ids.append(np.asarray(b_ids, dtype=np.int32))
+        types.append(np.asarray(b_types, dtype=np.int8))
+        starts.append(np.asarray(b_starts, dtype=bool))
+        lengths.append(np.asarray(b_lengths, dtype=np.int64))
+    empty = [np.zeros(0, dtype=t) for t in (np.int32, np.int8, bool)]
     return ItemTokens(
-        token_ids=np.asarray(ids, dtype=np.int32),
-        token_types=np.asarray(types, dtype=np.int8),
-        word_starts=np.asarray(starts, dtype=bool),
-        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        token_ids=np.concatenate(ids or empty[:1]),
+        token_types=np.concatenate(types or empty[1:2]),
+        word_starts=np.concatenate(starts or empty[2:]),
+        offsets=np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64),
     )

@@ -49,8 +49,10 @@ Deliberate differences from the reference:
 * Training rows come from the generic batcher (``TRAINING_ROWS = "sampled"``): one random (prefix, next
   item) row per user per epoch, histories of at least one item; the reference also draws the first item
   (an empty history) in fine-tuning, and cuts pre-training sequences at t ~ U[(n-1)//2, n-1].
-* Item-table rows that were never encoded (a new catalogue, new items) are encoded when the table is first
-  used; during pre-training the table is re-encoded for each validation pass.
+* Item-table rows that were never encoded are encoded when the table is first used: a model built for a new
+  catalogue, and one grown by new items (``textrec.serve.catalogue`` rebuilds item-sized buffers, so the
+  whole table is then re-encoded with the final weights, not only the new rows). During pre-training the
+  table is re-encoded for each validation pass.
 * Attributes with empty values are left out; ``max_token_num`` defaults to 512 (reference 1024; its README
   reports no clear loss at 512, and the embedded MiniLM has 512 positions).
 """
@@ -58,7 +60,6 @@ Deliberate differences from the reference:
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -146,7 +147,6 @@ def _folder(name: str) -> Path:
 
 @functools.lru_cache(maxsize=4)
 def _tokenizer(folder: str):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     if not tok.is_fast:
         raise ConfigError(f"{folder}: Recformer needs a fast tokenizer (tokenizer.json)")
@@ -283,7 +283,9 @@ class Recformer(nn.Module):
         if cfg.max_token_num + self.position_offset > config.max_position_embeddings:
             raise ConfigError(f"model.max_token_num={cfg.max_token_num} exceeds the backbone's "
                               f"{config.max_position_embeddings - self.position_offset} positions")
-        tok = _tokenizer(str(weights or _folder(cfg.tokenizer or "minilm")))
+        tok = _tokenizer(str(_folder(cfg.tokenizer) if cfg.tokenizer else weights or _folder("minilm")))
+        if len(tok) > config.vocab_size:
+            raise ConfigError(f"the tokenizer has {len(tok)} tokens, more than the backbone's {config.vocab_size} word embeddings")
         self.bos_id, self.pad_id, self.mask_id = tok.cls_token_id, tok.pad_token_id, tok.mask_token_id
         self.vocab_size = config.vocab_size
         table = tokenize_items(attributes, tok, cfg.max_attr_num, cfg.max_attr_length)
@@ -379,19 +381,20 @@ class Recformer(nn.Module):
     # ---- the item table ------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_items(self, ids: Tensor) -> None:
-        """Encode items ``ids`` into ``item_table``, in length order, at most ``encode_tokens`` tokens at a time."""
+        """Encode items ``ids`` into ``item_table``: items of one token count together (no padding), at most
+        ``encode_tokens`` tokens per forward pass, so working memory is bounded by that budget, not the catalogue."""
         was_training = self.training
         self.eval()
         ids = ids[torch.argsort(self.item_lengths[ids], stable=True)]
-        widths = (1 + self.item_lengths[ids]).clamp(max=self.cfg.max_token_num).tolist()
+        widths, counts = torch.unique_consecutive((1 + self.item_lengths[ids]).clamp(max=self.cfg.max_token_num),
+                                                  return_counts=True)
         start = 0
-        while start < len(widths):
-            rows = max(1, self.cfg.encode_tokens // widths[start])
-            while rows > 1 and rows * widths[min(len(widths), start + rows) - 1] > self.cfg.encode_tokens:
-                rows = max(1, self.cfg.encode_tokens // widths[min(len(widths), start + rows) - 1])  # widths ascend
-            chunk = ids[start : start + rows]
-            self.item_table[chunk] = self._pooled(self.item_tokens(chunk)).to(self.item_table.dtype)
-            start += rows
+        for width, count in zip(widths.tolist(), counts.tolist()):  # at most max_attr_num * max_attr_length groups
+            rows = max(1, self.cfg.encode_tokens // width)
+            for first in range(start, start + count, rows):
+                chunk = ids[first : min(first + rows, start + count)]
+                self.item_table[chunk] = self._pooled(self.item_tokens(chunk)).to(self.item_table.dtype)
+            start += count
         self.train(was_training)
 
     def refresh_item_table(self) -> None:
@@ -403,7 +406,10 @@ class Recformer(nn.Module):
         self.item_table.zero_()
 
     def _ready_item_table(self) -> Tensor:
-        missing = torch.nonzero(self.item_table[1:].abs().sum(dim=1) == 0).squeeze(1) + 1
+        """The item table after encoding its all-zero rows (scanned in blocks: no temporary of the table's size)."""
+        block = 65536
+        missing = torch.cat([torch.nonzero(rows.abs().amax(dim=1) == 0).squeeze(1) + start
+                             for start, rows in zip(range(1, self.n_items + 1, block), self.item_table[1:].split(block))])
         if missing.numel():
             self.encode_items(missing)
         return self.item_table
