@@ -86,7 +86,7 @@ class RecformerConfig:
     backbone: str = "minilm"  # "minilm" (embedded, offline), a local BERT/RoBERTa/Longformer folder, or "random"
     tokenizer: str = ""  # "" = the backbone's (for "random": the MiniLM tokenizer); or a local tokenizer folder
     hidden_size: int = 0  # 0 = the backbone's; "random" may set any size (a loaded backbone must match)
-    n_layers: int = 0  # 0 = every backbone layer; k = its first k layers (a CPU-sized model)
+    n_layers: int = 0  # 0 = every backbone layer; k = its first k (MiniLM's <s> separates items only after all 6)
     n_heads: int = 0  # 0 = the backbone's
     inner_size: int = 0  # 0 = the backbone's feed-forward size
     hidden_dropout: float = -1.0  # < 0: the backbone's (0.1 for BERT, MiniLM, Longformer)
