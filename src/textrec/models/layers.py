@@ -147,16 +147,21 @@ def in_batch_contrastive(
     own item, not a contrast).
     """
     q = F.normalize(query, dim=-1)
-    logits = q @ F.normalize(keys, dim=-1).T / temperature  # (N, N)
-    n = len(key_ids)
-    eye = torch.eye(n, dtype=torch.bool, device=logits.device)
+    logits = mask_in_batch(q @ F.normalize(keys, dim=-1).T / temperature, key_ids, same_target, groups)  # (N, N)
+    if extra is not None:
+        logits = torch.cat([logits, (q * F.normalize(extra, dim=-1)).sum(-1, keepdim=True) / temperature], dim=1)
+    return F.cross_entropy(logits.float(), torch.arange(len(key_ids), device=logits.device))
+
+
+def mask_in_batch(logits: Tensor, key_ids: Tensor, same_target: str = "mask", groups: Tensor | None = None) -> Tensor:
+    """(N, N) in-batch logits with the diagonal as positive: other rows of the same target are removed
+    (``"mask"``) or set to logit 0 (``"reference"``), other rows of the same group (user) are removed."""
+    eye = torch.eye(len(key_ids), dtype=torch.bool, device=logits.device)
     same = (key_ids[:, None] == key_ids[None, :]) & ~eye
     logits = logits.masked_fill(same, float("-inf") if same_target == "mask" else 0.0)
     if groups is not None:
         logits = logits.masked_fill((groups[:, None] == groups[None, :]) & ~eye, float("-inf"))
-    if extra is not None:
-        logits = torch.cat([logits, (q * F.normalize(extra, dim=-1)).sum(-1, keepdim=True) / temperature], dim=1)
-    return F.cross_entropy(logits.float(), torch.arange(n, device=logits.device))
+    return logits
 
 
 def item_drop(item_seq: Tensor, seq_len: Tensor, ratio: float) -> tuple[Tensor, Tensor]:

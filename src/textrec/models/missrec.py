@@ -68,7 +68,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from textrec.data.batching import SeqBatch
-from textrec.models.layers import FeedForward, TransformerEncoder, check_encoder_config, init_weights, item_drop
+from textrec.models.layers import (FeedForward, TransformerEncoder, check_encoder_config, init_weights, item_drop,
+                                   mask_in_batch)
 from textrec.models.spec import FeatureTable, ItemInputs, Phase, train_all, train_all_but
 
 
@@ -148,13 +149,8 @@ def kmeans(points: Tensor, k: int, iters: int, seed: int) -> tuple[Tensor, Tenso
 
 def in_batch_loss(logits: Tensor, key_ids: Tensor, users: Tensor | None, same_target: str) -> Tensor:
     """Cross-entropy of (N, N) logits whose diagonal is the positive; same-target and same-user rows are no negatives."""
-    n = len(key_ids)
-    eye = torch.eye(n, dtype=torch.bool, device=logits.device)
-    same = (key_ids[:, None] == key_ids[None, :]) & ~eye
-    logits = logits.masked_fill(same, float("-inf") if same_target == "mask" else 0.0)
-    if users is not None:
-        logits = logits.masked_fill((users[:, None] == users[None, :]) & ~eye, float("-inf"))
-    return F.cross_entropy(logits.float(), torch.arange(n, device=logits.device))
+    logits = mask_in_batch(logits, key_ids, same_target, users)
+    return F.cross_entropy(logits.float(), torch.arange(len(key_ids), device=logits.device))
 
 
 class Attention(nn.Module):
