@@ -68,7 +68,7 @@ def test_interest_tokens_are_the_distinct_cluster_ids_of_all_modalities(tiny_wor
     assert pad[:, 0].logical_not().all() and torch.isfinite(memory).all() and torch.isfinite(omega)
 
 
-def test_faiss_kmeans_runs_once_per_epoch_and_labels_every_present_row(tiny_world, monkeypatch):
+def test_faiss_kmeans_runs_once_per_epoch_and_labels_every_present_row(tiny_world, monkeypatch, tmp_path):
     import faiss
 
     calls = []
@@ -81,10 +81,18 @@ def test_faiss_kmeans_runs_once_per_epoch_and_labels_every_present_row(tiny_worl
     monkeypatch.setattr(faiss, "Kmeans", CountingKmeans)
     cfg, model = _build(tiny_world, ["train.epochs=2", "model.interest_ratio=0.3"])
     train_b, valid_b, _ = make_batchers(tiny_world, cfg, "cpu")
-    fit(model, train_b, valid_b, None, cfg, quiet=True)
+    result = fit(model, train_b, valid_b, None, cfg, out_dir=tmp_path, quiet=True)
     n_points = int(model.present_text.sum() + model.present_image.sum())
     k = math.ceil(n_points * 0.3)
     assert calls == [((n_points, 32), k)] * 2 and len(model.discoveries) == 2 and int(model.interest_count) == k
+    # each epoch's clustering is in its log record, and its mean in metrics.json
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [(r["n_interests"], r["cluster_points"]) for r in log] == [(k, n_points)] * 2
+    assert [r["cluster_seconds"] for r in log] == [d.seconds for d in model.discoveries]
+    assert all(0 < r["cluster_seconds"] < r["train_seconds"] for r in log)  # an epoch's time includes its clustering
+    means = json.loads((tmp_path / "metrics.json").read_text())["epoch_hook_means"]
+    assert means["cluster_seconds"] == pytest.approx(sum(d.seconds for d in model.discoveries) / 2) and means["n_interests"] == k
+    assert result.to_dict()["epoch_hook_means"] == means
     for m in ("text", "image"):
         lookup, present = getattr(model, f"interest_of_{m}"), getattr(model, f"present_{m}")
         assert (lookup[present] >= 1).all() and (lookup[present] <= k).all() and (lookup[~present] == 0).all()

@@ -242,6 +242,47 @@ def test_resume_across_a_phase_boundary_is_exact(small_dir, tmp_path, stop, sche
 
 
 # ---- 4. phases ------------------------------------------------------------------------------------------
+def _reporting_phases():
+    """Phase 1's hook reports numbers and a string per epoch; phase 2's hook returns None."""
+    report = lambda m, epoch: {"hook_seconds": 0.5 + epoch, "hook_count": 3 * epoch, "hook_note": f"e{epoch}"}  # noqa: E731
+    return [Phase("reporting", _only_item_emb, epochs=2, on_epoch_start=report),
+            Phase("silent", train_all, epochs=2, on_epoch_start=lambda m, epoch: None)]
+
+
+def test_epoch_hook_reports_go_into_the_log_and_the_metrics_and_survive_resume(small_dir, tmp_path):
+    cfg = lambda epochs: load_config(model="sasrec", overrides=[*SASREC, f"train.epochs={epochs}", "train.batch_size=128"])
+    train_run(small_dir, cfg(4), tmp_path / "straight", quiet=True, phases=_reporting_phases())
+    log = _log(tmp_path / "straight")
+    assert [r["phase"] for r in log] == ["reporting"] * 2 + ["silent"] * 2
+    for epoch, r in enumerate(log[:2]):  # the hook's epoch is 0-based, the record's 1-based
+        assert (r["epoch"], r["hook_seconds"], r["hook_count"], r["hook_note"]) == (epoch + 1, 0.5 + epoch, 3 * epoch, f"e{epoch}")
+    for r in log[2:]:  # a hook returning None adds nothing
+        assert not any(k.startswith("hook_") for k in r) and r["train_seconds"] > 0
+    means = json.loads((tmp_path / "straight" / "metrics.json").read_text())["epoch_hook_means"]
+    assert means == {"hook_seconds": 1.0, "hook_count": 1.5}  # over the epochs that reported; strings are not averaged
+    train_run(small_dir, cfg(1), tmp_path / "resumed", quiet=True, phases=_reporting_phases())
+    train_run(small_dir, cfg(4), tmp_path / "resumed", resume=True, quiet=True, phases=_reporting_phases())
+    assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["epoch_hook_means"] == means
+    assert [{k: v for k, v in r.items() if k.startswith("hook_")} for r in _log(tmp_path / "resumed")] == \
+           [{k: v for k, v in r.items() if k.startswith("hook_")} for r in log]
+
+
+def test_only_hooks_returning_nothing_leave_no_hook_means(small_dir, tmp_path):
+    cfg = load_config(model="sasrec", overrides=[*SASREC, "train.epochs=2", "train.batch_size=128"])
+    train_run(small_dir, cfg, tmp_path / "run", quiet=True, phases=[Phase("silent", train_all, on_epoch_start=lambda m, e: None)])
+    assert "epoch_hook_means" not in json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert all(set(r) <= {"epoch", "loss", "train_seconds", "valid", "eval_seconds", "improved"} for r in _log(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("report, message", [({"loss": 1.0}, "uses itself"), ({"n": torch.tensor(1.0)}, "Tensor"),
+                                             ((1.0, 2), "returned tuple")], ids=["reserved-key", "tensor", "not-a-dict"])
+def test_an_epoch_hook_report_the_log_cannot_hold_is_refused(small_dir, tmp_path, report, message):
+    cfg = load_config(model="sasrec", overrides=[*SASREC, "train.epochs=1", "train.batch_size=128"])
+    with pytest.raises(TextrecError, match=message):
+        train_run(small_dir, cfg, tmp_path / "run", quiet=True,
+                  phases=[Phase("bad", train_all, on_epoch_start=lambda m, e: report)])
+
+
 def test_a_fixed_phase_leaves_frozen_parameters_untouched_and_the_next_phase_rebuilds(small_dir, tmp_path, spy_optimizers):
     def all_but_item_emb(model):
         for n, p in model.named_parameters():

@@ -12,7 +12,8 @@ Reference: gimpong/MM23-MISSRec @c3167c5 (``missrec.py``, ``model_utils.py``, ``
   ``on_epoch_start`` hook: **faiss** k-means (``faiss.Kmeans``, 5 iterations, Euclidean; faiss' GPU when it has
   one, else the CPU with torch's thread count) of the adaptor outputs of all items' text and image rows into
   K = ceil(P x ratio) clusters (``interest_ratio`` 0.5; ``pretrain_interest_ratio`` 0.02 in pre-training).
-  Centroids and each row's cluster id (+1, 0 = padding) are buffers saved with the weights.
+  Centroids and each row's cluster id (+1, 0 = padding) are buffers saved with the weights. Each epoch's
+  ``cluster_seconds``, ``n_interests`` and ``cluster_points`` go into the run's ``log.jsonl``.
 * Interest tokens: the sorted distinct cluster ids of a sequence's items over all modalities, embedded by the
   (untrained) centroids, through a non-causal post-LN Transformer encoder without positions -> memory.
 * Decoder (paper Eq. 4-6): per position the sum of the adapted modality vectors + a position embedding (+ an
@@ -124,6 +125,10 @@ class Discovery(NamedTuple):
     n_interests: int  # K
     n_points: int  # adapted modality rows clustered
     seconds: float
+
+    def report(self) -> dict[str, float | int]:
+        """The epoch hook's entry in the training log (``log.jsonl``): clustering time and size."""
+        return {"cluster_seconds": self.seconds, "n_interests": self.n_interests, "cluster_points": self.n_points}
 
 
 def n_interests(n_points: int, ratio: float) -> int:
@@ -423,7 +428,7 @@ class MISSRec(nn.Module):
 
     def phases(self, kind: str) -> list[Phase]:
         ratio = self.cfg.pretrain_interest_ratio if kind == "pretrain" else self.cfg.interest_ratio
-        hook = (lambda model, epoch: model.discover_interests(ratio)) if self.cfg.interest_tokens else None
+        hook = (lambda model, epoch: model.discover_interests(ratio).report()) if self.cfg.interest_tokens else None
         if kind == "pretrain":
             return [Phase("pretrain", train_all, loss=self.pretrain_loss, on_epoch_start=hook)]
         if kind == "finetune" and self.cfg.freeze_encoder:

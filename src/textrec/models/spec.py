@@ -83,7 +83,10 @@ class Phase:
     ``reload_best`` loads the best weights so far on entry; ``optimizer="keep"`` carries the optimiser and
     learning-rate schedule over from the previous phase instead of building new ones.
     ``on_epoch_start(model, epoch)`` runs before every epoch of the phase (e.g. re-clustering, re-encoding
-    the catalogue); ``loss`` is the objective (None: ``model.loss``).
+    the catalogue) and returns None or a dict of numbers, strings or booleans about that work (MISSRec:
+    ``{"cluster_seconds": ..., "n_interests": ...}``), which the loop adds to the epoch's ``log.jsonl``
+    record and averages over epochs in ``metrics.json`` (``epoch_hook_means``); its time also counts in the
+    epoch's ``train_seconds``. ``loss`` is the objective (None: ``model.loss``).
     """
 
     name: str
@@ -93,7 +96,7 @@ class Phase:
     patience: int | None = None
     reload_best: bool = False
     optimizer: Literal["rebuild", "keep"] = "rebuild"
-    on_epoch_start: Callable[[nn.Module, int], None] | None = None
+    on_epoch_start: Callable[[nn.Module, int], dict[str, float | int | str | bool] | None] | None = None
     loss: Callable | None = None
 
     def __post_init__(self) -> None:

@@ -16,8 +16,11 @@ A run directory holds::
     state.pt           training state after the last finished epoch (model, optimiser, random
                        generators, early-stopping counters); ``resume=True`` continues from it and
                        reaches the same result as an uninterrupted run
-    log.jsonl          one JSON object per epoch (on resume, trimmed to the restored epoch)
-    metrics.json       best epoch, validation and test metrics, timings (written at the end)
+    log.jsonl          one JSON object per epoch (on resume, trimmed to the restored epoch), with what the
+                       phase's ``on_epoch_start`` hook reported for that epoch (e.g. MISSRec's
+                       ``cluster_seconds``)
+    metrics.json       best epoch, validation and test metrics, timings, the mean over epochs of each number
+                       the epoch hooks reported (``epoch_hook_means``) (written at the end)
     checksums.json     sha256 of model.safetensors and state.pt, updated as each is written
 
 ``state.pt`` holds only tensors and plain values and is read with ``torch.load(weights_only=True)``, so
@@ -58,13 +61,24 @@ class FitResult:
     epochs_run: int
     valid: dict[str, float]
     test: dict[str, float] | None
-    train_seconds: list[float] = field(default_factory=list)  # per epoch
+    train_seconds: list[float] = field(default_factory=list)  # per epoch, the epoch hook included
+    epoch_hooks: list[dict] = field(default_factory=list)  # per epoch: what the phase's on_epoch_start returned ({}: nothing)
     eval_seconds: list[float] = field(default_factory=list)  # per validation pass
     test_eval_seconds: float = 0.0
     peak_memory_mb: float | None = None
 
+    def hook_means(self) -> dict[str, float]:
+        """Mean of every number the epoch hooks reported, over the epochs that reported it."""
+        values: dict[str, list[float]] = {}
+        for report in self.epoch_hooks:
+            for k, v in report.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    values.setdefault(k, []).append(float(v))
+        return {k: sum(v) / len(v) for k, v in values.items()}
+
     def to_dict(self) -> dict:
         n = len(self.train_seconds)
+        hooks = {"epoch_hook_means": self.hook_means()} if any(self.epoch_hooks) else {}
         return {
             "best_epoch": self.best_epoch,
             "epochs_run": self.epochs_run,
@@ -75,6 +89,7 @@ class FitResult:
             "test_eval_seconds": self.test_eval_seconds,
             "train_seconds_total": sum(self.train_seconds),
             "peak_memory_mb": self.peak_memory_mb,
+            **hooks,
         }
 
 
@@ -256,10 +271,10 @@ class _Trainer:
             self._steps[index] = torch.compile(fn, dynamic=True) if self.tc.compile else fn
         return self._steps[index]
 
-    def train_epoch(self, epoch: int) -> float:
+    def train_epoch(self, epoch: int) -> tuple[float, dict]:
+        """One epoch of the current phase: (mean loss, what the phase's epoch hook reported)."""
         ph, pr, tc = self.phases[self.progress.phase], self.progress, self.tc
-        if ph.on_epoch_start is not None:
-            ph.on_epoch_start(self.model, epoch)
+        report = _hook_report(ph, ph.on_epoch_start(self.model, epoch)) if ph.on_epoch_start is not None else {}
         self.model.train()
         step, opt = self.step_fn(), self.optimizer
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -281,12 +296,13 @@ class _Trainer:
                 pr.opt_steps += 1
             loss_sum += loss.detach().float()
             n_batches += 1
-        return float(loss_sum) / max(n_batches, 1)
+        return float(loss_sum) / max(n_batches, 1), report
 
     def save_state(self, path: Path, result: FitResult) -> None:
         state = {
             "train_seconds": result.train_seconds,  # so that a resumed run reports the whole run's timings
             "eval_seconds": result.eval_seconds,
+            "epoch_hooks": result.epoch_hooks,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "batch_rng": self.train.generator.get_state(),
@@ -328,6 +344,7 @@ def fit(
         except (RuntimeError, KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{state_path} is damaged or from another config ({_first_problem(e)})") from None
         result.train_seconds, result.eval_seconds = list(state["train_seconds"]), list(state["eval_seconds"])
+        result.epoch_hooks = [dict(r) for r in state.get("epoch_hooks", [])]  # absent in states written before hooks reported
         _trim_log(out, trainer.progress.epoch)
         if not quiet:
             tqdm.write(f"resuming {out} after epoch {trainer.progress.epoch}", file=sys.stderr)
@@ -368,13 +385,14 @@ def _run_epochs(trainer: _Trainer, valid: EvalBatcher, result: FitResult, state_
             trainer.enter(pr.phase + 1, fresh=True)
             continue
         t0 = time.perf_counter()
-        mean_loss = trainer.train_epoch(pr.epoch)
+        mean_loss, report = trainer.train_epoch(pr.epoch)
         if not math.isfinite(mean_loss):
             raise TextrecError(f"training diverged at epoch {pr.epoch + 1} (loss {mean_loss}); try a smaller train.lr")
         result.train_seconds.append(time.perf_counter() - t0)
+        result.epoch_hooks.append(report)
         pr.epoch += 1
         pr.phase_epochs += 1
-        record = {"epoch": pr.epoch, "loss": mean_loss, "train_seconds": result.train_seconds[-1]}
+        record = {"epoch": pr.epoch, "loss": mean_loss, "train_seconds": result.train_seconds[-1], **report}
         if len(trainer.phases) > 1:
             record["phase"] = trainer.phases[pr.phase].name
         if pr.epoch % tc.eval_every == 0 or pr.epoch == tc.epochs:
@@ -392,6 +410,25 @@ def _run_epochs(trainer: _Trainer, valid: EvalBatcher, result: FitResult, state_
         if state_path is not None:
             trainer.save_state(state_path, result)
     logger.close()
+
+
+_RECORD_KEYS = frozenset({"epoch", "loss", "train_seconds", "phase", "valid", "eval_seconds", "improved"})
+
+
+def _hook_report(phase: Phase, report) -> dict:
+    """What an ``on_epoch_start`` hook returned, checked: None, or a dict of plain values for the epoch's log record."""
+    if report is None:
+        return {}
+    if not isinstance(report, dict):
+        raise TextrecError(f"phase {phase.name!r}: on_epoch_start returned {type(report).__name__}; it returns None or a dict")
+    for k, v in report.items():
+        if not isinstance(k, str) or k in _RECORD_KEYS:
+            raise TextrecError(f"phase {phase.name!r}: on_epoch_start reported key {k!r}, which the epoch record uses itself "
+                               f"({', '.join(sorted(_RECORD_KEYS))}) or is not a string")
+        if not isinstance(v, (int, float, str, bool)):
+            raise TextrecError(f"phase {phase.name!r}: on_epoch_start reported {k}={type(v).__name__}; "
+                               "values are numbers, strings or booleans")
+    return dict(report)
 
 
 def _save_best(trainer: _Trainer) -> None:
