@@ -383,6 +383,53 @@ def test_pretrain_loss_trains_both_sides_and_the_mlm_head(tiny_world):
     assert not model.lm_head.bias.requires_grad and model.embeddings.word_embeddings.weight.requires_grad
 
 
+def _drawn_positions(ds, cfg, pretraining: bool, epochs: int = 200) -> dict[int, set[int]]:
+    """user row -> the target positions t its per-epoch draws took (checked to be that user's item t)."""
+    from textrec.train.run import make_batchers
+
+    train_b, _, _ = make_batchers(ds, cfg, "cpu", pretraining=pretraining)
+    seen: dict[int, set[int]] = {}
+    for _ in range(epochs):
+        n_rows = 0
+        for b in train_b.epoch():
+            n_rows += len(b.users)
+            for u, t, target in zip(b.users.tolist(), b.seq_len.tolist(), b.targets.gather(1, b.seq_len[:, None] - 1)[:, 0].tolist()):
+                seq = ds.sequence(u)
+                assert target == seq[t] and b.item_seq[b.users.tolist().index(u), :t].tolist() == seq[:t].tolist()
+                seen.setdefault(u, set()).add(t)
+        assert n_rows == ds.n_users  # one row per user per epoch
+    return seen
+
+
+def test_pretraining_pairs_cut_as_the_reference_fine_tuning_any_prefix():
+    """Pre-training targets t ~ U[(n-1)//2, n-1] of the n training items (t >= 1), fine-tuning any t in 1..n-1."""
+    ds = make_domain("tools", WorldSpec(n_items=30, n_users=40, min_len=4, max_len=11), seed=0)
+    n = ds.seq_lengths - 2  # training part
+    assert set(n.tolist()) >= {2, 3, 4, 5, 8, 9}
+    cfg = load_config(model="recformer", overrides=TINY)
+    for u, ts in _drawn_positions(ds, cfg, pretraining=True).items():
+        assert ts == set(range(max(1, (n[u] - 1) // 2), n[u])), (n[u], ts)  # inside the range, every value (both ends) drawn
+    anywhere = load_config(model="recformer", overrides=[*TINY, "model.pretrain_cut=any"])
+    for seen in (_drawn_positions(ds, anywhere, pretraining=True), _drawn_positions(ds, cfg, pretraining=False)):
+        assert all(ts == set(range(1, n[u])) for u, ts in seen.items())
+
+
+def test_a_run_written_before_a_setting_existed_still_resumes(tmp_path):
+    """A setting added since a run started (here pretrain_cut) takes its default when the run resumes."""
+    from textrec.errors import TextrecError
+    from textrec.train.run import prepare_out_dir
+
+    config = {"textrec_version": "0", **load_config(model="recformer", overrides=TINY).to_dict()}
+    older = json.loads(json.dumps(config))
+    del older["model"]["pretrain_cut"]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps(older))
+    prepare_out_dir(tmp_path / "run", config, resume=True, overwrite=False)
+    other = {"textrec_version": "0", **load_config(model="recformer", overrides=[*TINY, "model.pretrain_cut=any"]).to_dict()}
+    with pytest.raises(TextrecError, match="differs"):
+        prepare_out_dir(tmp_path / "run", other, resume=True, overwrite=False)
+
+
 # ---- 5. learning, two stages through the generic loop ----------------------------------------------
 LEARN = [*TINY, *CPU, "model.hidden_dropout=0", "model.attn_dropout=0", "model.init_std=0.1", "data.max_seq_len=3",
          "train.batch_size=16", "train.lr=2e-3", "train.epochs=12"]
@@ -480,3 +527,26 @@ def test_catalogue_encoding_memory_is_bounded_by_the_chunk():
     before = mb("VmRSS")
     model.item_embeddings()
     assert mb("VmHWM") - before < 48, "encoding 200k items needed more than 48 MB beyond the table"
+
+
+# ---- 6. the shipped reference fine-tuning config ----------------------------------------------------
+def test_shipped_reference_config_loads_by_name_with_every_key_valid():
+    import tomllib
+
+    from textrec.config import SHIPPED_CONFIGS, shipped_configs
+
+    assert "recformer-reference" in shipped_configs()
+    path = SHIPPED_CONFIGS / "recformer-reference.toml"
+    cfg = load_config("recformer-reference")  # strict: an unknown key or a wrong type would raise
+    resolved = json.loads(json.dumps(cfg.to_dict()))
+    for section, values in tomllib.loads(path.read_text(encoding="utf-8")).items():
+        for key, value in values.items():
+            assert resolved[section][key] == value, f"{section}.{key}"
+    t = cfg.train
+    assert cfg.model == "recformer" and (t.optimizer, t.lr, t.batch_size, t.grad_accum, t.schedule, t.warmup_steps,
+                                         t.eval_every, t.weight_decay) == ("adamw", 5e-5, 16, 8, "linear", 100, 3, 0.0)
+    assert (cfg.model_config.stage_1_patience, cfg.model_config.stage_2_patience) == (5, 3)
+    assert load_config(str(path), ["train.lr=1e-4"], model="recformer").train.lr == 1e-4  # a path works too; overrides win
+    with pytest.raises(ConfigError, match="shipped: .*recformer-reference"):
+        load_config("recformer-refrence")
+    assert '"configs/*.toml"' in (SHIPPED_CONFIGS.parents[2] / "pyproject.toml").read_text()  # installed with the package

@@ -244,6 +244,9 @@ def cmd_evaluate(args) -> None:
     from textrec.train.run import load_run
 
     run = load_run(args.run, args.data, args.device)
+    if run.zero_shot and not args.json:
+        _err(f"zero-shot: {args.run} was trained on {run.config['zero_shot']['trained_on']}; ranking the "
+             f"{run.dataset.n_items:,} items of {run.dataset.name} from their content, with no training on them")
     ec = run.cfg.eval
     ks = tuple(args.ks) if args.ks else ec.ks
     mask = args.mask_history or ec.mask_history
@@ -251,7 +254,8 @@ def cmd_evaluate(args) -> None:
     ties = args.ties or ec.ties
     res = evaluate(run.model, batcher, ks, mask, ec.item_chunk, ties=ties)
     if args.json:
-        _print_json({"run": str(args.run), "split": args.split, "mask_history": mask, "ties": ties, "users": len(res.ranks),
+        _print_json({"run": str(args.run), "data": run.config["dataset"]["path"], "zero_shot": run.zero_shot,
+                     "split": args.split, "mask_history": mask, "ties": ties, "users": len(res.ranks),
                      "targets_with_ties": int((res.ties > 0).sum()), "seconds": res.seconds, **res.metrics})
     else:
         cols = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg", "mrr")]

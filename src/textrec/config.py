@@ -12,6 +12,9 @@ A run is configured by one nested config::
     [eval]
     ks = [10, 50]
 
+``--config`` takes a TOML file or the short name of a config shipped with textrec (``textrec/configs/``,
+e.g. ``recformer-reference``: Recformer fine-tuned as the reference does); a file of that name wins.
+
 Overrides use dotted keys: ``train.lr=3e-3 model.hidden_size=64 eval.ks=[10,20]``; values are parsed as
 TOML (so ``true``, ``[1, 2]`` and numbers work) and fall back to a plain string. An unknown key or a value
 of the wrong type is a ``ConfigError`` that lists the valid keys or choices: a typo never silently
@@ -256,13 +259,32 @@ def apply_overrides(d: dict, overrides: list[str]) -> dict:
     return out
 
 
+SHIPPED_CONFIGS = Path(__file__).parent / "configs"  # package data: configs reachable by their short name
+
+
+def shipped_configs() -> list[str]:
+    """Short names of the configs shipped with textrec (``--config NAME``)."""
+    return sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.toml"))
+
+
+def config_path(path: str | Path) -> Path:
+    """``path`` when that file exists, else the shipped config of that short name (``recformer-reference``)."""
+    given = Path(path)
+    if given.exists() or given.parent != Path("."):
+        return given
+    shipped = SHIPPED_CONFIGS / (given.name if given.suffix == ".toml" else f"{given.name}.toml")
+    if shipped.exists():
+        return shipped
+    raise ConfigError(f"{path}: config file not found, nor a shipped config (shipped: {', '.join(shipped_configs()) or 'none'})")
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] = (), model: str | None = None, registry: dict | None = None
 ) -> RunConfig:
-    """Config from an optional TOML file, a model name and overrides (later ones win)."""
+    """Config from an optional TOML file (or shipped config name), a model name and overrides (later ones win)."""
     d: dict = {}
     if path is not None:
-        path = Path(path)
+        path = config_path(path)
         try:
             d = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:

@@ -24,7 +24,13 @@ steps. Ways to group rows:
 ``batch_size / targets_per_row`` users, while each window is still encoded once for all its targets).
 
 ``sample_per_user`` keeps one randomly drawn row per user each epoch (models whose ``TRAINING_ROWS`` is
-``"sampled"``, e.g. one random target position per user per epoch as Recformer's fine-tuning does).
+``"sampled"``, e.g. one random target position per user per epoch as Recformer's fine-tuning does). Which
+of a user's prefix rows the draw may pick is the cut rule (``SampledCut``, ``cut_mask``): ``"any"`` prefix,
+or ``"reference"``, Recformer's pre-training pairs: the target position t of a training part of n items is
+drawn from U[(n - 1) // 2, n - 1] (``collator.py`` ``sample_pairs``: ``randint((n - 1) // 2, n - 1)``), so the
+history is at least about half the sequence. textrec's rows always hold at least one history item, so t >= 1
+(the reference also draws t = 0, an empty history, when n <= 2). A model declares its rule with
+``sampled_cut(cfg, pretraining)``; ``textrec.train.run.make_batchers`` keeps only the rows it allows.
 """
 
 from __future__ import annotations
@@ -39,6 +45,38 @@ from torch import Tensor
 from textrec.data.split import EvalExamples, TrainWindows
 
 Batching = Literal["bucket", "random", "stratified"]
+SampledCut = Literal["any", "reference"]
+
+
+def prefix_positions(windows: TrainWindows, max_seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(t, n) of every row of ``split.prefix_rows``: its target's position t >= 1 in the user's training part
+    of n items. Rows of one user are consecutive with t = 1, 2, ..., n - 1 (checked against their lengths)."""
+    users = np.asarray(windows.users)
+    if users.size == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    first = np.ones(users.size, dtype=bool)
+    first[1:] = users[1:] != users[:-1]
+    starts = np.flatnonzero(first)
+    counts = np.diff(np.append(starts, users.size))
+    t = np.arange(users.size) - np.repeat(starts, counts) + 1
+    if not np.array_equal(np.minimum(t, max_seq_len), windows.lengths):
+        raise ValueError("prefix_positions needs prefix_rows' rows: each user's rows consecutive, one per prefix in order")
+    return t, np.repeat(counts + 1, counts)
+
+
+def cut_mask(windows: TrainWindows, max_seq_len: int, cut: SampledCut) -> np.ndarray:
+    """(R,) bool: the prefix rows the per-user draw may pick under ``cut`` (module doc)."""
+    if cut == "any":
+        return np.ones(len(windows.lengths), dtype=bool)
+    if cut != "reference":
+        raise ValueError(f"cut must be 'any' or 'reference', not {cut!r}")
+    t, n = prefix_positions(windows, max_seq_len)
+    return t >= np.maximum(1, (n - 1) // 2)  # the last row (t = n - 1) always qualifies: every user keeps a row
+
+
+def keep_rows(windows: TrainWindows, mask: np.ndarray) -> TrainWindows:
+    """The rows of ``windows`` where ``mask`` is True."""
+    return TrainWindows(windows.inputs[mask], windows.targets[mask], windows.lengths[mask], windows.users[mask])
 
 
 class SeqBatch(NamedTuple):

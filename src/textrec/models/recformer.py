@@ -47,8 +47,9 @@ Deliberate differences from the reference:
   negative (``same_target="mask"``, as textrec's UniSRec); ``"keep"`` is the reference's plain
   cross-entropy.
 * Training rows come from the generic batcher (``TRAINING_ROWS = "sampled"``): one random (prefix, next
-  item) row per user per epoch, histories of at least one item; the reference also draws the first item
-  (an empty history) in fine-tuning, and cuts pre-training sequences at t ~ U[(n-1)//2, n-1].
+  item) row per user per epoch, histories of at least one item (the reference also draws the first item,
+  an empty history); pre-training draws the target position from U[(n-1)//2, n-1] as the reference
+  (``pretrain_cut="reference"``; ``"any"``: every prefix), fine-tuning from any prefix.
 * Item-table rows that were never encoded are encoded when the table is first used: a model built for a new
   catalogue, and one grown by new items (``textrec.serve.catalogue`` rebuilds item-sized buffers, so the
   whole table is then re-encoded with the final weights, not only the new rows). During pre-training the
@@ -102,6 +103,8 @@ class RecformerConfig:
     mlm_probability: float = 0.15  # reference whole-word masking rate
     freeze_word_embeddings: Literal["pretrain", "always", "never"] = "pretrain"  # reference: --fix_word_embedding in pre-training
     same_target: Literal["mask", "keep"] = "mask"  # pre-training: same-item / same-user rows are not negatives, or reference
+    # pre-training pairs: the target position drawn from U[(n-1)//2, n-1] as the reference, or from any prefix
+    pretrain_cut: Literal["reference", "any"] = "reference"
     stage_1_patience: int = 5  # reference: evaluations without improvement while re-encoding items every epoch
     stage_2_patience: int = 3  # reference: the same with the item table fixed
     encode_tokens: int = 8192  # tokens per forward pass when encoding the catalogue or evaluating (bounds memory)
@@ -273,6 +276,12 @@ class Recformer(nn.Module):
     ITEM_INPUTS = ("attributes",)
     TRAINING_ROWS = "sampled"  # one random (prefix, next item) per user per epoch, as the reference
     CATALOGUE_KEYS = ("item_table",)  # the token tables are rebuilt from the attributes and never saved
+
+    @staticmethod
+    def sampled_cut(cfg: RecformerConfig, pretraining: bool) -> str:
+        """The prefixes a per-user draw picks from (``textrec.data.batching.cut_mask``): the reference's
+        second-half cut in pre-training (``pretrain_cut``), any prefix in fine-tuning (reference: t ~ U[0, n-1])."""
+        return cfg.pretrain_cut if pretraining else "any"
 
     def __init__(self, cfg: RecformerConfig, inputs: ItemInputs, max_seq_len: int) -> None:
         super().__init__()

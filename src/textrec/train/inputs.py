@@ -61,6 +61,31 @@ def _quantizer_origin(info: dict) -> str:
     return f"{kind}:{info.get('path')}"  # fitted on one dataset alone (or random): unique to it
 
 
+def _quantiser_identity(origin: str) -> str:
+    """A quantiser origin as the quantiser file itself where it can be found: codes fitted on one dataset (their
+    ``.index`` next to them) or jointly with a shared index then match codes encoded with that file (``--quantizer``)."""
+    from textrec.quant.codes import _file_sha1
+
+    kind, _, rest = origin.partition(":")
+    path = {"fit": lambda: Path(rest).with_suffix(".index"), "joint": lambda: Path(rest.rpartition(":")[0])}.get(kind)
+    if path is not None and path().is_file():
+        return f"quantizer:{_file_sha1(path())}"
+    return origin.replace("index:", "quantizer:", 1) if kind == "index" else origin
+
+
+def same_origin_problem(trained: dict, new: dict) -> str | None:
+    """Why item inputs recorded as ``new`` (``load_item_inputs``' provenance) do not live in the space a run
+    trained on inputs recorded as ``trained`` learned (None: they do, or nothing says otherwise)."""
+    if trained.get("encoder") and new.get("encoder") and trained["encoder"] != new["encoder"]:
+        return (f"its embeddings {', '.join(map(repr, new.get('embeddings') or []))} come from {new['encoder']}, the run's "
+                f"from {trained['encoder']}; encode it with the run's encoder, pooling and max length (textrec encode DIR --encoder ...)")
+    if trained.get("quantizer") and new.get("quantizer"):
+        if _quantiser_identity(trained["quantizer"]) != _quantiser_identity(new["quantizer"]):
+            return (f"its item codes come from {new['quantizer']}, the run's from {trained['quantizer']}; code its items "
+                    "with the run's quantiser (textrec quantize DIR --quantizer THE_RUN'S_INDEX)")
+    return None
+
+
 def _same_origin(what: str, dirs: list[Path], origins: list[str]) -> None:
     if len(set(origins)) > 1:
         pairs = "; ".join(f"{d}: {o}" for d, o in zip(dirs, origins))

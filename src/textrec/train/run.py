@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from textrec import __version__
 from textrec.config import RunConfig
-from textrec.data.batching import EvalBatcher, TrainBatcher
+from textrec.data.batching import EvalBatcher, TrainBatcher, cut_mask, keep_rows
 from textrec.data.dataset import Dataset
 from textrec.data.split import eval_examples, prefix_rows, train_windows
-from textrec.errors import ConfigError, DataError, NotFoundError, TextrecError
+from textrec.errors import CheckpointError, ConfigError, DataError, NotFoundError, TextrecError
 from textrec.io import read_json, write_json
 from textrec.models import model_class
 from textrec.models.spec import ItemInputs, Phase
@@ -55,8 +55,19 @@ class RunResult:
 def _comparable(config: dict) -> dict:
     """A config without what may change between an interrupted run and its resumption."""
     c = {k: v for k, v in config.items() if k != "textrec_version"}
+    c.update(_with_defaults(c))
     c["train"] = {k: v for k, v in c.get("train", {}).items() if k != "epochs"}
     return c
+
+
+def _with_defaults(config: dict) -> dict:
+    """The model/data/train/eval sections as this version resolves them: a setting added since a run was
+    written takes its default there, so the run still resumes (unchanged when they no longer parse)."""
+    sections = {k: config[k] for k in ("model", "data", "train", "eval") if k in config}
+    try:
+        return json.loads(json.dumps(RunConfig.from_dict(sections).to_dict()))
+    except TextrecError:
+        return sections
 
 
 def prepare_out_dir(out: Path, config: dict, resume: bool, overwrite: bool) -> None:
@@ -132,6 +143,12 @@ def resolve_training_rows(cfg: RunConfig, pretraining: bool) -> tuple[str, str]:
     return rows, batching
 
 
+def sampled_cut(cfg: RunConfig, pretraining: bool) -> str:
+    """Which prefix rows a per-user draw picks from: the model's ``sampled_cut(cfg, pretraining)``, else any."""
+    pick = getattr(model_class(cfg.model), "sampled_cut", None)
+    return pick(cfg.model_config, pretraining) if pick is not None else "any"
+
+
 def make_batchers(
     ds: Dataset, cfg: RunConfig, device, pretraining: bool = False, domains: np.ndarray | None = None
 ) -> tuple[TrainBatcher, EvalBatcher, EvalBatcher]:
@@ -142,6 +159,8 @@ def make_batchers(
     L = cfg.data.max_seq_len
     rows_kind, batching = resolve_training_rows(cfg, pretraining)
     rows = train_windows(ds, L, cfg.data.long_sequences) if rows_kind == "windows" else prefix_rows(ds, L)
+    if rows_kind == "sampled":  # the rows the per-user draw may pick, as the model declares (e.g. Recformer's cut)
+        rows = keep_rows(rows, cut_mask(rows, L, sampled_cut(cfg, pretraining)))
     row_domains = None if domains is None else domains[rows.users]
     cap = cfg.data.pretrain_targets_per_row if pretraining and rows_kind == "windows" else 0
     train_b = TrainBatcher(rows, cfg.train.batch_size, device, batching, seed=cfg.train.seed, domains=row_domains,
@@ -192,6 +211,7 @@ class LoadedRun:
     config: dict  # the raw config.json
     device: torch.device
     inputs: ItemInputs | None = None  # the item-side inputs the model was built from
+    zero_shot: bool = False  # built for another catalogue than the run's, with no training on it (load_zero_shot)
 
 
 def read_run_config(run_dir: str | Path) -> tuple[RunConfig, dict]:
@@ -203,20 +223,27 @@ def read_run_config(run_dir: str | Path) -> tuple[RunConfig, dict]:
 
 
 def load_run(run_dir: str | Path, data_dir: str | Path | None = None, device: str = "auto") -> LoadedRun:
-    """Rebuild a trained model from ``run_dir`` (and its dataset, or ``data_dir`` instead)."""
+    """Rebuild a trained model from ``run_dir`` (and its dataset, or ``data_dir`` instead).
+
+    ``data_dir`` with another catalogue than the run's (other items, or a pre-training run's sources merged)
+    loads the run zero-shot (``load_zero_shot``): the model is built for that catalogue from its item content.
+    """
     run = Path(run_dir)
     cfg, config = read_run_config(run)
     if not (run / "model.safetensors").exists():
         raise NotFoundError(f"{run}: no model.safetensors yet (the run has not finished an evaluation)")
-    if "dataset" not in config:
-        raise NotFoundError(f"{run}: a pre-training run; fine-tune it on a dataset with `textrec finetune DIR --init {run}`")
+    if "dataset" not in config and data_dir is None:
+        raise NotFoundError(f"{run}: a pre-training run; fine-tune it on a dataset with `textrec finetune DIR --init {run}`, "
+                            "or rank a dataset's items with it zero-shot with --data DIR")
     data_path = Path(data_dir) if data_dir is not None else Path(config["dataset"]["path"])
     ds = Dataset.load(data_path)
+    dev = resolve_device(device)
+    same_data = data_dir is None or ("dataset" in config and data_path.resolve() == Path(config["dataset"]["path"]).resolve())
+    if not same_data and not _same_catalogue(ds, config):
+        return load_zero_shot(run, cfg, config, ds, data_path, dev)
     expected = config["dataset"]["n_items"]
     if ds.n_items != expected:
         raise DataError(f"{data_path}: {ds.n_items} items but the model in {run} was trained for {expected}")
-    dev = resolve_device(device)
-    same_data = data_dir is None or Path(data_dir).resolve() == Path(config["dataset"]["path"]).resolve()
     recorded = config.get("item_inputs") if same_data else None
     try:
         inputs, _ = load_item_inputs(cfg, [data_path], recorded=recorded)
@@ -232,6 +259,80 @@ def load_run(run_dir: str | Path, data_dir: str | Path | None = None, device: st
               "its weights are not verified", file=sys.stderr)
     model.to(dev).eval()
     return LoadedRun(model, cfg, ds, config, dev, inputs)
+
+
+def _same_catalogue(ds: Dataset, config: dict) -> bool:
+    """Whether ``ds`` holds the items (keys, texts, attributes, in id order) the run was trained on."""
+    rec = config.get("dataset")
+    if rec is None or ds.n_items != rec["n_items"]:
+        return False
+    if (ds.meta.get("content_hash") or ds.content_hash()) == rec.get("content_hash"):
+        return True
+    try:
+        trained = Dataset.load(rec["path"], features=False)
+    except (TextrecError, OSError):
+        print(f"note: {rec['path']}, the run's dataset, cannot be read to compare catalogues; {ds.n_items:,} items "
+              "each, so they are taken to be the same", file=sys.stderr)
+        return True
+    return (trained.item_keys, trained.item_texts, trained.item_attributes) == (ds.item_keys, ds.item_texts, ds.item_attributes)
+
+
+def trained_on(config: dict) -> str:
+    """What a run's catalogue was, in words: ``tools (30 items)`` or ``tools + kitchen (60 items)``."""
+    if "dataset" in config:
+        return f"{config['dataset']['name']} ({config['dataset']['n_items']:,} items)"
+    sources = (config.get("pretrain") or {}).get("datasets") or []
+    return f"{' + '.join(d['name'] for d in sources)} ({sum(d['n_items'] for d in sources):,} items)"
+
+
+def load_zero_shot(run: Path, cfg: RunConfig, config: dict, ds: Dataset, data_path: Path, dev) -> LoadedRun:
+    """The run's model for the catalogue of ``ds``, with no training on it.
+
+    Generic over models: the item-side inputs the model declares are read from ``data_path``, the model is
+    built for that catalogue and every weight of the run except its ``CATALOGUE_KEYS`` is loaded (as
+    fine-tuning does); the catalogue-sized state is then what the model computes from the new items' content
+    (a text table, item codes, Recformer's sentences encoded on first use). Refused for a model that scores
+    item IDs, one that learned a weight per item (a transductive mode), and inputs of another origin than
+    the run's (another text encoder, another quantiser), which would not live in the space the run learned.
+    The returned run's ``config`` describes the new dataset (``dataset``, ``item_inputs``) and keeps the
+    run's own under ``zero_shot``; nothing is written to ``run``.
+    """
+    from textrec.models.spec import item_input_kinds
+    from textrec.train.inputs import same_origin_problem
+    from textrec.train.transfer import load_pretrained
+
+    cls = model_class(cfg.model)
+    where = f"{data_path} ({ds.n_items:,} items) is another catalogue than the one {run} was trained on ({trained_on(config)})"
+    if not item_input_kinds(cls, cfg.model_config):
+        raise TextrecError(f"{where}; {cfg.model} scores the item IDs it was trained on, so it cannot rank another "
+                           f"catalogue's items (zero-shot needs a model that reads item content: {_content_models()})")
+    try:
+        inputs, record = load_item_inputs(cfg, [data_path], recorded=config.get("item_inputs"))
+    except NotFoundError:  # the run's input names do not exist there: the dataset's own choice
+        inputs, record = load_item_inputs(cfg, [data_path])
+    problem = same_origin_problem(config.get("item_inputs") or {}, record)
+    if problem:
+        raise DataError(f"{where}; {problem}")
+    model = build_model(cfg, inputs)
+    skip = tuple(getattr(cls, "CATALOGUE_KEYS", ()))
+    per_item = [n for n, p in model.named_parameters() if n.startswith(skip) and p.shape[:1] == (inputs.n_items + 1,)]
+    if per_item:
+        raise TextrecError(f"{where}; {cfg.model} learned a weight per item of its catalogue ({per_item[0]}, a transductive "
+                           "model), which the new items do not have: zero-shot needs a run trained inductively")
+    fresh = load_pretrained(model, run)
+    if fresh:
+        raise CheckpointError(f"{run}/model.safetensors has no weights for {', '.join(fresh[:3])}: it cannot rank {data_path} as it is")
+    model.to(dev).eval()
+    zero_shot = {"trained_on": trained_on(config), "run_dataset": config.get("dataset"), "run_item_inputs": config.get("item_inputs"),
+                 "pretrain": config.get("pretrain")}
+    described = {**config, "dataset": dataset_record(ds, data_path), "item_inputs": record, "zero_shot": zero_shot}
+    return LoadedRun(model, cfg, ds, described, dev, inputs, zero_shot=True)
+
+
+def _content_models() -> str:
+    from textrec.models import MODELS
+
+    return ", ".join(n for n in sorted(MODELS) if model_class(n).ITEM_INPUTS)
 
 
 def _recorded_inputs(recorded: dict | None) -> str:
