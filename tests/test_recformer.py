@@ -550,3 +550,75 @@ def test_shipped_reference_config_loads_by_name_with_every_key_valid():
     with pytest.raises(ConfigError, match="shipped: .*recformer-reference"):
         load_config("recformer-refrence")
     assert '"configs/*.toml"' in (SHIPPED_CONFIGS.parents[2] / "pyproject.toml").read_text()  # installed with the package
+
+
+# ---- 7. brand-new items by their attributes ---------------------------------------------------------
+def test_new_items_file_with_attribute_columns_or_json_lines(tmp_path):
+    import re
+
+    from textrec.errors import DataError
+    from textrec.serve.catalogue import derived_text, read_new_item_table, read_new_items
+
+    csv_path = tmp_path / "new.csv"
+    csv_path.write_text('item,title,brand,category\nN1,"Red hammer, vintage",Acme,Tools\nN2,Saw,,\n', encoding="utf-8-sig")
+    items = read_new_item_table(csv_path)
+    assert items.keys == ["N1", "N2"] and items.texts == ["", ""]
+    assert items.attributes == [{"title": "Red hammer, vintage", "brand": "Acme", "category": "Tools"}, {"title": "Saw"}]
+    assert read_new_items(csv_path) == (["N1", "N2"], ["", ""])
+    jsonl = tmp_path / "new.jsonl"
+    jsonl.write_text('{"item": "N1", "title": "Red hammer, vintage", "brand": "Acme", "category": ["Tools"]}\n\n'
+                     '{"item": "N2", "text": "A saw.", "size": 3}\n', encoding="utf-8-sig")
+    items = read_new_item_table(jsonl)
+    assert items.texts == ["", "A saw."] and items.attributes[0]["category"] == "Tools" and items.attributes[1] == {"size": "3"}
+    # a text for text models, built as `textrec prepare` builds item texts (title, category, brand first)
+    assert derived_text({"brand": "Acme", "colour": "red", "title": "Red hammer", "category": "Tools"}) == \
+        "Red hammer. Tools. Acme. red. "
+    world = make_domain("tools", WorldSpec(n_items=12, n_users=10), seed=0)
+    assert [derived_text(a) for a in world.item_attributes] == world.item_texts
+    bad = {"item\n": ":1: needs a header", "item,title,title\nN1,a,b\n": ":1: column 'title' is given twice",
+           "item,text,brand\nN1,,\n": ":2: empty item, or neither a text nor an attribute"}
+    for body, message in bad.items():
+        csv_path.write_text(body)
+        with pytest.raises(DataError, match=re.escape(f"{csv_path}{message}")):
+            read_new_item_table(csv_path)
+    bad = {'{"item": "N1", "title": "a"}\n{"item": "N2", "title": {"x": 1}}\n': ":2: 'title' must be a string",
+           '{"item": "N1", "title": "a"}\n{"item": "N1"\n': ":2: not JSON", '["N1"]\n': ":1: not a JSON object",
+           '{"title": "a"}\n': ":1: empty item", '{"item": "N1", "title": "a"}\n{"item": "N1", "text": "b"}\n': ":2: duplicate item 'N1'"}
+    for body, message in bad.items():
+        jsonl.write_text(body)
+        with pytest.raises(DataError, match=re.escape(f"{jsonl}{message}")):
+            read_new_item_table(jsonl)
+
+
+def test_new_item_by_attributes_is_ranked_and_its_attributes_decide_its_score(tmp_path, capsys):
+    import csv
+
+    make_domain("tools", WorldSpec(n_items=30, n_users=60, min_len=5, max_len=8), seed=0).save(tmp_path / "tools")
+    run = tmp_path / "run"
+    assert main(["train", str(tmp_path / "tools"), "--model", "recformer", "--out", str(run), "--quiet", *TINY, *CPU,
+                 "model.init_std=0.1", "model.hidden_dropout=0", "model.attn_dropout=0", "train.batch_size=16",
+                 "train.epochs=1"]) == 0
+    copied = Dataset.load(tmp_path / "tools").item_attributes[4]  # item tools-00004
+
+    def scores(rows: list[dict]) -> dict[str, float]:
+        path = tmp_path / "new.csv"
+        with path.open("w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, ["item", "title", "brand", "category", "colour"])
+            w.writeheader()
+            w.writerows(rows)
+        capsys.readouterr()
+        assert main(["recommend", str(run), "--items", "tools-00001,tools-00002", "--new-items", str(path), "-k", "40",
+                     "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert len(out["recommendations"]) == 28 + len(rows) and all(n["rank"] for n in out["new_items"])
+        return {r["item"]: r["score"] for r in out["recommendations"]}
+
+    new = {"item": "NEW-1", "title": "Zorblat orange bamboo hammer, vintage style", "brand": "Zorblat",
+           "category": "Tools Hand Tools", "colour": "orange"}
+    first = scores([{"item": "COPY", **copied}, new])
+    assert first["COPY"] == pytest.approx(first["tools-00004"], abs=1e-6)  # the same attributes: the same sentence and score
+    assert "NEW-1" in first
+    for changed in ({"title": "Zorblat teal glass saw, modern style"}, {"brand": "Acme"}):
+        assert abs(scores([{**new, **changed}])["NEW-1"] - first["NEW-1"]) > 1e-4, changed
+    # a fourth attribute is beyond max_attr_num=3, as the reference: it is not read
+    assert scores([{**new, "colour": "teal"}])["NEW-1"] == pytest.approx(first["NEW-1"], abs=1e-6)

@@ -152,3 +152,23 @@ def test_models_that_cannot_rank_another_catalogue_are_refused(encoded, tmp_path
                  *SMALL, "train.epochs=1"]) == 0
     capsys.readouterr()
     _one_line_error(capsys, ["evaluate", str(inductive), "--data", str(other_encoder)], "come from hashing-v1:32", "the run's from hashing-v1:64")
+
+
+def test_text_model_reads_a_new_item_given_by_attributes_alone(encoded, tmp_path, capsys):
+    """UniSRec reads new items by text: one given by attributes only gets the text `prepare` builds from them."""
+    import csv
+
+    run = tmp_path / "unisrec"
+    assert main(["train", str(encoded / "tools"), "--model", "unisrec", "--out", str(run), "model.mode=inductive", *SMALL]) == 0
+    copied = Dataset.load(encoded / "tools").item_attributes[4]  # item tools-00004, by its attributes alone
+    path = tmp_path / "new.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, ["item", "brand", "category", "title"])  # columns in any order
+        w.writeheader()
+        w.writerow({"item": "COPY", **copied})
+    capsys.readouterr()
+    out = _json(capsys, ["recommend", str(run), "--items", "tools-00001", "--new-items", str(path), "-k", "40", "--json"])
+    scores = {r["item"]: r["score"] for r in out["recommendations"]}
+    assert scores["COPY"] == pytest.approx(scores["tools-00004"], abs=1e-6)
+    assert next(r["text"] for r in out["recommendations"] if r["item"] == "COPY") == \
+        next(r["text"] for r in out["recommendations"] if r["item"] == "tools-00004")

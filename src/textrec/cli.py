@@ -275,11 +275,12 @@ def cmd_recommend(args) -> None:
     run = load_run(args.run, args.data, args.device)
     n_old = run.dataset.n_items
     if args.new_items:
-        from textrec.serve.catalogue import add_items, read_new_items
+        from textrec.serve.catalogue import add_items, read_new_item_table
 
-        keys, texts = read_new_items(args.new_items)
-        run = add_items(run, keys, texts, args.encoder)
-        _err(f"added {len(keys)} new item(s) to the catalogue from their text")
+        new_items = read_new_item_table(args.new_items)
+        run = add_items(run, new_items.keys, new_items.texts, args.encoder, attributes=new_items.attributes)
+        given = [w for w, has in (("text", any(new_items.texts)), ("attributes", any(new_items.attributes))) if has]
+        _err(f"added {len(new_items.keys)} new item(s) to the catalogue from their {' and '.join(given)}")
     ds = run.dataset
     if args.user is not None:
         history = user_history(ds, args.user)
@@ -448,7 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--items", help="comma-separated item keys, oldest first")
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--include-history", action="store_true", help="allow items already in the history")
-    s.add_argument("--new-items", metavar="CSV", help="add items (columns item,text) to the catalogue without retraining (text models)")
+    s.add_argument("--new-items", metavar="FILE", help="add items to the catalogue without retraining (content models): a CSV/TSV "
+                   "with columns item and text and/or attribute columns (title, brand, category, ...), or JSON lines "
+                   "with the same keys; a text is derived from the attributes when absent")
     s.add_argument("--encoder", help="with --new-items: the text encoder, when it is not the embedded one")
     s.add_argument("--data", help="dataset directory (default: the one the run was trained on)")
     s.add_argument("--device", default="auto")

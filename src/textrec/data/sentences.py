@@ -142,6 +142,17 @@ def item_attributes(ds) -> list[dict[str, str]]:
     return out
 
 
+def text_attributes(ds, texts: Sequence[str]) -> list[dict[str, str]]:
+    """The attributes ``item_attributes`` would give items of ``ds`` that have only these texts (new items
+    added by text: the UniSRec split, the CSV / Parquet text column, else one ``text`` attribute)."""
+    source = ds.meta.get("source") or {}
+    if source.get("format") == "unisrec" and not ds.item_attributes:
+        root = infer_root_category(ds.item_texts)
+        return [split_flat_text(t, root) or {"text": t} for t in texts]
+    key = (source.get("columns") or {}).get("text") or "text"
+    return [{key: t} for t in texts]
+
+
 # ---- tokens --------------------------------------------------------------------------------------
 @dataclass
 class ItemTokens:
