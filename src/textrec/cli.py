@@ -131,6 +131,10 @@ def _item_info(ds, args) -> None:
 def cmd_encode(args) -> None:
     from textrec.text.encode import attach_embeddings, encode_dataset
 
+    if args.images is not None:
+        return _encode_images(args)
+    if args.image_root:
+        raise TextrecError("--image-root only applies with --images")
     if args.attach:
         if not args.name:
             raise TextrecError("--attach needs --name for the attached embeddings")
@@ -152,6 +156,37 @@ def cmd_encode(args) -> None:
     else:
         _err(f"{res.n_items:,} items -> {res.dim}-d embeddings {res.name!r}: {res.n_encoded:,} distinct texts encoded, "
              f"{res.n_cached:,} from the cache, {res.seconds:.1f}s; wrote {res.path}")
+
+
+def _encode_images(args) -> None:
+    """``textrec encode DIR --images [FOLDER|COLUMN]``: image feature tables (and CLIP text ones) into DIR/features."""
+    from textrec.vision.encode import encode_dataset_images
+
+    if args.attach or args.word_drop:
+        raise TextrecError("--images cannot be combined with --attach or --word-drop")
+    res = encode_dataset_images(
+        args.data, None if args.images == "" else args.images, args.encoder, name=args.name,
+        image_root=args.image_root, batch_size=args.batch_size, device=args.device, cache=not args.no_cache,
+        progress=not args.json,
+    )
+    n_absent = len(res.missing) + len(res.unreadable)
+    if n_absent:  # on stderr in --json mode too: a masked item is worth a look either way
+        shown = [f"{k} ({why})" for k, why in list(res.unreadable.items())[:3]] + list(res.missing)[:3]
+        _err(f"textrec: {n_absent:,} of {res.n_items:,} items have no usable image ({len(res.missing):,} missing, "
+             f"{len(res.unreadable):,} unreadable), masked as absent: {'; '.join(shown)}{' ...' if n_absent > 6 else ''} "
+             f"(all listed in {res.tables[0].path.with_suffix('.json')})")
+    tables = [{"name": t.name, "modality": t.modality, "path": str(t.path), "dim": t.dim, "present": t.n_present,
+               "encoded": t.n_encoded, "cached": t.n_cached} for t in res.tables]
+    if args.json:
+        _print_json({"source": res.source, "items": res.n_items, "features": tables,
+                     "missing": len(res.missing), "unreadable": len(res.unreadable),
+                     "missing_items": list(res.missing)[:20], "unreadable_items": dict(list(res.unreadable.items())[:20]),
+                     "seconds": round(res.seconds, 3)})
+        return
+    for t in tables:
+        _err(f"{t['name']}: {t['dim']}-d, present for {t['present']:,} of {res.n_items:,} items; {t['encoded']:,} distinct "
+             f"{t['modality']}s encoded, {t['cached']:,} from the cache; wrote {t['path']}")
+    _err(f"images from {res.source}; {res.seconds:.1f}s")
 
 
 def cmd_quantize(args) -> None:
@@ -361,16 +396,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("encode", help="item text embeddings into DIR/embeddings (cached)")
+    s = sub.add_parser("encode", help="item text embeddings into DIR/embeddings, or image features into DIR/features (cached)")
     s.add_argument("data", help="dataset directory")
-    s.add_argument("--encoder", help="'minilm' (default, embedded), 'hashing[-N]', or a local HF / sentence-transformers folder")
+    s.add_argument("--encoder", help="text: 'minilm' (default, embedded), 'hashing[-N]', or a local HF / sentence-transformers "
+                   "folder; with --images: 'efficientnet-lite0' (default, embedded) or a local CLIP folder (text and image)")
+    s.add_argument("--images", nargs="?", const="", metavar="FOLDER|COLUMN",
+                   help="encode item images instead: a folder of <item key>.jpg|jpeg|png|webp files, or the items-table "
+                        "column of image paths (no value: the column 'image'); missing or unreadable images are masked")
+    s.add_argument("--image-root", metavar="DIR", help="with an image path column: where relative paths start "
+                   "(default: the folder of the items table the dataset was prepared from)")
     s.add_argument("--pooling", choices=("mean", "cls"), default="mean")
     s.add_argument("--max-length", type=int, default=512, help="tokens per text (default 512, as the references)")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--device", default="auto")
     s.add_argument("--word-drop", type=float, default=0.0, help="encode a word-drop view (UniSRec pre-training uses 0.15)")
     s.add_argument("--seed", type=int, default=2020, help="word-drop seed")
-    s.add_argument("--name", help="embedding name (default <encoder>-<pooling>[-wdNN])")
+    s.add_argument("--name", help="embedding name (default <encoder>-<pooling>[-wdNN]); with --images the feature name "
+                   "(default efficientnet-lite0; CLIP: NAME-image and NAME-text, default clip-image / clip-text)")
     s.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     s.add_argument("--attach", metavar="FILE", help="attach precomputed features (.npy, raw float32 .feat file, or a dataset feature name)")
     s.add_argument("--json", action="store_true")
