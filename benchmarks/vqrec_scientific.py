@@ -50,6 +50,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[2020, 2021, 2022])
     p.add_argument("--minilm-seeds", type=int, nargs="+", default=None, help="seeds of the MiniLM-codes row (default --seeds)")
     p.add_argument("--pt-seeds", type=int, nargs="+", default=[2020])
+    p.add_argument("--ablation-seeds", type=int, nargs="+", default=None,
+                   help="fine-tuning seeds of the ablation rows (reference permutation, reuse, no semi-synthetic; default --pt-seeds)")
     p.add_argument("--sasrec-seeds", type=int, nargs="+", default=None,
                    help="seeds of the SASRec speed-reference row (default: the first of --seeds)")
     p.add_argument("--skip", nargs="*", default=[],
@@ -150,7 +152,8 @@ def main() -> None:
                     (key == "vqrec-ft-untrained" and "ft-noinit" in args.skip):
                 continue
             init = WORK / "runs" / ("vqrec-untrained" if tag == "untrained" else f"vqrec-{tag}-office-ml")
-            for seed in args.pt_seeds:
+            main_row = key in ("vqrec-pt-learned", "vqrec-ft-untrained")
+            for seed in args.pt_seeds if main_row else (args.ablation_seeds or args.pt_seeds):
                 if finished(runs, key, seed):
                     continue
                 out = WORK / "runs" / "vqrec_scientific" / f"{key}-{seed}"
