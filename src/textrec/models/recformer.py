@@ -61,6 +61,7 @@ Deliberate differences from the reference:
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -406,9 +407,14 @@ class Recformer(nn.Module):
             start += count
         self.train(was_training)
 
-    def refresh_item_table(self) -> None:
-        """Re-encode every catalogue item (stage 1: at the start of every epoch)."""
+    def refresh_item_table(self) -> dict[str, float]:
+        """Re-encode every catalogue item (stage 1: at the start of every epoch); reports the seconds it took
+        (``item_encode_seconds`` in the epoch's log record, inside its ``train_seconds``)."""
+        start = time.perf_counter()
         self.encode_items(torch.arange(1, self.n_items + 1, device=self.item_table.device))
+        if self.item_table.is_cuda:
+            torch.cuda.synchronize(self.item_table.device)
+        return {"item_encode_seconds": time.perf_counter() - start}
 
     def clear_item_table(self) -> None:
         """Mark every row stale; the next use re-encodes them (pre-training: before each validation)."""
