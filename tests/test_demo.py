@@ -20,12 +20,16 @@ def test_demo_shows_transfer_and_new_items(tmp_path, capsys, monkeypatch):
     (summary,) = summaries
     chance = summary["chance"]["recall@10"]
     runs = {k: v["test"]["recall@10"] for k, v in summary["runs"].items()}
-    assert set(runs) == {"SASRec, scratch", "UniSRec inductive, scratch", "VQ-Rec, scratch", "VQ-Rec, pre-trained + fine-tuned"}
+    assert set(runs) == {"SASRec, scratch", "UniSRec inductive, scratch", "MISSRec inductive, scratch", "VQ-Rec, scratch",
+                         "VQ-Rec, pre-trained + fine-tuned"}
     assert all(r > 2 * chance for r in runs.values()), runs  # every model learns the planted rule
     # pre-training on the two source domains helps VQ-Rec on the small target domain
     assert runs["VQ-Rec, pre-trained + fine-tuned"] > runs["VQ-Rec, scratch"] + 0.1, runs
-    # the new items (unseen brand and kind) that fit each user's rule rank far above chance for both text models
+    # MISSRec clustered its interests before every epoch (its epoch hook's report)
+    assert summary["runs"]["MISSRec inductive, scratch"]["epoch_hook_means"]["n_interests"] == 80  # ceil(160 texts x 0.5)
+    # the new items (unseen brand and kind) that fit each user's rule rank far above chance for every text model
     n_items = 160
+    assert set(summary["new_items"]["models"]) == {"UniSRec inductive", "MISSRec inductive", "VQ-Rec fine-tuned"}
     for name, m in summary["new_items"]["models"].items():
         assert len(m["ranks"]) == 150 and min(m["ranks"]) >= 1 and max(m["ranks"]) <= n_items + 1
         assert m["median_rank"] < n_items / 4, (name, m["median_rank"])
@@ -36,8 +40,8 @@ def test_demo_shows_transfer_and_new_items(tmp_path, capsys, monkeypatch):
         assert result in out.out and result not in out.err, result
     assert out.out.lstrip().startswith("test metrics on garden") and not EPOCH_LINE.search(out.out)  # no progress among them
     # every training stage shows its epochs under its header
-    stages = re.split(r"\[\d/5\]", out.err)
-    assert len(stages) == 6 and all(EPOCH_LINE.search(s) for s in stages[1:]), out.err
+    stages = re.split(r"\[\d/6\]", out.err)
+    assert len(stages) == 7 and all(EPOCH_LINE.search(s) for s in stages[1:]), out.err
     assert f"wrote {tmp_path / 'demo'} (datasets and runs)" in out.err
 
 
