@@ -76,3 +76,20 @@ def test_sasrec_refuses_new_items(garden, tmp_path, capsys):
     capsys.readouterr()
     assert main(["recommend", str(run), "--items", "garden-00001", "--new-items", str(new)]) == 2
     assert "cannot score new items" in capsys.readouterr().err
+
+
+def test_a_text_model_does_not_read_the_image_column(garden, tmp_path, capsys):
+    run = tmp_path / "unisrec"
+    assert main(["train", str(garden), "--model", "unisrec", "--out", str(run), "--quiet", *SMALL[:4], "train.epochs=1"]) == 0
+    new = tmp_path / "new.csv"
+    new.write_text("item,text,image\nNEW-1,Zorblat orange bamboo rake,pics/rake.png\n")
+    capsys.readouterr()
+    assert main(["recommend", str(run), "--items", "garden-00001", "--new-items", str(new), "-k", "122", "--json"]) == 0
+    captured = capsys.readouterr()
+    recs = {r["item"]: r["text"] for r in json.loads(captured.out)["recommendations"]}
+    assert recs["NEW-1"] == "Zorblat orange bamboo rake"  # the path is neither text nor attribute
+    assert "note: unisrec reads no image feature table here, so the image column" in captured.err
+    new.write_text("item,image\nNEW-2,pics/rake.png\n")  # an image alone is nothing to a text model
+    assert main(["recommend", str(run), "--items", "garden-00001", "--new-items", str(new)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "new item 'NEW-2' has neither a text nor an attribute (unisrec reads item texts)" in err[0], err

@@ -266,7 +266,7 @@ def cmd_pretrain(args) -> None:
 def cmd_finetune(args) -> None:
     from textrec.train.transfer import finetune_config, finetune_run
 
-    cfg = finetune_config(args.init, _overrides_for_finetune(args))
+    cfg = finetune_config(args.init, _overrides_for_finetune(args), args.config)
     result = finetune_run(args.data, args.init, cfg, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
     _report_run(args, cfg.model, result)
 
@@ -309,13 +309,20 @@ def cmd_recommend(args) -> None:
         raise TextrecError(f"k must be >= 1, not {args.k}")
     run = load_run(args.run, args.data, args.device)
     n_old = run.dataset.n_items
+    feature_rows = []
     if args.new_items:
-        from textrec.serve.catalogue import add_items, read_new_item_table
+        from textrec.serve.catalogue import grow_catalogue, read_new_item_table
 
         new_items = read_new_item_table(args.new_items)
-        run = add_items(run, new_items.keys, new_items.texts, args.encoder, attributes=new_items.attributes)
-        given = [w for w, has in (("text", any(new_items.texts)), ("attributes", any(new_items.attributes))) if has]
-        _err(f"added {len(new_items.keys)} new item(s) to the catalogue from their {' and '.join(given)}")
+        run, feature_rows = grow_catalogue(run, new_items, args.encoder)
+        reads_images = any(r.modality == "image" for r in feature_rows)
+        given = [w for w, has in (("text", any(new_items.texts)), ("attributes", any(new_items.attributes)),
+                                  ("images", reads_images and any(new_items.images))) if has]
+        _err(f"added {len(new_items.keys)} new item(s) to the catalogue from their {' and '.join(given) or 'keys alone'}")
+        for report in feature_rows:  # on stderr in --json mode too: a masked new item is worth a look either way
+            _err(report.line())
+        if any(new_items.images) and not reads_images:
+            _err(f"note: {run.cfg.model} reads no image feature table here, so the image column of {args.new_items} is not read")
     ds = run.dataset
     if args.user is not None:
         history = user_history(ds, args.user)
@@ -330,6 +337,8 @@ def cmd_recommend(args) -> None:
     if args.json:
         hist = [{"item": ds.item_keys[i - 1], "text": ds.item_texts[i - 1]} for i in history[-run.cfg.data.max_seq_len :]]
         extra = {"new_items": new, "candidates": n_candidates} if args.new_items else {}
+        if feature_rows:
+            extra["new_item_features"] = [r.to_dict() for r in feature_rows]
         _print_json({"run": str(args.run), "user": args.user, "history": hist,
                      "recommendations": [r.to_dict() for r in recs], **extra})
         return
@@ -460,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("data", help="target dataset directory")
     s.add_argument("--init", required=True, help="the pre-trained run directory")
     s.add_argument("--out", required=True, help="run directory to write")
+    s.add_argument("--config", help="TOML config file, or a shipped config's short name (e.g. recformer-reference): its "
+                   "values apply on top of the pre-trained run's model settings; --mode, --freeze-encoder and key=value "
+                   "overrides on top of it")
     s.add_argument("--mode", choices=("inductive", "transductive"), help="text/codes only, or plus item-ID embeddings")
     s.add_argument("--freeze-encoder", dest="freeze_encoder", action="store_true", default=None,
                    help="freeze position embeddings and Transformer while fine-tuning (default: the pre-trained "
@@ -492,8 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-k", type=int, default=10)
     s.add_argument("--include-history", action="store_true", help="allow items already in the history")
     s.add_argument("--new-items", metavar="FILE", help="add items to the catalogue without retraining (content models): a CSV/TSV "
-                   "with columns item and text and/or attribute columns (title, brand, category, ...), or JSON lines "
-                   "with the same keys; a text is derived from the attributes when absent")
+                   "with a column item and a text column and/or attribute columns (title, brand, category, ...), plus "
+                   "image (a path relative to FILE's folder) for image feature tables; or JSON lines (.jsonl) with the "
+                   "same keys; a text is derived from the attributes when absent")
     s.add_argument("--encoder", help="with --new-items: the text encoder, when it is not the embedded one")
     s.add_argument("--data", help="dataset directory (default: the one the run was trained on)")
     s.add_argument("--device", default="auto")

@@ -18,6 +18,7 @@ the model's own declaration).
 from __future__ import annotations
 
 import sys
+import tomllib
 from pathlib import Path
 
 import torch
@@ -25,10 +26,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from textrec import __version__
-from textrec.config import RunConfig, apply_overrides
+from textrec.config import RunConfig, apply_overrides, config_path
 from textrec.data.dataset import Dataset
 from textrec.data.multidomain import domain_of_rows, merge_domains
-from textrec.errors import CheckpointError, TextrecError
+from textrec.errors import CheckpointError, ConfigError, TextrecError
 from textrec.train.inputs import build_model, load_item_inputs
 from textrec.train.loop import fit, resolve_device, seed_everything, verify_checkpoint
 from textrec.train.run import RunResult, dataset_record, describe, make_batchers, read_run_config, writing_run
@@ -63,18 +64,38 @@ def pretrain_run(
     return RunResult(out, result)
 
 
-def finetune_config(init_dir: str | Path, overrides: list[str]) -> RunConfig:
-    """The pre-trained run's model config, default data/train/eval settings, then ``overrides``.
+def finetune_config(init_dir: str | Path, overrides: list[str], config: str | Path | None = None) -> RunConfig:
+    """The pre-trained run's model config with default data/train/eval settings, then the values of the ``config``
+    file (TOML, or a shipped config's short name such as ``recformer-reference``), then ``overrides``.
 
-    Pre-training settings (epochs, batch size, ...) are not inherited; the model architecture must not change.
+    Pre-training settings (epochs, batch size, ...) are not inherited; the model architecture must not change,
+    nor the model (a ``model.name`` in the file must be the pre-trained run's).
     """
     init_cfg, _ = read_run_config(init_dir)
-    d = apply_overrides({"model": init_cfg.to_dict()["model"]}, overrides)
-    cfg = RunConfig.from_dict(d)
+    d = {"model": init_cfg.to_dict()["model"]}
+    if config is not None:
+        path, values = _config_file(config)
+        named = (values.get("model") or {}).get("name") if isinstance(values.get("model"), dict) else None
+        if named is not None and named != init_cfg.model:
+            raise ConfigError(f"{path}: model.name = {named!r}, but {init_dir} is a pre-trained {init_cfg.model} run")
+        for section, table in values.items():
+            d[section] = {**d.get(section, {}), **table} if isinstance(table, dict) else table
+    cfg = RunConfig.from_dict(apply_overrides(d, overrides))
     for key in ("hidden_size", "n_layers", "n_heads", "inner_size"):
         if getattr(cfg.model_config, key, None) != getattr(init_cfg.model_config, key, None):
             raise TextrecError(f"model.{key} cannot change when fine-tuning (the pre-trained weights have {getattr(init_cfg.model_config, key)})")
     return cfg
+
+
+def _config_file(config: str | Path) -> tuple[Path, dict]:
+    """(path, parsed values) of a config file or a shipped config's short name."""
+    path = config_path(config)
+    try:
+        return path, tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML ({e})") from None
 
 
 def load_pretrained(model: torch.nn.Module, init_dir: Path) -> list[str]:

@@ -13,6 +13,11 @@ Names: ``efficientnet-lite0`` for the embedded encoder; a CLIP folder writes ``<
 empty text gets a zero row). ``name`` overrides the default (for CLIP, the ``<name>`` part). A table of that
 name that ``textrec prepare`` imported (e.g. UniSRec's ``feat3CLS``) is never overwritten.
 
+The sidecar's ``encoder`` (name, identity, path: the weights file or the CLIP folder; a CLIP text table also
+its pooling and max length) is the table's origin: ``table_origin`` reads it back and ``origin_encoder``
+rebuilds that encoder, so items added later (``textrec recommend --new-items``) get rows made as the
+catalogue's were. A table without such a sidecar (imported by ``textrec prepare``) has no known origin.
+
 Caching is the text cache's (``textrec.text.cache``): vectors stored under the SHA-1 of the image file's bytes,
 in a folder per (encoder identity incl. preprocessing, crop size, dim), so a rerun encodes only new or changed
 images, and items with byte-identical images are encoded once. Vectors go into the cache ``CHUNK_IMAGES`` at a
@@ -195,7 +200,9 @@ def _clip_text(data_dir: Path, ds, text_encoder: CLIPTextEncoder, name: str, cac
     store = _store(text_encoder.identity, text_encoder.pooling, text_encoder.max_length, text_encoder.dim, cache)
     enc = encode_texts(text_encoder, [t for t, w in zip(ds.item_texts, with_text) if w], store)
     rows[with_text] = enc.vectors
-    info = {**common, "modality": "text", "items_without_text": int((~with_text).sum()),
+    encoder = {"name": text_encoder.name, "identity": text_encoder.identity, "path": str(text_encoder.clip.folder),
+               "pooling": text_encoder.pooling, "max_length": text_encoder.max_length}
+    info = {**common, "encoder": encoder, "modality": "text", "items_without_text": int((~with_text).sum()),
             "n_encoded": enc.n_encoded, "n_cached": enc.n_cached, "seconds": round(time.perf_counter() - t0, 3)}
     return _write_table(out, rows, with_text, info)
 
@@ -254,3 +261,64 @@ def encode_dataset_images(
         tables.append(_clip_text(data_dir, ds, text_encoder, text_encoder.name, cache, common, t1))
     seconds = time.perf_counter() - t0
     return ImageEncodeResult(tables, ds.n_items, located.source, missing, unreadable, seconds)
+
+
+# ---- a table's origin, for items added later ------------------------------------------------------------
+
+
+class TableOrigin(NamedTuple):
+    """How a feature table was made, as its sidecar records it."""
+
+    name: str
+    modality: str  # "image" or "text"
+    encoder: dict  # name, identity, path (the weights file or the CLIP folder)
+    sidecar: Path
+
+
+def table_origin(data_dir: str | Path, name: str) -> TableOrigin | None:
+    """The origin of ``DIR/features/<name>.npy`` when this module wrote it; None when unknown (no sidecar of
+    ours: a table ``textrec prepare`` imported, e.g. UniSRec's ``feat3CLS``, whose encoder is not at hand)."""
+    side = Path(data_dir) / FEATURES_DIR / f"{name}.json"
+    if not side.is_file():
+        return None
+    info = read_json(side)
+    encoder = info.get("encoder")
+    if info.get("kind") != KIND or info.get("modality") not in ("image", "text") or not isinstance(encoder, dict):
+        return None
+    return TableOrigin(name, info["modality"], encoder, side)
+
+
+def origin_encoder(origin: TableOrigin, device: str = "auto", batch_size: int = 64) -> ImageEncoder | CLIPTextEncoder:
+    """The encoder that made the table, again: an image encoder for an image table, CLIP's text encoder for a
+    text table. Errors (one line) when the recorded CLIP folder is gone or its weights have changed since."""
+    from textrec.vision.encoders import CLIPImageEncoder, CLIPModelFolder, EfficientNetLiteEncoder
+
+    identity = str(origin.encoder.get("identity", ""))
+    kind, _, rest = identity.partition(":")
+    recorded = origin.encoder.get("path") or ""
+    table = f"feature table {origin.name!r} ({origin.sidecar})"
+    if kind == "efficientnet-lite0" and origin.modality == "image":
+        weights = Path(recorded) if recorded and Path(recorded).is_file() else None  # else the packaged file
+        encoder = EfficientNetLiteEncoder(batch_size, device, weights)
+        if encoder.identity != identity:
+            raise DataError(f"{table} was encoded by {identity}, but the EfficientNet-Lite0 here is {encoder.identity}; "
+                            "re-encode the dataset (textrec encode DIR --images ...) and train again")
+        return encoder
+    if kind not in ("clip-image", "clip-text"):
+        raise DataError(f"{table}: unknown encoder identity {identity!r}")
+    folder = Path(recorded).expanduser()
+    if not recorded or not folder.is_dir():
+        raise NotFoundError(f"{table} was encoded by the CLIP folder {recorded or '(not recorded)'}, which is gone; "
+                            "put that folder back to encode new items for it")
+    clip = CLIPModelFolder(folder, device)
+    digest = rest.partition(":")[0]
+    if clip.digest != digest:
+        raise DataError(f"{table}: the CLIP folder {folder} has changed since it made this table (weights {clip.digest}, "
+                        f"the table's {digest}); restore it, or re-encode the dataset and train again")
+    if origin.modality == "text":
+        return CLIPTextEncoder(clip, batch_size)
+    encoder = CLIPImageEncoder(clip, batch_size)
+    if encoder.identity.partition(":")[2] != rest:
+        raise DataError(f"{table}: the image preprocessing of {folder} has changed since it made this table "
+                        f"({encoder.identity} against {identity}); restore preprocessor_config.json")
+    return encoder
