@@ -219,34 +219,52 @@ def test_pretrain_loss_and_fine_tuning_phases(tiny_world):
     assert ablation.encoder is None and ablation.phases("train")[0].on_epoch_start is None
 
 
-def test_a_grown_catalogue_keeps_or_rediscovers_the_interests(tiny_world):
+def _with_new_items(inputs: ItemInputs, n_new: int) -> ItemInputs:
+    """``inputs`` and ``n_new`` brand-new items, each a nudged copy of an old item's rows; the last has no image row."""
+    g = torch.Generator().manual_seed(5)
+    grow = lambda v: torch.cat([v, v[1 : n_new + 1] + 0.05 * torch.randn(n_new, v.shape[1], generator=g)])  # noqa: E731
+    features = {}
+    for name, t in inputs.features.items():
+        values, present = grow(t.values), torch.cat([t.present, torch.ones(n_new, dtype=torch.bool)])
+        if name == "feat3CLS":
+            values[-1], present[-1] = 0.0, False
+        features[name] = FeatureTable(values, present)
+    return ItemInputs(n_items=inputs.n_items + n_new, text_embeddings=grow(inputs.text_embeddings), features=features)
+
+
+# (overrides, world_features keywords): with every text and image row present K = N, so the centroid table has
+# n_items + 1 rows and looks like a per-item table by its shape alone
+GROWN = {"text-and-image-all-present": ([], {"absent_every": 10**6}),
+         "text-embeddings": (["model.text_feature=embeddings", 'model.image_feature=""'], {})}
+
+
+@pytest.mark.parametrize("extra, world_kw", GROWN.values(), ids=GROWN.keys())
+@torch.no_grad()
+def test_a_grown_catalogue_keeps_the_trained_interests_and_gives_new_rows_the_nearest(tiny_world, extra, world_kw):
     from textrec.serve.catalogue import _carry_state
 
-    _, old = _build(tiny_world)
-    old.discover_interests()
-    grown = world_inputs(tiny_world)
-    n_new = 3
-    for t in grown.features.values():  # the catalogue's new items have no feature rows
-        t.values = torch.cat([t.values, t.values.new_zeros(n_new, t.values.shape[1])])
-        t.present = torch.cat([t.present, t.present.new_zeros(n_new)])
-    grown.n_items += n_new
-    new = build_model(load_config(model="missrec", overrides=SMALL), grown).eval()
-    _carry_state(old, new, n_new)
-    assert len(new.discoveries) == 0 and torch.equal(new.interest_centroids, old.interest_centroids)
-    assert (new.interest_of_text[-n_new:] == 0).all() and (new.interest_of_text[1 : -n_new] >= 1).all()
-    batch = _batch(tiny_world)
-    same = (new.interest_of_text[: -n_new] == old.interest_of_text).float().mean()
-    assert same > 0.8  # nearest centroids under the trained adaptors: mostly the labels k-means gave
-    # with text embeddings the new items do have text: the interest table is re-discovered for the new size
-    cfg = load_config(model="missrec", overrides=SMALL + ["model.text_feature=embeddings", 'model.image_feature=""'])
+    cfg = load_config(model="missrec", overrides=SMALL + extra)
     torch.manual_seed(0)
-    old = build_model(cfg, world_inputs(tiny_world)).eval()
+    inputs = world_inputs(tiny_world, **world_kw)
+    old = build_model(cfg, inputs).eval()
     old.discover_interests()
-    text = torch.cat([old.feature_text, old.feature_text[1 : n_new + 1] + 0.01])
-    new = build_model(cfg, ItemInputs(n_items=tiny_world.n_items + n_new, text_embeddings=text)).eval()
+    n, n_new, k = tiny_world.n_items, 3, int(old.interest_count)
+    if len(old.modalities) == 2:
+        assert k == n and old.interest_centroids.shape[0] == n + 1  # the shape trap
+    new = build_model(cfg, _with_new_items(inputs, n_new)).eval()
     _carry_state(old, new, n_new)
-    assert len(new.discoveries) == 1 and (new.interest_of_text[1:] >= 1).all()
-    assert torch.isfinite(new.score_items(new.encode(batch), new.item_embeddings())).all()
+    assert len(new.discoveries) == 0 and int(new.interest_count) == k
+    assert torch.equal(new.interest_centroids, old.interest_centroids)  # their number too: the checkpoint's
+    for m in old.modalities:
+        lookup, present = getattr(new, f"interest_of_{m}"), getattr(new, f"present_{m}")
+        assert torch.equal(lookup[: n + 1], getattr(old, f"interest_of_{m}"))  # every trained cluster id unchanged
+        rows = old.adaptors[m](getattr(new, f"feature_{m}")[n + 1 :])  # (n_new, D) under the trained adaptor
+        nearest = torch.cdist(rows, old.interest_centroids[1 : k + 1]).argmin(dim=1) + 1
+        assert torch.equal(lookup[n + 1 :], torch.where(present[n + 1 :], nearest, 0))
+        assert bool(present[n + 1 :].any())
+    batch = _batch(tiny_world)  # histories of old items score the old items exactly as the trained model does
+    torch.testing.assert_close(new.score_items(new.encode(batch), new.item_embeddings())[:, : n + 1],
+                               old.score_items(old.encode(batch), old.item_embeddings()))
 
 
 def test_cli_trains_evaluates_and_recommends_on_two_feature_tables(tmp_path, capsys):
@@ -286,14 +304,22 @@ def test_the_multimodal_scientific_subset_loads_unchanged_with_both_modalities(t
     np.testing.assert_array_equal(ds.features["feat3CLS"][1:], raw)  # item ids follow the .item2index order
 
 
-def test_cli_text_only_from_the_text_embeddings_scores_new_items_by_their_text(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    """(dataset, run) of MISSRec on the text embeddings of a world without feature tables (``textrec encode``)."""
+    tmp = tmp_path_factory.mktemp("text-run")
     ds = make_domain("office", WorldSpec(n_items=40, n_users=120, min_len=5, max_len=10, noise=0.1), seed=4)
-    ds.save(tmp_path / "data")  # no feature tables at all: text from `textrec encode`
-    assert main(["encode", str(tmp_path / "data"), "--encoder", "hashing-32", "--json"]) == 0
-    run = tmp_path / "run"
-    assert main(["train", str(tmp_path / "data"), "--model", "missrec", "--out", str(run), "--quiet", "model.text_feature=embeddings",
+    ds.save(tmp / "data")
+    assert main(["encode", str(tmp / "data"), "--encoder", "hashing-32", "--json"]) == 0
+    run = tmp / "run"
+    assert main(["train", str(tmp / "data"), "--model", "missrec", "--out", str(run), "--quiet", "model.text_feature=embeddings",
                  "model.image_feature=", "model.hidden_size=16", "model.n_heads=2", "model.inner_size=16", "train.epochs=2",
                  "train.batch_size=128", "train.device=cpu", "train.num_threads=1"]) == 0
+    return ds, run
+
+
+def test_cli_text_only_from_the_text_embeddings_scores_new_items_by_their_text(text_run, tmp_path, capsys):
+    ds, run = text_run
     record = json.loads((run / "config.json").read_text())["item_inputs"]
     assert record["embeddings"] == ["hashing-32-mean"] and "features" not in record
     new = tmp_path / "new.csv"
@@ -302,3 +328,31 @@ def test_cli_text_only_from_the_text_embeddings_scores_new_items_by_their_text(t
     assert main(["recommend", str(run), "--items", ds.item_keys[1], "-k", "3", "--new-items", str(new), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out["recommendations"]) == 3 and out["new_items"][0]["item"] == "NEW1" and out["new_items"][0]["rank"] >= 1
+
+
+def test_recommending_with_new_items_keeps_the_trained_interests_without_kmeans_or_a_seed(text_run, tmp_path, capsys, monkeypatch):
+    import faiss
+
+    ds, run = text_run
+    new = tmp_path / "new.csv"
+    new.write_text(f"item,text\nNEW1,{ds.item_texts[0]}\nNEW2,{ds.item_texts[5]} with a lid\n", encoding="utf-8")
+    argv = ["recommend", str(run), "--items", ",".join(ds.item_keys[1:4]), "-k", str(ds.n_items + 2), "--json"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    trained = {r["item"]: r["score"] for r in json.loads(capsys.readouterr().out)["recommendations"]}
+
+    def no_kmeans(*args, **kwargs):
+        raise AssertionError("k-means ran while new items were added")
+
+    monkeypatch.setattr(faiss, "Kmeans", no_kmeans)
+    seed = torch.manual_seed
+    monkeypatch.setattr(torch, "manual_seed", lambda s: torch.default_generator)  # no fixed seed may make calls agree
+    outs = []
+    for s in (1, 2):
+        seed(s)  # another random state before each call
+        assert main(argv + ["--new-items", str(new)]) == 0
+        outs.append(json.loads(capsys.readouterr().out))
+    assert outs[0] == outs[1] and [r["item"] for r in outs[0]["new_items"]] == ["NEW1", "NEW2"]
+    grown = {r["item"]: r["score"] for r in outs[0]["recommendations"]}
+    assert grown.keys() - trained.keys() == {"NEW1", "NEW2"}
+    assert all(grown[key] == pytest.approx(score, abs=1e-6) for key, score in trained.items())  # old items as trained

@@ -131,6 +131,31 @@ def test_changing_the_image_changes_the_score(data, world, image_run, tmp_path, 
     assert score(none) == pytest.approx(-1.0) and "1 masked as absent (1 missing, 0 unreadable): NEW (no image given)" in err
 
 
+def test_a_new_image_gets_the_nearest_trained_interest_and_nothing_is_reclustered(data, world, image_run, tmp_path, monkeypatch):
+    import faiss
+    import torch
+
+    from textrec.train.run import load_run
+
+    draw(tmp_path / "a.png", seed=100)
+    new = tmp_path / "new.csv"
+    new.write_text("item,text,image\nNEW,A new thing,a.png\n")  # one more image row: K = ceil(rows / 2) would grow
+    trained = load_run(image_run, device="cpu").model
+    monkeypatch.setattr(faiss, "Kmeans", lambda *a, **kw: pytest.fail("k-means ran while a new item was added"))
+    grown = _grown(image_run, new)[0].model
+    n, k = world.n_items, int(trained.interest_count)
+    assert int(grown.interest_count) == k and torch.equal(grown.interest_centroids, trained.interest_centroids)
+    assert torch.equal(grown.interest_of_image[: n + 1], trained.interest_of_image)
+    with torch.no_grad():
+        row = trained.adaptors["image"](grown.feature_image[n + 1 :])  # (1, D) under the trained adaptor
+    assert grown.interest_of_image[n + 1 :].tolist() == (torch.cdist(row, trained.interest_centroids[1 : k + 1]).argmin(1) + 1).tolist()
+    history = torch.tensor([[6, 7, 8]])
+    with torch.no_grad():
+        before = trained.score_items(trained.sequence(history, torch.tensor([3])).seq, trained.item_embeddings())
+        after = grown.score_items(grown.sequence(history, torch.tensor([3])).seq, grown.item_embeddings())
+    torch.testing.assert_close(after[:, : n + 1], before)  # the catalogue's items score as in the trained run
+
+
 def test_missing_and_unreadable_images_are_masked_and_counted(data, world, mixed_run, tmp_path, capsys):
     draw(tmp_path / "ok.png", seed=5)
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")

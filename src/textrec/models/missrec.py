@@ -52,8 +52,8 @@ Deliberate differences from the reference:
   Attention projections start N(0, 0.02) (the reference's in-projection keeps Xavier); no dropout inside the
   feed-forward. The reference fine-tunes with batches of 512 (``train.batch_size=512``; textrec: 2048).
 * A sequence without any interest (before the first discovery, or no feature present) attends to one zero token.
-  A grown catalogue (``serve.catalogue`` rebuilds item-sized buffers) gives new rows their nearest centroid on
-  loading, or re-discovers the interests when the centroid table had to be rebuilt too.
+  A grown catalogue (``serve.catalogue``, reading ``ITEM_STATE``) keeps the trained centroids, their number and
+  every old row's cluster id, and gives each new present row its nearest trained centroid on loading (no k-means).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ from torch import Tensor, nn
 from textrec.data.batching import SeqBatch
 from textrec.models.layers import (FeedForward, TransformerEncoder, check_encoder_config, init_weights, item_drop,
                                    mask_in_batch)
-from textrec.models.spec import FeatureTable, ItemInputs, Phase, train_all, train_all_but
+from textrec.models.spec import FeatureTable, ItemInputs, ItemStateFill, Phase, train_all, train_all_but
 
 
 @dataclass(frozen=True)
@@ -201,6 +201,9 @@ class MISSRec(nn.Module):
     PRETRAIN_INPUTS = ("word_drop_embeddings",)  # with text_feature="embeddings": the word-drop view
     TRAINING_ROWS = "prefixes"  # not causal
     CATALOGUE_KEYS = ("feature_", "present_", "interest_", "word_drop_table", "item_id_emb.")
+    # the per-item entries, for a grown catalogue; the interest centroids are not per item, whatever their shape
+    ITEM_STATE: dict[str, ItemStateFill] = {"feature_": "inputs", "present_": "inputs", "word_drop_table": "inputs",
+                                            "interest_of_": "grow", "item_id_emb.": "grow"}
 
     @staticmethod
     def item_inputs_for(cfg: MISSRecConfig) -> tuple[str, ...]:
@@ -414,13 +417,13 @@ class MISSRec(nn.Module):
 
     @torch.no_grad()
     def _complete_interests(self) -> None:
-        """After loading: rows without an interest (a grown catalogue) get their nearest centroid, or all are re-found."""
+        """After loading: present rows without an interest (a grown catalogue's new items) get their nearest centroid.
+
+        The trained centroids and the other rows' ids stay as loaded; nothing is re-clustered, nothing is random.
+        """
         k = int(self.interest_count)
         missing = {m: getattr(self, f"present_{m}") & (getattr(self, f"interest_of_{m}") == 0) for m in self.modalities}
         if k == 0 or not any(bool(v.any()) for v in missing.values()):
-            return
-        if k + 1 > len(self.interest_centroids) or not bool(self.interest_centroids[1 : k + 1].any()):
-            self.discover_interests()  # the centroid table was rebuilt for another catalogue size
             return
         for m, rows in missing.items():
             points = self.adaptors[m](getattr(self, f"feature_{m}")[rows])  # (P, D)

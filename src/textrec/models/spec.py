@@ -17,8 +17,21 @@ A model class (``nn.Module``; no base class) carries these class attributes and 
     ``"prefixes"``: not causal, one row per (prefix, next item) as the references build them;
     ``"sampled"``: one randomly drawn (prefix, next item) row per sequence, drawn anew every epoch.
     A model that is not ``"windows"`` can never be trained on windows (``resolve_training_rows``).
+``sampled_cut(cfg, pretraining) -> "any" | "reference"`` (optional, static; read with ``"sampled"`` rows)
+    which of a user's prefix rows the per-epoch draw may pick (``textrec.data.batching.cut_mask``, kept by
+    ``textrec.train.run.make_batchers``): ``"any"`` prefix, or ``"reference"``, a target in the second half of
+    the sequence (Recformer's pre-training pairs). A model that declares nothing draws from any prefix.
 ``CATALOGUE_KEYS``
     state-dict prefixes that belong to one catalogue and are not carried to another one.
+``ITEM_STATE`` (optional)
+    the state-dict entries with one row per item (row 0: padding), as a dict from key prefix to how a grown
+    catalogue (``textrec.serve.catalogue``: brand-new items added to a trained run) fills them: ``"inputs"``
+    rebuilds the entry from the extended item inputs (a feature table, its presence flags); ``"grow"`` keeps
+    the trained rows and appends zero rows for the new items (an item-ID embedding; MISSRec's cluster ids,
+    0 = none yet). Every other entry is carried exactly as trained, its shape included, even where the model
+    built for the grown catalogue sized it otherwise (MISSRec's interest centroids: the checkpoint fixes the
+    number of interests). A model that declares nothing is read by shape: an entry whose shape changed is
+    per item, rebuilt when it is a buffer and grown when it is a parameter (its first dimension by the new items).
 ``__init__(cfg, inputs: ItemInputs, max_seq_len)``
     the one constructor signature; a model never holds a dataset.
 ``encode(batch) -> (B, D)``, ``item_embeddings() -> (n_items + 1, D)``, ``loss(batch) -> scalar``
@@ -43,6 +56,7 @@ from torch import Tensor, nn
 InputKind = Literal["text_embeddings", "word_drop_embeddings", "codes", "features", "attributes"]
 TrainingRows = Literal["windows", "prefixes", "sampled"]
 PhaseKind = Literal["train", "pretrain", "finetune"]
+ItemStateFill = Literal["inputs", "grow"]  # how a grown catalogue fills a per-item entry (``ITEM_STATE``)
 
 
 @dataclass
@@ -84,9 +98,10 @@ class Phase:
     learning-rate schedule over from the previous phase instead of building new ones.
     ``on_epoch_start(model, epoch)`` runs before every epoch of the phase (e.g. re-clustering, re-encoding
     the catalogue) and returns None or a dict of numbers, strings or booleans about that work (MISSRec:
-    ``{"cluster_seconds": ..., "n_interests": ...}``), which the loop adds to the epoch's ``log.jsonl``
-    record and averages over epochs in ``metrics.json`` (``epoch_hook_means``); its time also counts in the
-    epoch's ``train_seconds``. ``loss`` is the objective (None: ``model.loss``).
+    ``{"cluster_seconds": ..., "n_interests": ...}``; Recformer: ``{"item_encode_seconds": ...}``), which the
+    loop adds to the epoch's ``log.jsonl`` record and averages over epochs in ``metrics.json``
+    (``epoch_hook_means``); its time also counts in the epoch's ``train_seconds``. ``loss`` is the objective
+    (None: ``model.loss``).
     """
 
     name: str

@@ -41,9 +41,13 @@ tables: each table the model was built with (``ItemInputs.features``), by its or
   is not at hand): zero rows masked as absent, and the report says so.
 
 An item may then be given by its image alone, unless the model reads texts (text embeddings, codes,
-attributes). Trained weights carry over; a
-state entry whose first dimension counts items is rebuilt from the extended inputs when it is a buffer
-(e.g. a text table) and grows by zero rows when it is a parameter (e.g. an item-ID embedding).
+attributes). Trained weights carry over. A per-item state entry is rebuilt from the extended inputs (e.g. a
+text table) or keeps its trained rows and grows by zero rows (e.g. an item-ID embedding), as the model's
+``ITEM_STATE`` declares; every other entry is carried exactly as trained, its shape included (MISSRec's interest
+centroids: the grown catalogue keeps the trained interests, and a new item gets its nearest one). A model that
+declares nothing is read by shape: an entry whose shape changed is per item, a buffer rebuilt, a parameter
+grown (``textrec.models.spec``). No trained state is drawn again, so no seed is needed: the same new items give
+the same catalogue every time.
 """
 
 from __future__ import annotations
@@ -324,18 +328,36 @@ def _new_codes(data_dir: Path, codes_name: str, texts: list[str], encoder: str |
     return ItemQuantizer.load(index).encode(vectors).astype(np.int64)
 
 
+def _item_state_fill(declared: dict[str, str] | None, key: str, same_shape: bool, is_buffer: bool) -> str | None:
+    """How the grown model fills state entry ``key``: "inputs", "grow", or None when the entry is not per item.
+
+    ``declared``: the model's ``ITEM_STATE``; without one, the shape rule (``textrec.models.spec``).
+    """
+    if declared is not None:
+        return next((fill for prefix, fill in declared.items() if key.startswith(prefix)), None)
+    if same_shape:
+        return None
+    return "inputs" if is_buffer else "grow"
+
+
 def _carry_state(old_model: torch.nn.Module, new_model: torch.nn.Module, n_new: int) -> None:
-    """Trained weights into the grown model (see module doc for entries whose size counts items)."""
+    """Trained weights into the grown model: per-item entries rebuilt or grown, every other one exactly as trained."""
     old_state = old_model.state_dict()
     buffers = {name for name, _ in new_model.named_buffers()}
+    declared = getattr(type(new_model), "ITEM_STATE", None)
     state = {}
     for key, value in new_model.state_dict().items():
         before = old_state[key]
-        if before.shape == value.shape:
+        fill = _item_state_fill(declared, key, before.shape == value.shape, key in buffers)
+        if fill is None and before.shape == value.shape:
             state[key] = before
-        elif key in buffers:
+        elif fill is None and key in buffers:  # sized from the catalogue, not per item: the checkpoint's shape wins
+            owner, _, name = key.rpartition(".")
+            new_model.get_submodule(owner).register_buffer(name, before.detach().clone().to(value.device))
+            state[key] = before
+        elif fill == "inputs":
             state[key] = value  # built from the extended inputs
-        elif before.shape[1:] == value.shape[1:] and before.shape[0] + n_new == value.shape[0]:
+        elif fill == "grow" and before.dim() > 0 and (before.shape[0] + n_new, *before.shape[1:]) == value.shape:
             state[key] = torch.cat([before, before.new_zeros(n_new, *before.shape[1:])])
         else:
             raise TextrecError(f"cannot carry the trained weight {key} {tuple(before.shape)} over to {tuple(value.shape)}")
@@ -386,12 +408,8 @@ def grow_catalogue(run: LoadedRun, items: NewItems, encoder: str | None = None) 
         raise DataError(f"new item {missing!r} has neither a text nor an attribute{reads}")
     items = NewItems(list(keys), texts, attributes, items.images)
     inputs, reports = _extend_inputs(run, items, encoder)
-    # the same new items give the same catalogue every time: a model may draw random numbers while it is built or
-    # loaded (MISSRec re-discovers its interests when its centroid table was rebuilt for the new size)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = build_model(run.cfg, inputs)
-        _carry_state(run.model, model, len(keys))
+    model = build_model(run.cfg, inputs)  # its random initial weights are all replaced by the carried state
+    _carry_state(run.model, model, len(keys))
     model.to(run.device).eval()
     stored = None if ds.item_attributes is None and not any(attributes) else (ds.item_attributes or [{} for _ in ds.item_keys]) + attributes
     extended = Dataset(
