@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from _common import (ROOT, SHARED_DATA, WORK, command_line, finished, fmt, machine, machine_line, mean_metrics, metric_row, prepare,
                      previous_runs, textrec, update_results)
@@ -236,6 +237,8 @@ def render(r: dict) -> str:
         "released codes measures 0.0995 / 0.0550 / 0.1849 / 0.0736 (mean of 3 seeds, shared/data/README.md): its trainer freezes "
         "the Transformer from epoch 5 even without pre-training; textrec trains every parameter when training from scratch.",
         *_released_gap(runs),
+        *(["", _ablation_sentence(runs)] if "vqrec-released" not in runs and "vqrec-pt-learned" in runs else []),
+        *_carried(runs),
         "",
         _ties_paragraph(r),
     ]
@@ -255,6 +258,16 @@ def render(r: dict) -> str:
                          f"per epoch, merged-validation N@10 {fmt(pt['valid']['ndcg@10'])}.")
     lines += ["", "Commands (first seed; `$WORK` = benchmarks/.work):", "", "```", *r["commands"], "```"]
     return "\n".join(lines)
+
+
+def _carried(runs: dict) -> list[str]:
+    """Which rows' runs were carried from an earlier invocation (their record says why), in one sentence each."""
+    notes: dict[str, list[str]] = {}
+    for key, rs in runs.items():
+        for x in rs:
+            if x.get("carried"):
+                notes.setdefault(x["carried"], []).append(Path(x["run"]).name)
+    return ["", *(f"Runs {', '.join(names)}: {why}." for why, names in notes.items())] if notes else []
 
 
 def _ties_paragraph(r: dict) -> str:
