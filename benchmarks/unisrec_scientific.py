@@ -28,6 +28,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[2020, 2021, 2022])
     p.add_argument("--pt-seeds", type=int, nargs="+", default=[2020], help="fine-tuning seeds after pre-training")
     p.add_argument("--skip", nargs="*", default=[], help="row groups to skip: sasrec inductive transductive pretrain")
+    p.add_argument("--pt-modes", nargs="+", choices=("inductive", "transductive"), default=["inductive", "transductive"],
+                   help="fine-tuning modes after pre-training (e.g. one mode per process, merged with --resume)")
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--section", default="unisrec_scientific",
                    help="docs/RESULTS.md section and benchmarks/results/SECTION.json to write (a subset of rows in its own section)")
@@ -80,7 +82,7 @@ def main() -> None:
         if "pretrain" not in runs:
             runs["pretrain"] = [textrec("pretrain", office, ml, "--model", "unisrec", "--out", pt, "--resume", "--quiet", *PRETRAIN, log=cmds)]
             save()
-        for mode in ("inductive", "transductive"):
+        for mode in args.pt_modes:
             for seed in args.pt_seeds:
                 if finished(runs, f"unisrec-pt-{mode}", seed):
                     continue
