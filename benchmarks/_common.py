@@ -135,3 +135,53 @@ def mean_metrics(runs: list[dict], split: str = "test") -> dict:
 
 def metric_row(label: str, m: dict, extra: str = "") -> str:
     return f"| {label} | {fmt(m['recall@10'])} | {fmt(m['ndcg@10'])} | {fmt(m['recall@50'])} | {fmt(m['ndcg@50'])} |{extra}"
+
+
+def save_result(path: Path, result: dict) -> dict:
+    """Write a benchmark's JSON atomically, merging the runs another process of the same section wrote meanwhile.
+
+    Two processes may fill one section side by side (e.g. ``--pt-modes inductive`` and ``--pt-modes transductive``
+    with ``--resume``): each keeps its own rows and adds the other's, keyed by run folder, so neither overwrites the
+    other. The merged result is returned (render it, not the argument).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".json.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            old = json.loads(path.read_text())
+            if old.get("section") == result.get("section"):
+                for key, rows in old.get("runs", {}).items():
+                    mine = result["runs"].setdefault(key, [])
+                    names = {Path(x["run"]).name for x in mine}
+                    mine.extend(x for x in rows if Path(x["run"]).name not in names)
+                result["commands"] += [c for c in old.get("commands", []) if c not in result["commands"]]
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        os.replace(tmp, path)
+    return result
+
+
+def pretrained(runs: dict, key: str, out: Path) -> bool:
+    """Whether pre-training ``key`` is recorded and its checkpoint is still on disk to fine-tune from.
+
+    A fresh checkout keeps the JSON but not ``$WORK``: the pre-training is then run again (it is deterministic
+    for a seed, so its record is replaced by an identical one; a difference is printed).
+    """
+    if key not in runs:
+        return False
+    if (out / "model.safetensors").exists():
+        return True
+    print(f"{key}: recorded, but {out} is gone: pre-training again", file=sys.stderr)
+    return False
+
+
+def report_rerun(runs: dict, key: str, res: dict) -> None:
+    """Record pre-training ``key``; when it replaces an earlier record, say whether the result is the same."""
+    old = runs.get(key, [None])[0]
+    if old is not None:
+        same = old.get("valid") == res.get("valid") and old.get("epochs_run") == res.get("epochs_run")
+        print(f"{key}: re-run {'reproduces' if same else 'DIFFERS FROM'} the recorded result "
+              f"(valid {old.get('valid')} -> {res.get('valid')})", file=sys.stderr)
+        if not same:
+            sys.exit(f"{key}: the re-run pre-training differs from the recorded one; rerun without --resume")
+    runs[key] = [res]

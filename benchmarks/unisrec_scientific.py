@@ -14,8 +14,8 @@ import argparse
 import json
 import sys
 
-from _common import (ROOT, SHARED_DATA, WORK, finished, fmt, machine, machine_line, mean_metrics, metric_row, prepare, previous_runs,
-                     textrec, update_results)
+from _common import (ROOT, SHARED_DATA, WORK, finished, fmt, machine, machine_line, mean_metrics, metric_row, prepare, pretrained, previous_runs,
+                     report_rerun, save_result, textrec, update_results)
 
 PRETRAIN = ["train.epochs=20", "train.patience=5", "data.long_sequences=chunked"]
 
@@ -51,7 +51,7 @@ def main() -> None:
 
     def save():  # after every run, so an interrupted benchmark still leaves its finished rows
         result = {"section": args.section, "machine": machine(), "runs": runs, "commands": cmds, "argv": argv}
-        (ROOT / "benchmarks" / "results" / f"{args.section}.json").write_text(json.dumps(result, indent=2))
+        result = save_result(ROOT / "benchmarks" / "results" / f"{args.section}.json", result)
         md = render(result, args)
         if not args.no_write:
             update_results(args.section, md)
@@ -79,8 +79,10 @@ def main() -> None:
         office = prepare("office", SHARED_DATA / "amazon2014-office-rechorus", "rechorus", word_drop=True)
         ml = prepare("ml100k", SHARED_DATA / "movielens-100k-recbole", "movielens", word_drop=True)
         pt = WORK / "runs" / "unisrec-pretrain-office-ml"
-        if "pretrain" not in runs:
-            runs["pretrain"] = [textrec("pretrain", office, ml, "--model", "unisrec", "--out", pt, "--resume", "--quiet", *PRETRAIN, log=cmds)]
+        if not pretrained(runs, "pretrain", pt):
+            log = cmds if "pretrain" not in runs else None
+            report_rerun(runs, "pretrain", textrec("pretrain", office, ml, "--model", "unisrec", "--out", pt, "--resume", "--quiet",
+                                                   *PRETRAIN, log=log))
             save()
         for mode in args.pt_modes:
             for seed in args.pt_seeds:

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from _common import (ROOT, SHARED_DATA, WORK, command_line, finished, fmt, machine, machine_line, mean_metrics, metric_row, prepare,
-                     previous_runs, textrec, update_results)
+                     pretrained, previous_runs, report_rerun, save_result, textrec, update_results)
 
 RELEASED = SHARED_DATA / "amazon-scientific-unisrec" / "Scientific.OPQ32,IVF1,PQ32x8.strict.index"
 PRETRAIN = ["train.epochs=20", "train.patience=5", "data.long_sequences=chunked"]
@@ -88,7 +88,7 @@ def main() -> None:
 
     def save():  # after every run, so an interrupted benchmark still leaves its finished rows
         result = {"section": args.section, "machine": machine(), "runs": runs, "commands": cmds, "argv": argv, **sizes}
-        (ROOT / "benchmarks" / "results" / f"{args.section}.json").write_text(json.dumps(result, indent=2))
+        result = save_result(ROOT / "benchmarks" / "results" / f"{args.section}.json", result)
         md = render(result)
         if not args.no_write:
             update_results(args.section, md)
@@ -128,11 +128,13 @@ def main() -> None:
         codes(sci, "reuse", "--embeddings", "minilm-mean", "--quantizer", joint, log=cmds)
         variants = {"pt": []} if "ablations" in args.skip else {"pt": [], "pt-nosemi": ["model.semi_synthetic=false"]}
         for tag, extra in variants.items():
-            if f"{tag}-run" in runs:
-                continue
             out = WORK / "runs" / f"vqrec-{tag}-office-ml"
-            runs[f"{tag}-run"] = [textrec("pretrain", office, ml, "--model", "vqrec", "--out", out, "--resume", "--quiet",
-                                          "data.codes=joint", *PRETRAIN, *extra, log=cmds)]
+            if pretrained(runs, f"{tag}-run", out):
+                continue
+            log = cmds if f"{tag}-run" not in runs else None
+            res = textrec("pretrain", office, ml, "--model", "vqrec", "--out", out, "--resume", "--quiet",
+                          "data.codes=joint", *PRETRAIN, *extra, log=log)
+            report_rerun(runs, f"{tag}-run", res)
             save()
         if "ft-noinit" not in args.skip:  # the same fine-tuning recipe from an untrained model: isolates pre-training
             noinit = WORK / "runs" / "vqrec-untrained"
