@@ -58,6 +58,30 @@ def cmd_prepare(args) -> None:
         _err(f"wrote {out}")
 
 
+def cmd_holdout(args) -> None:
+    from textrec.data.dataset import Dataset
+    from textrec.data.holdout import hold_out_items
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise TextrecError(f"{out} already exists (pass --overwrite to replace it)")
+    train, evaluation = hold_out_items(Dataset.load(args.data), args.fraction, args.seed)
+    train.save(out / "train", overwrite=args.overwrite)
+    evaluation.save(out / "eval", overwrite=args.overwrite)
+    h = train.meta["holdout"]
+    summary = {"out": str(out), "train": str(out / "train"), "eval": str(out / "eval"),
+               **{k: h[k] for k in ("held_out_items", "cold_test_users", "dropped_users")},
+               "train_items": train.n_items, "eval_items": evaluation.n_items, "users": train.n_users,
+               "train_interactions": train.n_interactions}
+    if args.json:
+        _print_json(summary)
+    else:
+        _err(f"held out {h['held_out_items']:,} of {evaluation.n_items:,} items (seed {args.seed}); {train.n_users:,} users "
+             f"({h['dropped_users']:,} dropped: fewer than 3 interactions left), {h['cold_test_users']:,} of them with a "
+             f"held-out test target")
+        _err(f"wrote {out / 'train'} (train on it) and {out / 'eval'} (evaluate RUN --data it)")
+
+
 def _format_stats(stats: dict) -> str:
     keys = [
         ("name", "dataset"),
@@ -285,17 +309,41 @@ def cmd_evaluate(args) -> None:
     ec = run.cfg.eval
     ks = tuple(args.ks) if args.ks else ec.ks
     mask = args.mask_history or ec.mask_history
-    batcher = EvalBatcher(eval_examples(run.dataset, args.split, run.cfg.data.max_seq_len), ec.batch_size, run.device)
+    examples = eval_examples(run.dataset, args.split, run.cfg.data.max_seq_len)
+    batcher = EvalBatcher(examples, ec.batch_size, run.device)
     ties = args.ties or ec.ties
     res = evaluate(run.model, batcher, ks, mask, ec.item_chunk, ties=ties)
+    groups = _holdout_groups(run.dataset, examples.targets, res, ks, ties)
     if args.json:
         _print_json({"run": str(args.run), "data": run.config["dataset"]["path"], "zero_shot": run.zero_shot,
                      "split": args.split, "mask_history": mask, "ties": ties, "users": len(res.ranks),
-                     "targets_with_ties": int((res.ties > 0).sum()), "seconds": res.seconds, **res.metrics})
+                     "targets_with_ties": int((res.ties > 0).sum()), "seconds": res.seconds, **res.metrics, **groups})
     else:
         cols = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg", "mrr")]
-        print(metrics_table([(f"{run.cfg.model} {args.split}", res.metrics)], cols))
+        rows = [(f"{run.cfg.model} {args.split}", res.metrics)]
+        rows += [(f"  {name} targets ({g['users']:,} users)", g) for name, g in groups.items() if g["users"]]
+        print(metrics_table(rows, cols))
         _err(f"{len(res.ranks):,} users x {run.dataset.n_items:,} items in {res.seconds:.2f}s")
+
+
+def _holdout_groups(ds, targets, res, ks, ties: str) -> dict:
+    """On a ``textrec holdout`` eval dataset: metrics of the users whose target was held out, and of the rest."""
+    import numpy as np
+
+    from textrec.data.holdout import held_out_ids
+    from textrec.eval.metrics import compute_metrics
+
+    held = held_out_ids(ds)
+    if held is None:
+        return {}
+    cold = np.isin(np.asarray(targets), held)
+    out = {}
+    for name, mask in (("held_out", cold), ("seen", ~cold)):
+        n = int(mask.sum())
+        tied = res.ties[mask] if ties == "random" else None
+        out[name] = {"users": n, **(compute_metrics(res.ranks[mask], ks, ties=tied) if n else {})}
+    out["held_out"].update({f"chance_recall@{k}": k / ds.n_items for k in ks})  # a random ranking of the catalogue
+    return out
 
 
 def cmd_recommend(args) -> None:
@@ -404,6 +452,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-attr-num", type=int, default=3, help="attributes a sentence keeps (with --item; Recformer's default 3)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("holdout", help="cold-start items: hold a slice of the catalogue out of training, test on it")
+    s.add_argument("data", help="dataset directory")
+    s.add_argument("--fraction", type=float, default=0.1, help="share of the catalogue's items to hold out (default 0.1)")
+    s.add_argument("--seed", type=int, default=0, help="which items (a seeded sample; default 0)")
+    s.add_argument("--out", required=True, help="writes OUT/train (no held-out item anywhere) and OUT/eval (whole "
+                   "catalogue; a user whose last item was held out gets it back as the test target)")
+    s.add_argument("--overwrite", action="store_true", help="replace OUT/train and OUT/eval if they exist")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_holdout)
 
     s = sub.add_parser("encode", help="item text embeddings into DIR/embeddings, or image features into DIR/features (cached)")
     s.add_argument("data", help="dataset directory")
