@@ -102,12 +102,21 @@ def textrec(*args: str, log: list | None = None) -> dict:
     args = [str(a) for a in args]
     if log is not None:
         log.append(command_line(*args))
-    return run_json([sys.executable, "-m", "textrec.cli", *args, "--json"])
+    res = run_json([sys.executable, "-m", "textrec.cli", *args, "--json"])
+    for key in ("run", "data"):  # no machine paths in the committed result files
+        if isinstance(res.get(key), str):
+            res[key] = _shorten_path(res[key])
+    return res
 
 
 def command_line(*args) -> str:
     """``textrec ARGS`` as listed under a table, with the work and data folders shortened."""
     return "textrec " + " ".join(_shorten_path(str(a)) for a in args)
+
+
+def run_dir(res: dict) -> Path:
+    """The run folder of a result row (stored as ``$WORK/...``: no machine paths in committed files)."""
+    return Path(res["run"].replace("$WORK", str(WORK), 1))
 
 
 def _shorten_path(arg: str) -> str:

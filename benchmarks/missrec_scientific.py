@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 from _common import (ROOT, SHARED_DATA, WORK, command_line, finished, fmt, machine, machine_line, mean_metrics, metric_row, prepare,
-                     previous_runs, textrec, update_results)
+                     previous_runs, save_result, textrec, update_results)
 
 SECTIONS = {"multimodal": "missrec_multimodal", "full": "missrec_scientific"}
 MISSREC = ["train.batch_size=512"]  # reference finetune.py train_batch_size (textrec's default is 2048)
@@ -106,8 +106,8 @@ def run_part(part: str, section: str, args) -> None:
     def save():  # after every run, so an interrupted benchmark still leaves its finished rows
         result = {"section": section, "part": part, "smoke": args.smoke, "machine": machine(), "runs": runs, "commands": cmds,
                   "argv": argv, "facts": facts}
-        results_path(section).write_text(json.dumps(result, indent=2))
-        md = render(result)
+        # merged with the rows another process of this section wrote meanwhile (e.g. one process per seed, --resume)
+        md = render(save_result(results_path(section), result))
         if not args.no_write:
             update_results(section, md)
         return md

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import (ROOT, SHARED_DATA, WORK, finished, fmt, machine, machine_line, mean_metrics, previous_runs, textrec,
+from _common import (ROOT, SHARED_DATA, WORK, finished, fmt, machine, machine_line, mean_metrics, previous_runs, run_dir, textrec,
                      update_results)
 
 SETTINGS = {
@@ -138,7 +138,7 @@ def main() -> None:
         log = cmds if seed == args.seeds[0] else None
         res = textrec("train", data, "--config", "recformer-reference", "--out", out, "--overwrite", "--quiet",
                       f"train.seed={seed}", *overrides, log=log)
-        res["seconds"] = epoch_seconds(Path(res["run"]))
+        res["seconds"] = epoch_seconds(run_dir(res))
         if info["test_all_users"]:  # the same catalogue and weights, every user's test item
             full = textrec("evaluate", out, "--data", sci, "--split", "test", log=log)
             res["test_sample"], res["test"] = res["test"], {k: v for k, v in full.items() if "@" in k}

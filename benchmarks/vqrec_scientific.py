@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from _common import (ROOT, SHARED_DATA, WORK, command_line, finished, fmt, machine, machine_line, mean_metrics, metric_row, prepare,
-                     pretrained, previous_runs, report_rerun, save_result, textrec, update_results)
+                     pretrained, previous_runs, report_rerun, run_dir, save_result, textrec, update_results)
 
 RELEASED = SHARED_DATA / "amazon-scientific-unisrec" / "Scientific.OPQ32,IVF1,PQ32x8.strict.index"
 PRETRAIN = ["train.epochs=20", "train.patience=5", "data.long_sequences=chunked"]
@@ -95,7 +95,7 @@ def main() -> None:
         return md
 
     def record(key, res, seed):
-        ev = textrec("evaluate", res["run"], "--ties", "random")
+        ev = textrec("evaluate", run_dir(res), "--ties", "random")
         res["test_random_ties"] = {k: ev[k] for k in ("recall@10", "ndcg@10", "recall@50", "ndcg@50")}
         res["test_targets_with_ties"] = ev["targets_with_ties"]
         runs.setdefault(key, []).append(res)
