@@ -120,7 +120,10 @@ def run_dir(res: dict) -> Path:
 
 
 def _shorten_path(arg: str) -> str:
-    for base, name in ((str(WORK), "$WORK"), (str(SHARED_DATA), "../shared/data")):
+    import tempfile
+
+    for base, name in ((str(WORK), "$WORK"), (str(SHARED_DATA), "../shared/data"), (tempfile.gettempdir(), "$TMPDIR"),
+                       (str(Path.home()), "~")):
         arg = arg.replace(base, name)
     return arg
 

@@ -13,7 +13,7 @@ RecBole runs in its own virtual environment (never a textrec dependency), create
 
 Usage::
 
-    python benchmarks/sasrec_scientific.py --seeds 2020 2021 2022 --recbole-python /work/recbole-venv/bin/python --recbole-epochs 2
+    python benchmarks/sasrec_scientific.py --seeds 2020 2021 2022 --recbole-python $RECBOLE_VENV/bin/python --recbole-epochs 2
 
 ``--recbole-epochs 300`` trains RecBole to early stopping too (hours on a 2-core CPU); with a small number
 only its speed is measured and its accuracy columns stay empty unless ``--recbole-json`` points at the
@@ -29,7 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import ROOT, SHARED_DATA, fmt, machine, machine_line, run_json, update_results
+from _common import ROOT, SHARED_DATA, _shorten_path, fmt, machine, machine_line, run_json, update_results
 
 
 def textrec_run(data: Path, out: Path, seed: int, extra: list[str]) -> dict:
@@ -74,7 +74,7 @@ def main() -> None:
                             "--epochs", str(args.recbole_epochs)])
     full = json.loads(Path(args.recbole_json).read_text()) if args.recbole_json else None
 
-    result = {"machine": info, "textrec": ours, "recbole_speed": recbole, "recbole_full": full, "command": " ".join(sys.argv),
+    result = {"machine": info, "textrec": ours, "recbole_speed": recbole, "recbole_full": full, "command": " ".join(_shorten_path(a) for a in sys.argv),
               "seeds": args.seeds}
     out_json.parent.mkdir(exist_ok=True)
     out_json.write_text(json.dumps(result, indent=2))
