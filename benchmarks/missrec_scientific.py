@@ -153,10 +153,13 @@ def multimodal_rows(train, seed: int, skip: list[str]) -> None:
 
 
 def full_rows(train, seed: int, skip: list[str]) -> None:
-    for mode in ("inductive", "transductive"):
-        if "unisrec" not in skip:
+    # MISSRec transductive first: the floor is set on it, and a session may end before the other rows
+    for model, mode in (("missrec", "transductive"), ("unisrec", "inductive"), ("missrec", "inductive"), ("unisrec", "transductive")):
+        if model in skip:
+            continue
+        if model == "unisrec":
             train(f"unisrec-{mode}", "unisrec", seed, "data.embeddings=minilm-mean", f"model.mode={mode}")
-        if "missrec" not in skip:
+        else:
             train(f"missrec-{mode}", "missrec", seed, "data.embeddings=minilm-mean", "model.text_feature=embeddings",
                   "model.image_feature=", f"model.mode={mode}", *MISSREC)
 
