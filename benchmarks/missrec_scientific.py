@@ -342,6 +342,17 @@ def render_multimodal(r: dict) -> str:
     return "\n".join(lines + footer(r))
 
 
+def unisrec_base(runs: dict, key: str) -> str | None:
+    """The UniSRec row a MISSRec row's epoch time is set against: the same mode, else the other one; None for others."""
+    if not key.startswith("missrec"):
+        return None
+    mode = key.split("-")[1]
+    for base in (f"unisrec-{mode}", f"unisrec-{'transductive' if mode == 'inductive' else 'inductive'}"):
+        if base in runs:
+            return base
+    return None
+
+
 def render_full(r: dict) -> str:
     runs, f = r["runs"], r["facts"]
     rows = table(runs, FULL_LABELS)
@@ -371,11 +382,12 @@ def render_full(r: dict) -> str:
                   "| model | s / epoch | training s | clustering s | against UniSRec's epoch, same mode |", "|---|---|---|---|---|"]
         for k in speed:
             rs, c = runs[k], clustering(runs[k])
-            base = f"unisrec-{k.split('-')[1]}"
-            ratio = f"{seconds(rs) / seconds(runs[base]):.2f}x" if k.startswith("missrec") and base in runs else "-"
+            base = unisrec_base(runs, k)
+            ratio = "-" if base is None else f"{seconds(rs) / seconds(runs[base]):.2f}x" + (
+                "" if base.split("-")[1] == k.split("-")[1] else f" (UniSRec {base.split('-')[1]}: the same mode was not run)")
             lines.append(f"| {', '.join(FULL_LABELS[k])} | {seconds(rs):.1f} | {seconds(rs) - (c or 0.0):.1f} | "
                          f"{'-' if c is None else f'{c:.2f}'} | {ratio} |")
-        pairs = [(k, f"unisrec-{k.split('-')[1]}") for k in speed if k.startswith("missrec") and f"unisrec-{k.split('-')[1]}" in runs]
+        pairs = [(k, unisrec_base(runs, k)) for k in speed if unisrec_base(runs, k)]
         if pairs:
             worst = max(seconds(runs[k]) / seconds(runs[b]) for k, b in pairs)
             lines += ["", f"The issue's bound (a MISSRec epoch, clustering included, at most 4x a UniSRec epoch in the same run): "
