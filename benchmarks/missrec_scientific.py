@@ -64,6 +64,7 @@ def main() -> None:
                    help="which parts to run (default: both; with --smoke: multimodal)")
     p.add_argument("--seeds", type=int, nargs="+", default=[2020, 2021, 2022])
     p.add_argument("--skip", nargs="*", default=[], help="row groups to skip: sasrec unisrec vqrec missrec ablations")
+    p.add_argument("--only", nargs="+", metavar="KEY", help="run only these rows (keys as in the JSON, e.g. missrec-transductive)")
     p.add_argument("--no-write", action="store_true", help="do not update docs/RESULTS.md (the JSON is still written)")
     p.add_argument("--section", help="docs/RESULTS.md section and benchmarks/results/SECTION.json (one --part only; "
                                      "default missrec_multimodal / missrec_scientific, with --smoke missrec_smoke_PART)")
@@ -113,7 +114,7 @@ def run_part(part: str, section: str, args) -> None:
         return md
 
     def train(key, model, seed, *extra):
-        if finished(runs, key, seed):
+        if finished(runs, key, seed) or (args.only and key not in args.only):
             return
         out = WORK / "runs" / section / f"{key}-{seed}"
         cmd = ["train", data, "--model", model, "--out", out, "--overwrite", "--quiet", f"train.seed={seed}", *extra,
