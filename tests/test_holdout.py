@@ -90,6 +90,10 @@ def test_content_model_ranks_held_out_items_far_above_chance_and_id_model_is_ref
     for d in ("train", "eval"):
         assert main(["encode", str(out / d), "--encoder", "hashing-64", "--json"]) == 0
     capsys.readouterr()
+    assert main(["info", str(out / "eval")]) == 0
+    assert f"24 items of synthetic-garden held out (seed 3); evaluation side: whole catalogue, {summary['cold_test_users']} users" in capsys.readouterr().out
+    assert main(["info", str(out / "train"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["holdout"]["role"] == "train"
 
     run = tmp_path / "unisrec"
     assert main(["train", str(out / "train"), "--model", "unisrec", "--out", str(run), "model.mode=inductive", *SMALL]) == 0

@@ -110,6 +110,8 @@ def cmd_info(args) -> None:
     stats = ds.statistics()
     stats["content_hash"] = ds.meta.get("content_hash")
     stats["source"] = ds.meta.get("source")
+    if ds.meta.get("holdout"):
+        stats["holdout"] = {k: v for k, v in ds.meta["holdout"].items() if k != "held_out"}
     for sub in ("embeddings", "codes"):
         folder = Path(args.data) / sub
         stats[sub] = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
@@ -120,6 +122,11 @@ def cmd_info(args) -> None:
         for sub in ("embeddings", "codes"):
             if stats[sub]:
                 print(f"{sub:<22}{', '.join(stats[sub])}")
+        h = ds.meta.get("holdout")
+        if h:  # made by `textrec holdout`
+            what = ("training side: the held-out items are in no sequence and not in the catalogue" if h.get("role") == "train"
+                    else f"evaluation side: whole catalogue, {h['cold_test_users']:,} users' test target is a held-out item")
+            print(f"{'holdout':<22}{h['held_out_items']:,} items of {h['of']} held out (seed {h['seed']}); {what}")
 
 
 def _item_info(ds, args) -> None:
