@@ -13,6 +13,7 @@ prepare; MiniLM encodes the ~196k titles in about an hour on one CPU thread.
     python benchmarks/seqrecbench.py --steps quantize,pretrain-vqrec --exclude amazon2018-electronic_1000000,amazon2018-game
     python benchmarks/seqrecbench.py --steps quantize,pretrain-vqrec --exclude food,steam_100000,movielens-1m
     python benchmarks/seqrecbench.py --dry-run        # the commands still to run, and the per-domain counts
+    python benchmarks/seqrecbench.py --max-users 5000 # a CPU-sized corpus: 5,000 sampled users per domain
 
 WORK is --work, else $TEXTREC_WORK/seqrecbench, else ~/.cache/textrec-work/seqrecbench: outside the
 repository, whose work tree is recreated each session. It holds data/<domain>/ (prepared datasets with
@@ -183,7 +184,8 @@ class Recipe:
         if done and done["source_files"] == files and done["content_hash"] == content_hash(out) and "prepare" not in self.args.redo:
             print(f"prepare {domain}: done earlier (took {done['seconds']:.0f}s)")
             return
-        rec = self.textrec(f"prepare-{domain}", ["prepare", src, *CSV_FLAGS, "--name", domain, "--out", out, "--overwrite"])
+        sample = ["--max-users", self.args.max_users] if self.args.max_users else []
+        rec = self.textrec(f"prepare-{domain}", ["prepare", src, *CSV_FLAGS, *sample, "--name", domain, "--out", out, "--overwrite"])
         if rec is None:
             return
         info = self.textrec(f"info-{domain}", ["info", out])["summary"]
@@ -191,7 +193,7 @@ class Recipe:
         rec.update(domain=domain, content_hash=content_hash(out), source_files=files, expected=expected,
                    info={k: info[k] for k in ("users", "items", "interactions", "avg_seq_len", "max_seq_len", "avg_text_words")})
         write_json(self.marker(f"prepare-{domain}"), rec)
-        if expected and any(info[k] != expected.get(k) for k in ("users", "items", "interactions")):
+        if expected and not self.args.max_users and any(info[k] != expected.get(k) for k in ("users", "items", "interactions")):
             print(f"prepare {domain}: counts differ from {src / 'counts.json'}: {rec['info']} vs {expected}")
 
     def encode(self, domain: str) -> None:
@@ -314,7 +316,10 @@ def run_step(recipe: Recipe, step: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work", default=str(default_work()), help="work folder (default: $TEXTREC_WORK/seqrecbench or ~/.cache/textrec-work/seqrecbench)")
+    p.add_argument("--work", help="work folder (default: $TEXTREC_WORK/seqrecbench or ~/.cache/textrec-work/seqrecbench; "
+                                  "with --max-users N, seqrecbench-uN)")
+    p.add_argument("--max-users", type=int, metavar="N", help="a CPU-sized corpus: a seeded sample of N users per domain "
+                   "(textrec prepare --max-users), in its own work folder")
     p.add_argument("--source", default=str(SHARED_DATA / "seqrecbench"), help="folder of domains, each with interactions.tsv.gz and items.tsv.gz")
     p.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated, run in this order: {','.join(STEPS)}")
     p.add_argument("--domains", nargs="+", help="only these domains (comma- or space-separated; default: all in --source)")
@@ -330,6 +335,8 @@ def main() -> None:
     p.add_argument("--redo", default="", help="comma-separated steps to rerun although done (pretrain: --overwrite)")
     p.add_argument("--dry-run", action="store_true", help="print the commands still to run; run nothing")
     args = p.parse_args()
+    if args.work is None:
+        args.work = str(default_work()) + (f"-u{args.max_users}" if args.max_users else "")
     steps = [s for s in args.steps.split(",") if s]
     args.redo = [s for s in args.redo.split(",") if s]
     bad = [s for s in steps + args.redo if s not in STEPS]

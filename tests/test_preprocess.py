@@ -128,3 +128,37 @@ def test_large_input_is_vectorised():
     lengths = ds.seq_lengths
     assert lengths.min() >= 5 and np.bincount(ds.seq_items)[1:].min() >= 5
     assert ds.meta["counts"]["interactions"] == ds.n_interactions
+
+
+def test_max_users_keeps_whole_histories_of_a_seeded_sample():
+    rng = np.random.default_rng(0)
+    rows = [(f"u{u}", f"i{rng.integers(40)}", t) for u in range(60) for t in range(int(rng.integers(3, 9)))]
+    full = _sequences(_build(rows, k_core=1))
+    a = _build(rows, k_core=1, max_users=20, sample_seed=1)
+    b = _build(rows, k_core=1, max_users=20, sample_seed=1)
+    c = _build(rows, k_core=1, max_users=20, sample_seed=2)
+    assert a.n_users == 20 and _sequences(a) == _sequences(b) != _sequences(c)
+    assert all(full[u] == seq for u, seq in _sequences(a).items())  # every kept user's whole history
+    assert a.meta["counts"]["users_before_sampling"] == 60
+    assert a.meta["counts"]["sampled_out_interactions"] == len(rows) - a.n_interactions
+    assert _build(rows, k_core=1, max_users=100).n_users == 60  # fewer users than asked: all of them
+    with pytest.raises(DataError, match="max_users"):
+        _build(rows, max_users=0)
+
+
+def test_prepare_max_users_from_the_command_line(tmp_path, capsys):
+    import json
+
+    from textrec.cli import main
+
+    rng = np.random.default_rng(3)
+    lines = ["user\titem\ttimestamp"] + [f"u{u}\ti{rng.integers(30)}\t{t}" for u in range(50) for t in range(6)]
+    (tmp_path / "inter.tsv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "items.tsv").write_text("item\ttitle\n" + "".join(f"i{i}\tthing {i}\n" for i in range(30)))
+    args = ["prepare", str(tmp_path / "inter.tsv"), "--format", "csv", "--items", str(tmp_path / "items.tsv"),
+            "--text-col", "title", "--k-core", "1", "--json"]
+    assert main([*args, "--out", str(tmp_path / "a"), "--max-users", "12"]) == 0
+    assert json.loads(capsys.readouterr().out)["users"] == 12
+    assert main(["prepare", str(tmp_path), "--format", "unisrec", "--out", str(tmp_path / "b"), "--max-users", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-users" in err and "raw formats" in err and not (tmp_path / "b").exists()

@@ -85,3 +85,13 @@ def test_variant_names():
     assert recipe.variant_tag(domains, keep("food", "steam_100000", "movielens-1m")) == "no-food-movielens-steam"
     assert recipe.variant_tag(domains, keep("amazon2014-book_1000000")) == "no-amazon2014-book"
     assert recipe.variant_tag(domains, ["steam_100000"]) == "only-steam"
+
+
+def test_max_users_prepares_a_sample_in_its_own_work_folder(tmp_path):
+    source = tmp_path / "source"
+    _write_domain(source / "alpha", 30, 20, 0)
+    env = {**os.environ, "TEXTREC_CACHE_DIR": str(tmp_path / "cache"), "TEXTREC_WORK": str(tmp_path / "w")}
+    out = _run("--source", str(source), "--steps", "prepare", "--max-users", "12", "--threads", "1", env=env)
+    assert "--max-users 12" in out.stdout and str(tmp_path / "w" / "seqrecbench-u12") in out.stdout
+    summary = json.loads((tmp_path / "w" / "seqrecbench-u12" / "summary.json").read_text())
+    assert summary["domains"]["alpha"]["prepared"]["users"] == 12

@@ -44,10 +44,15 @@ def cmd_prepare(args) -> None:
         rating_col=args.rating_col,
         min_rating=args.min_rating,
         drop_items_without_text=not args.keep_items_without_text,
+        max_users=args.max_users,
+        sample_seed=args.sample_seed,
     )
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise TextrecError(f"{out} already exists (pass --overwrite to replace it)")
+    if args.max_users is not None and args.format in ("unisrec", "rechorus"):
+        raise TextrecError(f"--max-users: the {args.format} format is published already split; it applies to raw formats "
+                           "(amazon2018, amazon2023, movielens, csv, parquet)")
     ds = read_dataset(args.source, args.format, opts)
     ds.save(out, overwrite=args.overwrite)
     stats = ds.statistics()
@@ -449,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-rating", type=float, default=None, help="keep interactions rated at least this")
     s.add_argument("--keep-items-without-text", action="store_true", help="keep items that have no text/metadata")
     s.add_argument("--skip-bad-lines", action="store_true", help="count and skip malformed lines instead of failing")
+    s.add_argument("--max-users", type=int, metavar="N", help="raw formats: keep a seeded sample of N users (before the "
+                   "k-core; a corpus sized to the machine)")
+    s.add_argument("--sample-seed", type=int, default=0, help="which users --max-users keeps (default 0)")
     s.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_prepare)

@@ -9,6 +9,8 @@ follow REFERENCE_NOTES section 0, steps 1-2:
 2. optionally, records rated below ``opts.min_rating`` are dropped (not in the reference);
 3. items without an entry in the text mapping (Amazon: no metadata record) are dropped when
    ``opts.drop_items_without_text``; an item whose metadata yields an empty text is kept, as in the reference;
+   With ``opts.max_users`` (not in the reference), all records of a seeded sample of that many users are kept
+   here, so a corpus can be sized to the machine; the k-core below then runs on the sample;
 4. iterative k-core: users and items with fewer than ``opts.k_core`` interactions are removed, all at once
    per round, until a round removes nothing. The k-core of a graph is unique, so this fixed point is the
    reference's whatever the removal order;
@@ -161,6 +163,8 @@ def build_dataset(
     if opts.drop_items_without_text:
         cols = _filter(cols, has_text[cols["item"]], "items_without_text_removed", counts)
         _require(cols, "dropping items without text/metadata", where, counts)
+    if opts.max_users is not None:
+        cols = _sample_users(cols, opts.max_users, opts.sample_seed, where, counts)
     core = k_core(cols["user"], cols["item"], opts.k_core)
     users_before, items_before = _n_distinct(cols["user"]), _n_distinct(cols["item"])
     cols = _filter(cols, core.keep, "k_core_removed", counts)
@@ -176,6 +180,20 @@ def build_dataset(
     cols = _filter(cols, per_user[cols["user"]] >= MIN_SEQ_LEN, "short_user_interactions_removed", counts)
     _require(cols, f"dropping users with fewer than {MIN_SEQ_LEN} interactions", where, counts)
     return _assemble(name, cols, user_keys_raw, item_keys_raw, item_texts, item_attributes, opts, source, counts, extra_meta)
+
+
+def _sample_users(cols: dict[str, np.ndarray], max_users: int, seed: int, where, counts: dict[str, int]) -> dict[str, np.ndarray]:
+    """Keep all records of a seeded sample of ``max_users`` users (all users when there are no more than that)."""
+    if max_users < 1:
+        raise DataError(f"{where}: max_users must be at least 1, not {max_users}")
+    present = np.flatnonzero(np.bincount(cols["user"]))
+    counts["users_before_sampling"] = int(present.size)
+    if present.size <= max_users:
+        counts["sampled_out_interactions"] = 0
+        return cols
+    chosen = np.zeros(int(cols["user"].max()) + 1, dtype=bool)
+    chosen[np.random.default_rng(seed).choice(present, max_users, replace=False)] = True
+    return _filter(cols, chosen[cols["user"]], "sampled_out_interactions", counts)
 
 
 def _filter(cols: dict[str, np.ndarray], keep: np.ndarray, counter: str, counts: dict[str, int]) -> dict[str, np.ndarray]:
