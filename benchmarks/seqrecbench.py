@@ -9,7 +9,7 @@ pretrain continues from the run's last epoch (`--resume`). The ~4.1M interaction
 prepare; MiniLM encodes the ~196k titles in about an hour on one CPU thread.
 
     nohup nice -n 19 python benchmarks/seqrecbench.py --steps prepare,encode --threads 1 > /tmp/seqrecbench.log 2>&1 &
-    python benchmarks/seqrecbench.py --steps quantize,pretrain-vqrec,pretrain-unisrec --threads 2 --pt-epochs 10
+    python benchmarks/seqrecbench.py --steps quantize,pretrain-vqrec,pretrain-unisrec,pretrain-missrec --threads 2 --pt-epochs 10
     python benchmarks/seqrecbench.py --steps quantize,pretrain-vqrec --exclude amazon2018-electronic_1000000,amazon2018-game
     python benchmarks/seqrecbench.py --steps quantize,pretrain-vqrec --exclude food,steam_100000,movielens-1m
     python benchmarks/seqrecbench.py --dry-run        # the commands still to run, and the per-domain counts
@@ -44,7 +44,9 @@ from _common import SHARED_DATA
 
 from textrec.io import write_json
 
-STEPS = ("prepare", "encode", "quantize", "pretrain-unisrec", "pretrain-vqrec")
+STEPS = ("prepare", "encode", "quantize", "pretrain-unisrec", "pretrain-vqrec", "pretrain-missrec")
+# per-model settings of the corpus pre-training: MISSRec reads the text embeddings as its only modality (no images)
+PRETRAIN_MODEL = {"missrec": ["model.text_feature=embeddings", "model.image_feature=", "train.batch_size=512"]}
 CSV_FLAGS = ["--format", "csv", "--user-col", "user", "--item-col", "item", "--time-col", "timestamp", "--text-col", "title"]
 # what the 2-core CPU needs beyond the models' defaults; --pt-set adds or overrides keys
 PRETRAIN_CPU = ["data.long_sequences=chunked"]  # MovieLens' 165-item histories: one row per 50-item chunk
@@ -263,7 +265,8 @@ class Recipe:
         else:
             again = ["--resume"] if run.is_dir() and any(run.iterdir()) else []
         rec = self.textrec(f"pretrain-{name}", ["pretrain", *map(self.data_dir, self.domains), "--model", model, "--out", run,
-                                                *again, *PRETRAIN_CPU, *overrides, *self.args.pt_set])
+                                                *again, *PRETRAIN_CPU, *PRETRAIN_MODEL.get(model, []), *overrides,
+                                                *self.args.pt_set])
         if rec is not None:
             write_json(self.marker(f"pretrain-{name}"), {**rec, "inputs": hashes, "run": str(run)})
 
