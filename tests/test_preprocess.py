@@ -142,6 +142,10 @@ def test_max_users_keeps_whole_histories_of_a_seeded_sample():
     assert a.meta["counts"]["users_before_sampling"] == 60
     assert a.meta["counts"]["sampled_out_interactions"] == len(rows) - a.n_interactions
     assert _build(rows, k_core=1, max_users=100).n_users == 60  # fewer users than asked: all of them
+    # the k-core runs on the whole source, the sample is not filtered again: items may have fewer than k there
+    core = _sequences(_build(rows, k_core=3))
+    small = _build(rows, k_core=3, max_users=5, sample_seed=0)
+    assert small.n_users == 5 and all(core[u] == seq for u, seq in _sequences(small).items())
     with pytest.raises(DataError, match="max_users"):
         _build(rows, max_users=0)
 

@@ -454,8 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-rating", type=float, default=None, help="keep interactions rated at least this")
     s.add_argument("--keep-items-without-text", action="store_true", help="keep items that have no text/metadata")
     s.add_argument("--skip-bad-lines", action="store_true", help="count and skip malformed lines instead of failing")
-    s.add_argument("--max-users", type=int, metavar="N", help="raw formats: keep a seeded sample of N users (before the "
-                   "k-core; a corpus sized to the machine)")
+    s.add_argument("--max-users", type=int, metavar="N", help="raw formats: keep a seeded sample of N users after the "
+                   "k-core, with their whole histories (a corpus sized to the machine)")
     s.add_argument("--sample-seed", type=int, default=0, help="which users --max-users keeps (default 0)")
     s.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     s.add_argument("--json", action="store_true")

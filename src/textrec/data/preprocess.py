@@ -9,11 +9,12 @@ follow REFERENCE_NOTES section 0, steps 1-2:
 2. optionally, records rated below ``opts.min_rating`` are dropped (not in the reference);
 3. items without an entry in the text mapping (Amazon: no metadata record) are dropped when
    ``opts.drop_items_without_text``; an item whose metadata yields an empty text is kept, as in the reference;
-   With ``opts.max_users`` (not in the reference), all records of a seeded sample of that many users are kept
-   here, so a corpus can be sized to the machine; the k-core below then runs on the sample;
 4. iterative k-core: users and items with fewer than ``opts.k_core`` interactions are removed, all at once
    per round, until a round removes nothing. The k-core of a graph is unique, so this fixed point is the
-   reference's whatever the removal order;
+   reference's whatever the removal order. With ``opts.max_users`` (not in the reference), all records of a
+   seeded sample of that many of the remaining users are then kept, so a corpus can be sized to the machine:
+   the sample is *not* filtered again (a k-core of a sparse sample would remove nearly everything), so its
+   items may have fewer than k interactions in it, and each kept user has the history the full corpus gives;
 5. each user's records are sorted by timestamp. Ties are broken by the record's position in the source
    (a stable sort), which makes the result deterministic. The reference's order for same-timestamp items
    is random: its records come out of a Python ``set``, whose iteration order varies between runs
@@ -163,8 +164,6 @@ def build_dataset(
     if opts.drop_items_without_text:
         cols = _filter(cols, has_text[cols["item"]], "items_without_text_removed", counts)
         _require(cols, "dropping items without text/metadata", where, counts)
-    if opts.max_users is not None:
-        cols = _sample_users(cols, opts.max_users, opts.sample_seed, where, counts)
     core = k_core(cols["user"], cols["item"], opts.k_core)
     users_before, items_before = _n_distinct(cols["user"]), _n_distinct(cols["item"])
     cols = _filter(cols, core.keep, "k_core_removed", counts)
@@ -172,6 +171,8 @@ def build_dataset(
     counts["k_core_users_removed"] = users_before - _n_distinct(cols["user"])
     counts["k_core_items_removed"] = items_before - _n_distinct(cols["item"])
     _require(cols, f"the {opts.k_core}-core filter", where, counts)
+    if opts.max_users is not None:
+        cols = _sample_users(cols, opts.max_users, opts.sample_seed, where, counts)
 
     order = np.lexsort((cols["time"], cols["user"]))  # stable: same-timestamp records keep their source order
     cols = {k: v[order] for k, v in cols.items()}

@@ -36,7 +36,7 @@ class PrepareOptions:
     rating_col: str = "rating"  # generic format: used (dedup, min_rating) only when the column exists
     min_rating: float | None = None  # keep only interactions rated at least this (None keeps all)
     drop_items_without_text: bool = True  # references drop items without metadata; unisrec: False allows a missing .text
-    max_users: int | None = None  # raw formats: a seeded sample of this many users before the k-core (None: all)
+    max_users: int | None = None  # raw formats: a seeded sample of this many users after the k-core (None: all)
     sample_seed: int = 0  # which users max_users keeps
 
 
