@@ -46,7 +46,9 @@ from textrec.io import write_json
 
 STEPS = ("prepare", "encode", "quantize", "pretrain-unisrec", "pretrain-vqrec", "pretrain-missrec")
 # per-model settings of the corpus pre-training: MISSRec reads the text embeddings as its only modality (no images)
-PRETRAIN_MODEL = {"missrec": ["model.text_feature=embeddings", "model.image_feature=", "train.batch_size=512"]}
+PRETRAIN_MODEL = {"missrec": ["model.mode=inductive", "model.text_feature=embeddings", "model.image_feature=", "train.batch_size=512"]}
+# (inductive: pre-training reads the modalities only, as the reference; a transductive model would carry an unused
+# item-ID table for every source item and could not be run zero-shot on another catalogue)
 CSV_FLAGS = ["--format", "csv", "--user-col", "user", "--item-col", "item", "--time-col", "timestamp", "--text-col", "title"]
 # what the 2-core CPU needs beyond the models' defaults; --pt-set adds or overrides keys
 PRETRAIN_CPU = ["data.long_sequences=chunked"]  # MovieLens' 165-item histories: one row per 50-item chunk
