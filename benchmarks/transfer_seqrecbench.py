@@ -58,12 +58,12 @@ def rows(model: str) -> dict:
         }
     if model == "vqrec":
         return {
-            "vqrec": ("scratch", ["data.codes=opq"], "VQ-Rec, scratch (target's own codes)"),
-            "vqrec-pt": ("pt", ["data.codes=opq", *VQREC_FT], "VQ-Rec, pre-trained, new index set, learned permutation, encoder frozen"),
-            "vqrec-pt-reference": ("pt", ["data.codes=opq", "model.permutation=reference", *VQREC_FT],
+            "vqrec": ("scratch", ["data.codes=OWN"], "VQ-Rec, scratch (target's own codes)"),
+            "vqrec-pt": ("pt", ["data.codes=OWN", *VQREC_FT], "VQ-Rec, pre-trained, new index set, learned permutation, encoder frozen"),
+            "vqrec-pt-reference": ("pt", ["data.codes=OWN", "model.permutation=reference", *VQREC_FT],
                                    "VQ-Rec, pre-trained, new index set, the reference's permutation"),
             "vqrec-pt-reuse": ("reuse", VQREC_FT, "VQ-Rec, pre-trained, reused index set (joint quantiser)"),
-            "vqrec-pt-unfrozen": ("pt", ["data.codes=opq", "--no-freeze-encoder", *VQREC_FT],
+            "vqrec-pt-unfrozen": ("pt", ["data.codes=OWN", "--no-freeze-encoder", *VQREC_FT],
                                   "VQ-Rec, pre-trained, new index set, encoder trained"),
         }
     return {
@@ -104,7 +104,9 @@ def main() -> None:
     p.add_argument("--skip", nargs="*", default=[], help="row groups to skip: scratch pretrained ablations zeroshot")
     p.add_argument("--variants", nargs="*", default=[], help="leave-domains-out pre-trainings to fine-tune (run names' "
                                                              "suffix, e.g. no-amazon2018)")
-    p.add_argument("--codes", help="the recipe's joint codes name (default minilm-mean-opq32x256-joint[-VARIANT])")
+    p.add_argument("--codebooks", type=int, default=32, help="as the recipe's --codebooks (the target's own codes match it)")
+    p.add_argument("--codebook-size", type=int, default=256, help="as the recipe's --codebook-size")
+    p.add_argument("--codes", help="the recipe's joint codes name (default minilm-mean-opqDxM-joint[-VARIANT])")
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--section", default=SECTION)
     p.add_argument("--resume", action="store_true")
@@ -157,12 +159,14 @@ def run(args, path: Path, pt_work: Path) -> None:
         data = prepare(target, src, fmt_name)
         n_items = json.loads((data / "meta.json").read_text())["n_items"]
         facts["targets"][target] = {"items": n_items}
-        if "vqrec" in args.models and not (data / "codes" / "opq.npy").exists():
-            step("quantize", data, "--embeddings", EMB, "--name", "opq")
+        own = f"opq{args.codebooks}x{args.codebook_size}"  # the target's own codes (new index set), as deep as the recipe's
+        if "vqrec" in args.models and not (data / "codes" / f"{own}.npy").exists():
+            step("quantize", data, "--embeddings", EMB, "--codebooks", args.codebooks, "--codebook-size", args.codebook_size,
+                 "--name", own)
 
         def joint_codes(variant: str = "") -> str | None:
             """The target's items encoded by the pre-training's joint quantiser, under the pre-training's codes name."""
-            name = args.codes or f"{EMB}-opq32x256-joint" + (f"-{variant}" if variant else "")
+            name = args.codes or f"{EMB}-opq{args.codebooks}x{args.codebook_size}-joint" + (f"-{variant}" if variant else "")
             index = pt_work / "quant" / f"{name}.index"
             if not index.exists():
                 print(f"{index}: no joint quantiser; the reused-index and zero-shot VQ-Rec rows are left out", file=sys.stderr)
@@ -194,6 +198,7 @@ def run(args, path: Path, pt_work: Path) -> None:
                         continue
                     out = WORK / "runs" / args.section / target / f"{key}-{seed}"
                     base = ["--out", out, "--overwrite", "--quiet", f"train.seed={seed}", f"data.embeddings={EMB}", *smoke]
+                    extra = [f"data.codes={own}" if x == "data.codes=OWN" else x for x in extra]
                     if kind == "scratch":
                         cmd = ["train", data, "--model", model, *base, *extra]
                     else:
@@ -204,7 +209,7 @@ def run(args, path: Path, pt_work: Path) -> None:
                     if vpt is None:
                         continue
                     key = f"{model}-pt-{variant}"
-                    extra = {"unisrec": ["--mode", "inductive", "--freeze-encoder"], "vqrec": ["data.codes=opq", *VQREC_FT],
+                    extra = {"unisrec": ["--mode", "inductive", "--freeze-encoder"], "vqrec": [f"data.codes={own}", *VQREC_FT],
                              "missrec": [*MISSREC, "--mode", "inductive", "--freeze-encoder"]}[model]
                     out = WORK / "runs" / args.section / target / f"{key}-{seed}"
                     fit(key, seed, ["finetune", data, "--init", vpt, "--out", out, "--overwrite", "--quiet", f"train.seed={seed}",
@@ -237,7 +242,7 @@ def r10(rs: list[dict]) -> list[float]:
 
 
 def gain(runs: dict, key: str, base: str) -> str:
-    if key not in runs or base not in runs or key.endswith("zeroshot"):
+    if key == base or key not in runs or base not in runs or key.endswith("zeroshot"):
         return "-"
     m, b = mean_metrics(runs[key]), mean_metrics(runs[base])
     spans = max(max(r10(runs[key])) - min(r10(runs[key])), max(r10(runs[base])) - min(r10(runs[base])))
