@@ -50,9 +50,6 @@ def cmd_prepare(args) -> None:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise TextrecError(f"{out} already exists (pass --overwrite to replace it)")
-    if args.max_users is not None and args.format in ("unisrec", "rechorus"):
-        raise TextrecError(f"--max-users: the {args.format} format is published already split; it applies to raw formats "
-                           "(amazon2018, amazon2023, movielens, csv, parquet)")
     ds = read_dataset(args.source, args.format, opts)
     ds.save(out, overwrite=args.overwrite)
     stats = ds.statistics()

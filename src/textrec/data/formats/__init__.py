@@ -16,7 +16,7 @@ from textrec.data.formats.generic import read_generic
 from textrec.data.formats.movielens import read_movielens
 from textrec.data.formats.rechorus import read_rechorus
 from textrec.data.formats.unisrec import read_unisrec
-from textrec.errors import NotFoundError
+from textrec.errors import DataError, NotFoundError
 
 Reader = Callable[[Path, PrepareOptions], Dataset]
 
@@ -31,7 +31,14 @@ READERS: dict[str, Reader] = {
 }
 
 
+# formats published already filtered and split: the raw-data options (k-core, user sample) do not apply
+PUBLISHED_SPLIT = ("unisrec", "rechorus")
+
+
 def read_dataset(source: str | Path, fmt: str, opts: PrepareOptions = PrepareOptions()) -> Dataset:
     if fmt not in READERS:
         raise NotFoundError(f"unknown format {fmt!r} (valid: {', '.join(sorted(READERS))})")
+    if opts.max_users is not None and fmt in PUBLISHED_SPLIT:
+        raise DataError(f"--max-users: the {fmt} format is published already split; it applies to raw formats "
+                        f"({', '.join(f for f in READERS if f not in PUBLISHED_SPLIT)})")
     return READERS[fmt](Path(source), opts)
