@@ -306,7 +306,8 @@ def codes_line(c: dict | None) -> list[str]:
 def header(r: dict, title: str) -> list[str]:
     smoke = (" — **smoke run** (" + " ".join(SMOKE) + "; checks the script, the numbers mean nothing)") if r.get("smoke") else ""
     return [f"## {title}{smoke}", "", f"Machine: {machine_line(r['machine'])}. Script: `python {' '.join(r['argv'])}` "
-            "(means over seeds).", ""]
+            "(means over seeds; the last invocation: rows of earlier or side-by-side ones, each run with `--resume` and "
+            "disjoint `--seeds` / `--only`, are kept).", ""]
 
 
 def footer(r: dict) -> list[str]:
