@@ -77,6 +77,25 @@ def _replace_section(section: str, markdown: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def add_result_args(p, section: str, smoke: list[str]) -> None:
+    """The options every resumable results benchmark takes: where it writes, resuming, rendering, a smoke run."""
+    p.add_argument("--no-write", action="store_true", help="do not update docs/RESULTS.md (the JSON is still written)")
+    p.add_argument("--section", default=section, help="docs/RESULTS.md section and benchmarks/results/SECTION.json")
+    p.add_argument("--resume", action="store_true", help="keep the finished runs of an interrupted invocation")
+    p.add_argument("--render-only", action="store_true", help="rewrite the RESULTS.md section from the saved JSON")
+    p.add_argument("--smoke", action="store_true", help=f"check the script: first seed only, {' '.join(smoke)}")
+
+
+def render_saved(path: Path, section: str, render, no_write: bool) -> None:
+    """``--render-only``: print (and unless ``no_write``, write into RESULTS.md) the section rendered from its JSON."""
+    if not path.exists():
+        sys.exit(f"--render-only: no saved results at {path} (run the benchmark first)")
+    md = render(json.loads(path.read_text()))
+    print(md)
+    if not no_write:
+        update_results(section, md)
+
+
 def previous_runs(path: Path, resume: bool) -> tuple[dict, list, list | None]:
     """(runs, commands, argv) of an earlier invocation whose JSON is at ``path`` when resuming, else empty."""
     if not resume or not path.exists():

@@ -28,8 +28,8 @@ import json
 import sys
 from pathlib import Path
 
-from _common import (ROOT, SHARED_DATA, WORK, command_line, finished, fmt, machine, machine_line, prepare, previous_runs,
-                     save_result, textrec, update_results)
+from _common import (ROOT, SHARED_DATA, WORK, add_result_args, command_line, finished, fmt, machine, machine_line, prepare, previous_runs,
+                     render_saved, save_result, textrec, update_results)
 
 SECTION = "coldstart_scientific"
 FRACTION, HOLDOUT_SEED = 0.1, 0
@@ -49,19 +49,11 @@ def main() -> None:
     p.add_argument("--skip", nargs="*", default=[], help="row groups to skip: scratch seen pretrained")
     p.add_argument("--init", nargs="*", default=[], metavar="MODEL=RUN",
                    help="pre-trained checkpoints (textrec pretrain output) to fine-tune from and to run zero-shot")
-    p.add_argument("--no-write", action="store_true", help="do not update docs/RESULTS.md (the JSON is still written)")
-    p.add_argument("--section", default=SECTION)
-    p.add_argument("--resume", action="store_true", help="keep the finished runs of an interrupted invocation")
-    p.add_argument("--render-only", action="store_true")
-    p.add_argument("--smoke", action="store_true", help=f"first seed only, {' '.join(SMOKE)}")
+    add_result_args(p, SECTION, SMOKE)
     args = p.parse_args()
     path = ROOT / "benchmarks" / "results" / f"{args.section}.json"
     if args.render_only:
-        md = render(json.loads(path.read_text()))
-        print(md)
-        if not args.no_write:
-            update_results(args.section, md)
-        return
+        return render_saved(path, args.section, render, args.no_write)
     inits = dict(x.split("=", 1) for x in args.init)
     unknown = set(inits) - set(MODELS)
     if unknown:

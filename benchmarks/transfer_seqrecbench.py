@@ -31,8 +31,8 @@ import json
 import sys
 from pathlib import Path
 
-from _common import (ROOT, SHARED_DATA, WORK, command_line, finished, fmt, machine, machine_line, mean_metrics, metric_row,
-                     prepare, previous_runs, save_result, textrec, update_results)
+from _common import (ROOT, SHARED_DATA, WORK, add_result_args, command_line, finished, fmt, machine, machine_line, mean_metrics, metric_row,
+                     prepare, previous_runs, render_saved, save_result, textrec, update_results)
 
 SECTION = "transfer_seqrecbench"
 TARGETS = {"scientific": (SHARED_DATA / "amazon-scientific-unisrec", "unisrec"),
@@ -107,19 +107,11 @@ def main() -> None:
     p.add_argument("--codebooks", type=int, default=32, help="as the recipe's --codebooks (the target's own codes match it)")
     p.add_argument("--codebook-size", type=int, default=256, help="as the recipe's --codebook-size")
     p.add_argument("--codes", help="the recipe's joint codes name (default minilm-mean-opqDxM-joint[-VARIANT])")
-    p.add_argument("--no-write", action="store_true")
-    p.add_argument("--section", default=SECTION)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--render-only", action="store_true")
-    p.add_argument("--smoke", action="store_true", help=f"first seed only, {' '.join(SMOKE)}")
+    add_result_args(p, SECTION, SMOKE)
     args = p.parse_args()
     path = ROOT / "benchmarks" / "results" / f"{args.section}.json"
     if args.render_only:
-        md = render(json.loads(path.read_text()))
-        print(md)
-        if not args.no_write:
-            update_results(args.section, md)
-        return
+        return render_saved(path, args.section, render, args.no_write)
     run(args, path, Path(args.pt_work).expanduser() if args.pt_work else default_pt_work(args.max_users))
 
 
