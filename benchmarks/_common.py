@@ -186,6 +186,12 @@ def save_result(path: Path, result: dict) -> dict:
                     names = {Path(x["run"]).name for x in mine}
                     mine.extend(x for x in rows if Path(x["run"]).name not in names)
                 result["commands"] += [c for c in old.get("commands", []) if c not in result["commands"]]
+                facts = result.setdefault("facts", {})
+                for key, value in (old.get("facts") or {}).items():  # e.g. each process's pre-training record
+                    if key not in facts:
+                        facts[key] = value
+                    elif isinstance(value, dict) and isinstance(facts[key], dict):
+                        facts[key] = {**value, **facts[key]}
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(result, indent=2))
         os.replace(tmp, path)

@@ -22,6 +22,10 @@ papers' gains on Scientific (VQ-Rec 0.1104 -> 0.1211 R@10, +9.7%; MISSRec 0.1282
     python benchmarks/seqrecbench.py --max-users 5000 --steps prepare,encode,quantize,pretrain-vqrec  # first
     python benchmarks/transfer_seqrecbench.py --max-users 5000 --models vqrec --seeds 2020 2021 2022
     python benchmarks/transfer_seqrecbench.py --smoke --no-write --pt-work DIR     # 1 seed, 1 small epoch
+
+``--rows KEY ...`` runs only those rows (two processes may split the rows or seeds between them with ``--resume``:
+their results are merged); ``--scratch-from missrec_scientific`` takes the Scientific UniSRec and MISSRec scratch
+rows that benchmark trained with the very same command and seeds instead of training them again.
 """
 
 from __future__ import annotations
@@ -31,8 +35,24 @@ import json
 import sys
 from pathlib import Path
 
-from _common import (ROOT, SHARED_DATA, WORK, add_result_args, command_line, finished, fmt, machine, machine_line, mean_metrics, metric_row,
-                     prepare, previous_runs, render_saved, save_result, textrec, update_results)
+from _common import (
+    ROOT,
+    SHARED_DATA,
+    WORK,
+    add_result_args,
+    command_line,
+    fmt,
+    machine,
+    machine_line,
+    mean_metrics,
+    metric_row,
+    prepare,
+    previous_runs,
+    render_saved,
+    save_result,
+    textrec,
+    update_results,
+)
 
 SECTION = "transfer_seqrecbench"
 TARGETS = {"scientific": (SHARED_DATA / "amazon-scientific-unisrec", "unisrec"),
@@ -102,6 +122,11 @@ def main() -> None:
     p.add_argument("--models", nargs="+", choices=("unisrec", "vqrec", "missrec"), default=["unisrec", "vqrec", "missrec"])
     p.add_argument("--seeds", type=int, nargs="+", default=[2020, 2021, 2022])
     p.add_argument("--skip", nargs="*", default=[], help="row groups to skip: scratch pretrained ablations zeroshot")
+    p.add_argument("--rows", nargs="*", help="only these rows (keys such as vqrec-pt or unisrec-pt-inductive; zero-shot rows "
+                                             "follow --skip)")
+    p.add_argument("--scratch-from", metavar="SECTION", help="take the Scientific scratch rows from another benchmark's "
+                   "results/SECTION.json when its command is this script's, but for the run folder (e.g. missrec_scientific: "
+                   "UniSRec and MISSRec trained from scratch with the same settings and seeds)")
     p.add_argument("--variants", nargs="*", default=[], help="leave-domains-out pre-trainings to fine-tune (run names' "
                                                              "suffix, e.g. no-amazon2018)")
     p.add_argument("--codebooks", type=int, default=32, help="as the recipe's --codebooks (the target's own codes match it)")
@@ -121,6 +146,7 @@ def run(args, path: Path, pt_work: Path) -> None:
     argv = [a for a in sys.argv if a != "--resume"]
     facts: dict = {"pt_work": pt_work.name, "pretrained": {}, "targets": {}}
     smoke = SMOKE if args.smoke else []
+    facts["scratch_from"] = {}
 
     def checkpoint(model: str, variant: str = "") -> Path | None:
         run_dir = pt_work / "runs" / (f"{model}-pt" + (f"-{variant}" if variant else ""))
@@ -168,7 +194,7 @@ def run(args, path: Path, pt_work: Path) -> None:
             return name
 
         def fit(key: str, seed: int, cmd: list) -> None:
-            if finished(runs, f"{target}/{key}", seed):
+            if finished(runs, f"{target}/{key}", seed) or imported(key, seed, cmd):
                 return
             res = textrec(*cmd)
             if f"{target}/{key}" not in runs:
@@ -177,12 +203,39 @@ def run(args, path: Path, pt_work: Path) -> None:
             print(f"{target}/{key} seed {seed}: R@10 {res['test']['recall@10']:.4f} N@10 {res['test']['ndcg@10']:.4f}", file=sys.stderr)
             save()
 
+        def imported(key: str, seed: int, cmd: list) -> bool:
+            """Copy the run of another benchmark that made this scratch row with the same command (--scratch-from)."""
+            if not args.scratch_from or target != "scientific" or cmd[0] != "train" or args.smoke:
+                return False
+            other = ROOT / "benchmarks" / "results" / f"{args.scratch_from}.json"
+            theirs = json.loads(other.read_text()) if other.exists() else {"runs": {}, "commands": []}
+            want = same_command(command_line(*cmd))
+            line = next((c for c in theirs["commands"] if f"/{key}-" in c and same_command(c) == want), None)
+            for res in theirs["runs"].get(key, []) if line is not None else []:
+                if Path(res["run"]).name == f"{key}-{seed}":  # that script runs seed S as KEY-S with train.seed=S
+                    runs.setdefault(f"{target}/{key}", []).append(res)
+                    facts["scratch_from"][f"{target}/{key}"] = args.scratch_from
+                    if line not in cmds:
+                        cmds.append(line)
+                    print(f"{target}/{key} seed {seed}: taken from results/{args.scratch_from}.json", file=sys.stderr)
+                    save()
+                    return True
+            return False
+
         for model in args.models:
             pt = None if "pretrained" in args.skip else checkpoint(model)
             reuse = joint_codes() if model == "vqrec" and pt is not None else None
+            if "zeroshot" not in args.skip and pt is not None and f"{target}/{model}-zeroshot" not in runs and (
+                    model != "vqrec" or reuse is not None):  # cheap, so first: VQ-Rec reads the joint quantiser's codes
+                ev = step("evaluate", pt, "--data", data)  # VQ-Rec: the joint codes are named as in pre-training
+                runs[f"{target}/{model}-zeroshot"] = [{"run": f"{pt.name}-zeroshot-{target}", "test": {
+                    k: ev[k] for k in ("recall@10", "ndcg@10", "recall@50", "ndcg@50")}}]
+                save()
             for seed in seeds:
                 for key, (kind, extra, _) in rows(model).items():
                     if (kind == "scratch" and "scratch" in args.skip) or (kind != "scratch" and pt is None):
+                        continue
+                    if args.rows is not None and key not in args.rows:
                         continue
                     if "ablations" in args.skip and (key.endswith("-unfrozen") or key in ("vqrec-pt-reference", "vqrec-pt-reuse")):
                         continue
@@ -198,22 +251,28 @@ def run(args, path: Path, pt_work: Path) -> None:
                     fit(key, seed, cmd)
                 for variant in args.variants:  # leave-domains-out pre-trainings, inductive (frozen) fine-tuning
                     vpt = None if "pretrained" in args.skip else checkpoint(model, variant)
-                    if vpt is None:
-                        continue
                     key = f"{model}-pt-{variant}"
+                    if vpt is None or (args.rows is not None and key not in args.rows):
+                        continue
                     extra = {"unisrec": ["--mode", "inductive", "--freeze-encoder"], "vqrec": [f"data.codes={own}", *VQREC_FT],
                              "missrec": [*MISSREC, "--mode", "inductive", "--freeze-encoder"]}[model]
                     out = WORK / "runs" / args.section / target / f"{key}-{seed}"
                     fit(key, seed, ["finetune", data, "--init", vpt, "--out", out, "--overwrite", "--quiet", f"train.seed={seed}",
                                     f"data.embeddings={EMB}", *smoke, *extra])
-            if "zeroshot" not in args.skip and pt is not None and f"{target}/{model}-zeroshot" not in runs:
-                if model == "vqrec" and reuse is None:
-                    continue
-                ev = step("evaluate", pt, "--data", data)
-                runs[f"{target}/{model}-zeroshot"] = [{"run": f"{pt.name}-zeroshot-{target}", "test": {
-                    k: ev[k] for k in ("recall@10", "ndcg@10", "recall@50", "ndcg@50")}}]
-                save()
     print(save())
+
+
+def finished(runs: dict, key: str, seed: int) -> bool:
+    """Whether ``runs["TARGET/ROW"]`` holds this seed's run (its folder is ``.../TARGET/ROW-SEED``)."""
+    return any(Path(x["run"]).name == f"{key.split('/', 1)[1]}-{seed}" for x in runs.get(key, []))
+
+
+def same_command(line: str) -> list[str]:
+    """A command's words without its run folder (``--out DIR``) and seed, sorted, to compare two benchmarks' runs
+    (``key=value`` overrides of distinct keys apply in any order)."""
+    words = line.split()
+    return sorted(w for i, w in enumerate(words)
+                  if w != "--out" and (i == 0 or words[i - 1] != "--out") and not w.startswith("train.seed="))
 
 
 # ---- rendering ---------------------------------------------------------------------------------------------------------
@@ -266,6 +325,11 @@ def render(r: dict) -> str:
             rs = keyed[key]
             span = f" ({min(r10(rs)):.4f}-{max(r10(rs)):.4f})" if len(rs) > 1 else ""
             lines.append(metric_row(label, mean_metrics(rs), f" {len(rs)}{span} | {gain(keyed, key, scratch_of(key))} |"))
+        taken = {k.split("/", 1)[1]: v for k, v in (f.get("scratch_from") or {}).items() if k.startswith(f"{target}/")}
+        for section in sorted(set(taken.values())):
+            lines += ["", f"Rows {', '.join(sorted(k for k, v in taken.items() if v == section))} were trained by "
+                          f"`benchmarks/{section}.py` with this script's command and seeds (`--scratch-from {section}`): "
+                          f"their runs are those of results/{section}.json."]
     lines += ["", "The papers' gains from pre-training (their own corpora, CLIP or BERT features): "
               + "; ".join(f"{m}: {src} {a} -> {b} R@10 ({100 * (b - a) / a:+.1f}%)" for m, (src, a, b) in PAPER_GAINS.items()) + ".",
               "", "Commands (first seed; `$WORK` = benchmarks/.work):", "", "```", *r["commands"], "```"]
