@@ -58,3 +58,25 @@ def test_report_rerun_accepts_a_reproduction_and_refuses_a_difference():
     assert runs["pretrain"] == [new]
     with pytest.raises(SystemExit, match="differs"):
         _common.report_rerun(runs, "pretrain", _row("pt", 0.05))
+
+
+def test_save_result_keeps_the_facts_of_another_process(tmp_path):
+    # the VQ-Rec process records its pre-training, the UniSRec process its own: neither may drop the other's
+    path = tmp_path / "sec.json"
+    _common.save_result(path, {"section": "sec", "runs": {}, "commands": [], "facts": {"pretrained": {"vqrec-pt": 1}, "pt_work": "w"}})
+    out = _common.save_result(path, {"section": "sec", "runs": {}, "commands": [], "facts": {"pretrained": {"unisrec-pt": 2}}})
+    assert out["facts"] == {"pretrained": {"vqrec-pt": 1, "unisrec-pt": 2}, "pt_work": "w"}
+
+
+def test_transfer_resume_and_scratch_reuse_match_by_command():
+    import transfer_seqrecbench as t
+
+    runs = {"scientific/vqrec-pt": [{"run": "$WORK/runs/transfer_seqrecbench/scientific/vqrec-pt-2021"}]}
+    assert t.finished(runs, "scientific/vqrec-pt", 2021)
+    assert not t.finished(runs, "scientific/vqrec-pt", 2020)
+    assert not t.finished(runs, "office/vqrec-pt", 2021)
+    a = "textrec train D --model unisrec --out $WORK/runs/a/u-2020 --quiet train.seed=2020 data.embeddings=e model.mode=inductive"
+    b = "textrec train D --model unisrec --out $WORK/runs/b/u-2021 --quiet model.mode=inductive train.seed=2021 data.embeddings=e"
+    assert t.same_command(a) == t.same_command(b)  # run folder, seed and override order do not matter
+    assert t.same_command(a) != t.same_command(b.replace("inductive", "transductive"))
+    assert t.same_command(a) != t.same_command(a.replace("--model unisrec", "--model missrec"))
