@@ -6,7 +6,8 @@ seconds, its peak resident memory, its printed summary), so a rerun skips what i
 was interrupted: prepare replaces a partial dataset (`--overwrite`), encode finds the texts it already
 encoded in the embedding cache (~/.cache/textrec/embeddings; it fills the cache one whole domain at a time),
 pretrain continues from the run's last epoch (`--resume`). The ~4.1M interactions take a few minutes to
-prepare; MiniLM encodes the ~196k titles in about an hour on one CPU thread.
+prepare; MiniLM encodes titles at ~345 a second on 2 CPU threads (measured: the 93,597 new titles of
+`--max-users 2000` in 271 s, model loading included), so the ~196k titles take about ten minutes.
 
     nohup nice -n 19 python benchmarks/seqrecbench.py --steps prepare,encode --threads 1 > /tmp/seqrecbench.log 2>&1 &
     python benchmarks/seqrecbench.py --steps quantize,pretrain-vqrec,pretrain-unisrec,pretrain-missrec --threads 2 --pt-epochs 10
@@ -14,6 +15,11 @@ prepare; MiniLM encodes the ~196k titles in about an hour on one CPU thread.
     python benchmarks/seqrecbench.py --steps quantize,pretrain-vqrec --exclude food,steam_100000,movielens-1m
     python benchmarks/seqrecbench.py --dry-run        # the commands still to run, and the per-domain counts
     python benchmarks/seqrecbench.py --max-users 5000 # a CPU-sized corpus: 5,000 sampled users per domain
+    python benchmarks/seqrecbench.py --max-users 2000 --steps "" --results   # write what is done to docs/RESULTS.md
+
+``--results`` writes the record of the work folder (per-domain counts, every step's seconds and peak memory, each
+pre-training's curve: loss and merged-validation N@10 by epoch) to benchmarks/results/seqrecbench[_uN].json and to the
+docs/RESULTS.md section of the same name, with the work folder written as $PT_WORK.
 
 WORK is --work, else $TEXTREC_WORK/seqrecbench, else ~/.cache/textrec-work/seqrecbench: outside the
 repository, whose work tree is recreated each session. It holds data/<domain>/ (prepared datasets with
@@ -40,9 +46,16 @@ import sys
 import time
 from pathlib import Path
 
-from _common import SHARED_DATA
-
 from textrec.io import write_json
+
+from _common import (
+    ROOT,
+    SHARED_DATA,
+    machine,
+    machine_line,
+    save_result,
+    update_results,
+)
 
 STEPS = ("prepare", "encode", "quantize", "pretrain-unisrec", "pretrain-vqrec", "pretrain-missrec")
 # per-model settings of the corpus pre-training: MISSRec reads the text embeddings as its only modality (no images)
@@ -131,6 +144,7 @@ class Recipe:
         self.emb = args.emb_name or ("minilm" if args.encoder == "minilm" else re.sub(r"[^A-Za-z0-9]+", "-", args.encoder).strip("-")) + "-mean"
         self.codes = f"{self.emb}-opq{args.codebooks}x{args.codebook_size}-joint" + (f"-{self.tag}" if self.tag else "")
         self.child: subprocess.Popen | None = None
+        self.section = "seqrecbench" + (f"_u{args.max_users}" if args.max_users else "")
 
     # ---- running commands --------------------------------------------------------------------------
     def data_dir(self, domain: str) -> Path:
@@ -308,6 +322,85 @@ class Recipe:
         print(f"work folder: {self.work} (summary.json)")
 
 
+def shorten(text: str, recipe: Recipe) -> str:
+    """No machine paths in committed files: the work folder as $PT_WORK, the corpus relative to the repository."""
+    source = os.path.relpath(recipe.source, ROOT)
+    return text.replace(str(recipe.work), "$PT_WORK").replace(str(recipe.source), source)
+
+
+def record(recipe: Recipe) -> dict:
+    """What the work folder holds, for benchmarks/results: counts, step costs, pre-training curves, commands."""
+    summary = recipe.summary()
+    domains = {d: {k: r[k] for k in ("prepared", "prepare_seconds", "prepare_peak_rss_mb", "encode")} for d, r in summary["domains"].items()}
+    steps = {}
+    for name, rec in summary["steps"].items():
+        if not rec:
+            continue
+        entry = {"command": shorten(rec["command"], recipe), "seconds": rec["seconds"], "peak_rss_mb": rec["peak_rss_mb"],
+                 "finished": rec.get("finished")}
+        run = Path(rec["run"]) if rec.get("run") else None
+        if run is not None and (run / "metrics.json").exists():
+            m = json.loads((run / "metrics.json").read_text())
+            log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()]
+            entry.update(epochs_run=m.get("epochs_run"), best_epoch=m.get("best_epoch"), seconds_per_epoch=m.get("seconds_per_epoch"),
+                         valid=m.get("valid"), curve=[{"epoch": r["epoch"], "loss": r.get("loss"),
+                                                       "valid_ndcg@10": (r.get("valid") or {}).get("ndcg@10")} for r in log])
+        if name.startswith("quantize-"):
+            entry["collisions"] = sum(x.get("collisions", 0) for x in rec["summary"].get("results", []))
+        steps[name] = entry
+    return {"section": recipe.section, "machine": machine(), "work": recipe.work.name, "max_users": recipe.args.max_users,
+            "domains": domains, "steps": steps, "runs": {}, "commands": [], "argv": [shorten(a, recipe) for a in sys.argv]}
+
+
+def render(r: dict) -> str:
+    n = r.get("max_users")
+    title = f"## The SeqRecBench pre-training corpus{f' (a sample of {n:,} users per domain)' if n else ''}: recipe costs and curves"
+    lines = [title, "", (f"Machine: {machine_line(r['machine'])}. Script: `python benchmarks/{shlex.join(r['argv'])}` "
+                         f"(work folder `{r['work']}`, written `$PT_WORK` below)."), "",
+             "| domain | users | items | interactions | mean length | encode s | titles encoded / from the cache |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    total = [0, 0, 0, 0.0]
+    for d, x in r["domains"].items():
+        p, e = x["prepared"], x["encode"]
+        if not p:
+            lines.append(f"| {d} | - | - | - | - | - | - |")
+            continue
+        enc = f"{e['wall_seconds']:.0f} | {e['n_encoded']:,} / {e['n_cached']:,}" if e else "- | -"
+        total = [total[0] + p["users"], total[1] + p["items"], total[2] + p["interactions"], total[3] + (e["wall_seconds"] if e else 0)]
+        lines.append(f"| {d} | {p['users']:,} | {p['items']:,} | {p['interactions']:,} | {p['avg_seq_len']:.1f} | {enc} |")
+    lines += [f"| **total** | {total[0]:,} | {total[1]:,} | {total[2]:,} | | {total[3]:.0f} | |", "",
+              "| step | seconds | peak memory (MB) | epochs (best) | s / epoch | merged-validation N@10 by epoch |",
+              "|---|---:|---:|---|---:|---|"]
+    for name, x in r["steps"].items():
+        curve = " ".join(f"{c['valid_ndcg@10']:.4f}" for c in x.get("curve", []) if c.get("valid_ndcg@10") is not None)
+        epochs = f"{x['epochs_run']} ({x['best_epoch']})" if x.get("epochs_run") else "-"
+        spe = f"{x['seconds_per_epoch']:.0f}" if x.get("seconds_per_epoch") else "-"
+        lines.append(f"| {name} | {x['seconds']:.0f} | {x['peak_rss_mb']:,.0f} | {epochs} | {spe} | {curve or '-'} |")
+    losses = {name: " ".join(f"{c['loss']:.3f}" for c in x["curve"]) for name, x in r["steps"].items() if x.get("curve")}
+    if losses:
+        lines += ["", "Training loss by epoch: " + "; ".join(f"{k}: {v}" for k, v in losses.items()) + "."]
+    lines += ["", "Commands (`textrec prepare` and `encode` are run once per domain, as for the first):", "", "```",
+              *[x["command"] for x in r["steps"].values()], "```"]
+    return "\n".join(lines)
+
+
+def write_results(recipe: Recipe, folder: str) -> None:
+    """benchmarks/results/SECTION.json and its docs/RESULTS.md section, or FOLDER/SECTION.json and FOLDER/RESULTS.md."""
+    path = (Path(folder) if folder else ROOT / "benchmarks" / "results") / f"{recipe.section}.json"
+    rec = record(recipe)
+    per_domain = {}  # prepare and encode run once per domain: their first command, total seconds, largest peak
+    for step, suffix in (("prepare", ""), ("encode", f"-{recipe.emb}")):
+        markers = [m for m in (read_json(recipe.marker(f"{step}-{d}{suffix}")) for d in recipe.available) if m]
+        if markers:
+            per_domain[f"{step} (all domains)"] = {"command": shorten(markers[0]["command"], recipe),
+                                                   "seconds": sum(m["seconds"] for m in markers),
+                                                   "peak_rss_mb": max(m["peak_rss_mb"] for m in markers)}
+    rec["steps"] = {**per_domain, **rec["steps"]}
+    md = render(save_result(path, rec))
+    update_results(recipe.section, md, **({"path": Path(folder) / "RESULTS.md"} if folder else {}))
+    print(md)
+
+
 def run_step(recipe: Recipe, step: str) -> None:
     if step in ("prepare", "encode"):
         for d in recipe.domains:
@@ -339,6 +432,8 @@ def main() -> None:
     p.add_argument("--pt-set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides for pretrain")
     p.add_argument("--redo", default="", help="comma-separated steps to rerun although done (pretrain: --overwrite)")
     p.add_argument("--dry-run", action="store_true", help="print the commands still to run; run nothing")
+    p.add_argument("--results", nargs="?", const="", metavar="DIR", help="at the end, write the work folder's record to "
+                   "benchmarks/results and docs/RESULTS.md (section seqrecbench[_uN]), or to DIR")
     args = p.parse_args()
     if args.work is None:
         args.work = str(default_work()) + (f"-u{args.max_users}" if args.max_users else "")
@@ -368,6 +463,8 @@ def main() -> None:
         recipe.print_table(recipe.summary())
         sys.exit(f"seqrecbench: {e}")
     recipe.print_table(recipe.summary())
+    if args.results is not None and not args.dry_run:
+        write_results(recipe, args.results)
     print(f"seqrecbench: finished in {time.perf_counter() - t0:.0f}s")
 
 

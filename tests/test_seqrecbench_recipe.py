@@ -68,6 +68,16 @@ def test_prepare_encode_then_rerun_skips(tmp_path):
     assert "variant no-beta" in dry.stdout and "would run: textrec quantize" in dry.stdout
     assert "runs/unisrec-pt-no-beta" in dry.stdout and "data/beta" not in dry.stdout.split("step encode")[1]
 
+    # --results: the record of what is done, without the machine's work folder
+    res = tmp_path / "results"
+    _run("--source", str(source), "--work", str(work), "--encoder", "hashing", "--steps", "", "--results", str(res), env=env)
+    md = (res / "RESULTS.md").read_text()
+    assert "<!-- seqrecbench:start -->" in md and str(work) not in md and "$PT_WORK/data/alpha" in md
+    assert "| alpha | 30 | 20 | 240 | 8.0 |" in md and "| **total** | 55 | 35 | 440 |" in md
+    saved = json.loads((res / "seqrecbench.json").read_text())
+    assert set(saved["steps"]) == {"prepare (all domains)", "encode (all domains)"}
+    assert str(work) not in json.dumps(saved)
+
 
 def test_variant_names():
     spec = importlib.util.spec_from_file_location("seqrecbench", SCRIPT)
