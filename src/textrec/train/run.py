@@ -54,7 +54,7 @@ class RunResult:
 
 def _comparable(config: dict) -> dict:
     """A config without what may change between an interrupted run and its resumption."""
-    c = {k: v for k, v in config.items() if k != "textrec_version"}
+    c = {k: v for k, v in config.items() if k not in ("textrec_version", "new_catalogue")}
     c.update(_with_defaults(c))
     c["train"] = {k: v for k, v in c.get("train", {}).items() if k != "epochs"}
     return c
@@ -299,6 +299,7 @@ def load_zero_shot(run: Path, cfg: RunConfig, config: dict, ds: Dataset, data_pa
     """
     from textrec.models.spec import item_input_kinds
     from textrec.train.inputs import same_origin_problem
+    from textrec.train.newcatalogue import complete_new_catalogue, trained_inputs
     from textrec.train.transfer import load_pretrained
 
     cls = model_class(cfg.model)
@@ -306,11 +307,12 @@ def load_zero_shot(run: Path, cfg: RunConfig, config: dict, ds: Dataset, data_pa
     if not item_input_kinds(cls, cfg.model_config):
         raise TextrecError(f"{where}; {cfg.model} scores the item IDs it was trained on, so it cannot rank another "
                            f"catalogue's items (zero-shot needs a model that reads item content: {_content_models()})")
+    complete_new_catalogue(run, config, cfg, data_path)  # a pre-trained run encodes / codes a bare dataset itself
     try:
         inputs, record = load_item_inputs(cfg, [data_path], recorded=config.get("item_inputs"))
     except NotFoundError:  # the run's input names do not exist there: the dataset's own choice
         inputs, record = load_item_inputs(cfg, [data_path])
-    problem = same_origin_problem(config.get("item_inputs") or {}, record)
+    problem = same_origin_problem(trained_inputs(config), record)
     if problem:
         raise DataError(f"{where}; {problem}")
     model = build_model(cfg, inputs)

@@ -30,6 +30,7 @@ from textrec.config import RunConfig, apply_overrides, config_path
 from textrec.data.dataset import Dataset
 from textrec.data.multidomain import domain_of_rows, merge_domains
 from textrec.errors import CheckpointError, ConfigError, TextrecError
+from textrec.train import newcatalogue
 from textrec.train.inputs import build_model, load_item_inputs
 from textrec.train.loop import fit, resolve_device, seed_everything, verify_checkpoint
 from textrec.train.run import RunResult, dataset_record, describe, make_batchers, read_run_config, writing_run
@@ -50,6 +51,7 @@ def pretrain_run(
         **cfg.to_dict(),
         "pretrain": {"datasets": [dataset_record(d, p) for d, p in zip(datasets, dirs)], "item_offsets": offsets.tolist()},
         "item_inputs": record,
+        "new_catalogue": newcatalogue.describe(dirs[0], record),  # what another catalogue needs to be read by this run
     }
     out = Path(out_dir)
     device = resolve_device(cfg.train.device)
@@ -58,6 +60,7 @@ def pretrain_run(
     phases = model.phases("pretrain")
     train_b, valid_b, _ = make_batchers(merged, cfg, device, pretraining=True, domains=domain_of_rows(datasets))
     with writing_run(out, config, resume, overwrite):
+        newcatalogue.bundle_quantizer(config["new_catalogue"], out)  # a self-contained checkpoint: its quantiser inside
         if not quiet:
             describe("pre-training", cfg, merged, model, train_b, device, out)
         result = fit(model, train_b, valid_b, None, cfg, out, resume=resume, quiet=quiet, phases=phases)
@@ -130,6 +133,7 @@ def finetune_run(
     """Fine-tune the pre-trained run ``init_dir`` on the dataset at ``data_dir``."""
     data_dir, init_dir, out = Path(data_dir), Path(init_dir), Path(out_dir)
     ds = Dataset.load(data_dir)
+    newcatalogue.complete_new_catalogue(init_dir, read_run_config(init_dir)[1], cfg, data_dir, finetune=True)
     inputs, record = load_item_inputs(cfg, [data_dir])
     config = {
         "textrec_version": __version__,
