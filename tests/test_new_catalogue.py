@@ -12,8 +12,14 @@ import pytest
 import torch
 
 from textrec.cli import main
+from textrec.data.dataset import Dataset
 from textrec.data.synthetic import WorldSpec, make_domain
-from textrec.quant.codes import _file_sha1, load_item_codes, quantize_dataset, quantize_datasets
+from textrec.quant.codes import (
+    _file_sha1,
+    load_item_codes,
+    quantize_dataset,
+    quantize_datasets,
+)
 
 CPU = ["train.device=cpu", "train.num_threads=1", "eval.ks=[10]", "--quiet"]
 SMALL = ["model.hidden_size=32", "model.inner_size=32", "train.batch_size=256", "train.epochs=1", *CPU]
@@ -55,7 +61,7 @@ def _bare(root, tmp_path, name="kitchen"):
 
 
 def test_pretrained_vqrec_run_carries_its_quantiser_and_encoder(pretrained):
-    root, runs, joint_sha1 = pretrained
+    _, runs, joint_sha1 = pretrained
     config = json.loads((runs["vqrec"] / "config.json").read_text())
     nc = config["new_catalogue"]
     assert nc["codes"] == "joint" and nc["embeddings"] == "hashing-64-mean" and nc["quantizer_sha1"] == joint_sha1
@@ -117,6 +123,10 @@ def test_unisrec_zero_shot_and_finetune_from_a_bare_dataset(pretrained, tmp_path
     captured = capsys.readouterr()
     assert json.loads(captured.out)["zero_shot"] is True and "encoding its items with hashing-64" in captured.err
     assert (kitchen / "embeddings" / "hashing-64-mean.npy").exists()
+    user = Dataset.load(kitchen).user_keys[0]
+    assert main(["recommend", str(runs["unisrec"]), "--data", str(kitchen), "--user", user, "-k", "5", "--json"]) == 0
+    recs = json.loads(capsys.readouterr().out)["recommendations"]
+    assert len(recs) == 5 and all(r["item"].startswith("kitchen") for r in recs)
     fresh = tmp_path / "kitchen-2"
     shutil.copytree(root / "bare" / "kitchen", fresh)
     ft = tmp_path / "ft"
