@@ -11,10 +11,10 @@ the table says so rather than showing a number.
 Rows: UniSRec inductive, VQ-Rec (OPQ codes fitted on the train catalogue's MiniLM embeddings; the held-out items
 encoded with the same quantiser), MISSRec inductive (MiniLM text only), from scratch; with ``--init MODEL=RUN``
 also fine-tuned from a pre-trained checkpoint (``textrec finetune``; VQ-Rec then reads the train catalogue's own
-codes, the paper's new index set) and that checkpoint zero-shot (not VQ-Rec: its eval codes would have to come
-from the pre-training's quantiser); with the
-``seen`` group a reference where the held-out items were *not* held out: UniSRec inductive trained on all of
-Scientific, evaluated on the same eval dataset (so the cost of never having seen an item shows).
+codes, the paper's new index set) and that checkpoint zero-shot (VQ-Rec then reads the eval items coded by the
+pre-training's own quantiser, ``RUN/quantizer.index``); with the ``seen`` group a reference where the held-out items
+were *not* held out: UniSRec inductive trained on all of Scientific, evaluated on the same eval dataset (so the
+cost of never having seen an item shows).
 
     python benchmarks/coldstart_scientific.py --seeds 2020 2021 2022
     python benchmarks/coldstart_scientific.py --init unisrec=RUN vqrec=RUN --skip scratch seen --resume
@@ -120,15 +120,32 @@ def run(args, path: Path, inits: dict) -> None:
     for key, init in inits.items():  # zero-shot: the pre-trained checkpoint as it is
         if "pretrained" in args.skip or f"{key}-zeroshot" in runs:
             continue
-        if key == "vqrec":  # fine-tuned VQ-Rec reads the train catalogue's codes (a new index set, as the paper's fine-tuning)
-            print("vqrec zero-shot: not run (the eval codes would have to come from the pre-training's joint quantiser)",
-                  file=sys.stderr)
-            continue
+        if key == "vqrec":  # zero-shot VQ-Rec reads the eval items coded by the pre-training's own (joint) quantiser
+            codes, quantizer = pretraining_codes(Path(init))
+            if quantizer is None:
+                print(f"vqrec zero-shot: not run ({init} names no quantiser file that still exists)", file=sys.stderr)
+                continue
+            quantize = ("quantize", eval_dir, "--embeddings", "minilm-mean", "--quantizer", quantizer, "--name", codes)
+            if not (eval_dir / "codes" / f"{codes}.npy").exists():
+                textrec(*quantize)
+            cmds.append(command_line(*quantize))
         ev = textrec("evaluate", init, "--data", eval_dir)
         runs[f"{key}-zeroshot"] = [{"run": f"{Path(init).name}-zeroshot", "test": {k: ev[k] for k in ("recall@10", "ndcg@10", "recall@50", "ndcg@50")},
                                     "held_out": ev["held_out"], "seen": ev["seen"], "users": ev["users"]}]
         cmds.append(command_line("evaluate", init, "--data", eval_dir))
     print(save())
+
+
+def pretraining_codes(run: Path) -> tuple[str, Path | None]:
+    """(codes name, quantiser file) of a pre-trained VQ-Rec run: its bundled quantizer.index, else the joint
+    quantiser file its config records (runs pre-trained before textrec bundled it)."""
+    config = json.loads((run / "config.json").read_text())
+    codes = config["item_inputs"]["codes"][0]
+    if (run / "quantizer.index").is_file():
+        return codes, run / "quantizer.index"
+    kind, _, rest = config["item_inputs"].get("quantizer", "").partition(":")
+    path = Path(rest.rpartition(":")[0]) if kind == "joint" else None
+    return codes, path if path is not None and path.is_file() else None
 
 
 # ---- rendering ---------------------------------------------------------------------------------------------------------
