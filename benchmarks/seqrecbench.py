@@ -29,7 +29,7 @@ logs/, done/ and summary.json (per-domain counts read back with `textrec info --
 Leaving domains out (--exclude, or a subset with --domains) is a variant: its joint quantiser is fitted on
 the included domains only, under its own codes name, and its runs are named after what is left out, e.g.
 runs/vqrec-pt-no-amazon2018 (a whole family of domains is named by its prefix) or
-runs/vqrec-pt-no-food-steam-movielens.
+runs/vqrec-pt-no-food-movielens-steam.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ seeds, every row a `textrec` command listed under its table:
   pre-training's (``reuse``: the target's items encoded by the joint quantiser);
 * zero-shot: each pre-trained checkpoint ranks the target's whole catalogue with no fine-tuning (``textrec
   evaluate PT --data TARGET``; VQ-Rec reads the target's codes made by the joint quantiser), beside chance;
-* leave-domains-out (``--variants no-amazon2018 no-food-steam-movielens``): checkpoints the recipe pre-trained
+* leave-domains-out (``--variants no-amazon2018 no-food-movielens-steam``): checkpoints the recipe pre-trained
   without those domains, fine-tuned inductively (frozen), to show which sources carry over.
 
 The gain of each pre-trained row over its scratch row is given in percent with both rows' seed spans, beside the
