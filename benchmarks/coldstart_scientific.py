@@ -64,7 +64,7 @@ def main() -> None:
 def run(args, path: Path, inits: dict) -> None:
     seeds = args.seeds[:1] if args.smoke else args.seeds
     runs, cmds, _ = previous_runs(path, args.resume)
-    argv = [a for a in sys.argv if a != "--resume"]
+    argv = [a.replace(str(WORK), "$WORK") for a in sys.argv if a != "--resume"]  # no machine paths (--init MODEL=RUN)
     sci = prepare("scientific", SHARED_DATA / "amazon-scientific-unisrec", "unisrec")
     cold = WORK / "data" / "scientific-holdout"
     train_dir, eval_dir = cold / "train", cold / "eval"
