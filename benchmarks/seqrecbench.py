@@ -333,7 +333,7 @@ def record(recipe: Recipe) -> dict:
     summary = recipe.summary()
     domains = {d: {k: r[k] for k in ("prepared", "prepare_seconds", "prepare_peak_rss_mb", "encode")} for d, r in summary["domains"].items()}
     steps = {}
-    for name, rec in summary["steps"].items():
+    for name, rec in sorted(summary["steps"].items(), key=lambda kv: (kv[1] or {}).get("finished") or ""):  # as they ran
         if not rec:
             continue
         entry = {"command": shorten(rec["command"], recipe), "seconds": rec["seconds"], "peak_rss_mb": rec["peak_rss_mb"],
@@ -376,6 +376,9 @@ def render(r: dict) -> str:
         epochs = f"{x['epochs_run']} ({x['best_epoch']})" if x.get("epochs_run") else "-"
         spe = f"{x['seconds_per_epoch']:.0f}" if x.get("seconds_per_epoch") else "-"
         lines.append(f"| {name} | {x['seconds']:.0f} | {x['peak_rss_mb']:,.0f} | {epochs} | {spe} | {curve or '-'} |")
+    if total[1]:
+        lines += ["", f"Merged validation ranks each user's validation item among all {total[1]:,} items of the corpus "
+                      f"(chance R@10 {10 / total[1]:.5f}); a variant's, among the items of its domains."]
     losses = {name: " ".join(f"{c['loss']:.3f}" for c in x["curve"]) for name, x in r["steps"].items() if x.get("curve")}
     if losses:
         lines += ["", "Training loss by epoch: " + "; ".join(f"{k}: {v}" for k, v in losses.items()) + "."]
