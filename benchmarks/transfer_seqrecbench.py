@@ -331,7 +331,9 @@ def render(r: dict) -> str:
                           f"`benchmarks/{section}.py` with this script's command and seeds (`--scratch-from {section}`): "
                           f"their runs are those of results/{section}.json."]
     lines += ["", "The papers' gains from pre-training (their own corpora, CLIP or BERT features): "
-              + "; ".join(f"{m}: {src} {a} -> {b} R@10 ({100 * (b - a) / a:+.1f}%)" for m, (src, a, b) in PAPER_GAINS.items()) + ".",
+              + "; ".join(f"{m}: {src} {a:.4f} -> {b:.4f} R@10 ({100 * (b - a) / a:+.1f}%)" for m, (src, a, b) in PAPER_GAINS.items())
+              + ". Their corpora are five whole Amazon domains (millions of interactions); this one is "
+              f"`{f['pt_work']}` (section `{f['pt_work'].replace('-', '_')}` gives its size, costs and pre-training curves).",
               "", "Commands (first seed; `$WORK` = benchmarks/.work):", "", "```", *r["commands"], "```"]
     return "\n".join(lines)
 
