@@ -157,6 +157,7 @@ def labels() -> dict:
         out[key] = f"{label}, from scratch on the train dataset"
         out[f"{key}-pt"] = f"{label}, pre-trained, fine-tuned on the train dataset"
         out[f"{key}-zeroshot"] = f"{label}, pre-trained, zero-shot (no fine-tuning)"
+    out["vqrec-zeroshot"] = "VQ-Rec, pre-trained, zero-shot (no fine-tuning; the items coded by the pre-training's joint quantiser)"
     out["unisrec-seen"] = "reference: UniSRec inductive trained on all of Scientific (held-out items seen in training)"
     return out
 
