@@ -135,7 +135,13 @@ def command_line(*args) -> str:
 
 def run_dir(res: dict) -> Path:
     """The run folder of a result row (stored as ``$WORK/...``: no machine paths in committed files)."""
-    return Path(res["run"].replace("$WORK", str(WORK), 1))
+    import tempfile
+
+    run = res["run"]
+    for name, base in (("$WORK", str(WORK)), ("$TMPDIR", tempfile.gettempdir()), ("~", str(Path.home()))):
+        if run.startswith(name):
+            return Path(base + run[len(name):])
+    return Path(run)
 
 
 def _shorten_path(arg: str) -> str:

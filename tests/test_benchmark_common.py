@@ -80,3 +80,12 @@ def test_transfer_resume_and_scratch_reuse_match_by_command():
     assert t.same_command(a) == t.same_command(b)  # run folder, seed and override order do not matter
     assert t.same_command(a) != t.same_command(b.replace("inductive", "transductive"))
     assert t.same_command(a) != t.same_command(a.replace("--model unisrec", "--model missrec"))
+
+
+def test_run_dir_maps_the_stored_placeholders_back():
+    """Rows store run folders as $WORK/... or $TMPDIR/... (no machine paths); run_dir finds them again."""
+    import tempfile
+
+    for stored, base in (("$WORK/runs/x", _common.WORK), ("$TMPDIR/smoke/runs/x", Path(tempfile.gettempdir()))):
+        assert _common.run_dir({"run": stored}) == base / stored.split("/", 1)[1]
+    assert _common.run_dir({"run": "/abs/runs/x"}) == Path("/abs/runs/x")

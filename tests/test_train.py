@@ -88,3 +88,22 @@ def test_compiled_step_trains_like_the_eager_one(tiny_dir, tmp_path):
     assert compiled.epochs_run == eager.epochs_run == 3
     for k, v in eager.test.items():
         assert compiled.test[k] == pytest.approx(v, abs=0.03), k
+
+
+@pytest.mark.parametrize("amp_cpu", [False, True])
+def test_amp_cpu_autocasts_only_the_training_forward(tiny_dir, tmp_path, monkeypatch, amp_cpu):
+    """``train.amp_cpu=true``: bf16 autocast of the training forward on CPU; validation and test stay fp32.
+    Off (the default): CPU training is fp32 as before, whatever ``train.amp`` says."""
+    from textrec.models.sasrec import SASRec
+
+    seen = {"train": set(), "eval": set()}
+    real = SASRec.hidden
+
+    def spy(self, item_seq):
+        seen["train" if torch.is_grad_enabled() else "eval"].add(torch.is_autocast_enabled("cpu"))
+        return real(self, item_seq)
+
+    monkeypatch.setattr(SASRec, "hidden", spy)
+    fit = train_run(tiny_dir, _cfg("train.epochs=2", f"train.amp_cpu={str(amp_cpu).lower()}"), tmp_path / "run", quiet=True).fit
+    assert seen == {"train": {amp_cpu}, "eval": {False}}
+    assert fit.test["recall@10"] > 0

@@ -206,7 +206,8 @@ class _Trainer:
         self.model, self.train, self.cfg, self.out, self.phases, self.quiet = model, train, cfg, out, phases, quiet
         self.tc = cfg.train
         self.device = train.device
-        self.amp_dtype = torch.bfloat16 if (self.tc.amp and self.device.type == "cuda") else None
+        on = self.tc.amp and (self.device.type == "cuda" or (self.device.type == "cpu" and self.tc.amp_cpu))
+        self.amp_dtype = torch.bfloat16 if on else None
         self.progress = _Progress()
         self.optimizer: torch.optim.Optimizer | None = None
         self.best_state: dict | None = None
