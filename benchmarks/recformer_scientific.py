@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import (ROOT, SHARED_DATA, WORK, finished, fmt, machine, machine_line, mean_metrics, previous_runs, run_dir, textrec,
-                     update_results)
+from _common import (ROOT, SHARED_DATA, WORK, finished, fmt, machine, machine_line, mean_metrics, previous_runs, run_dir, save_result,
+                     textrec, update_results)
 
 SETTINGS = {
     "reduced": {"users": 2000, "test_all_users": True,
@@ -97,6 +97,10 @@ def main() -> None:
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--section", help="docs/RESULTS.md section and benchmarks/results/SECTION.json "
                                      "(default recformer_scientific, or recformer_scientific_full with --full)")
+    p.add_argument("--zero-shot", type=Path, nargs="+", default=[], metavar="PT_RUN",
+                   help="also rank Scientific's test users with these pre-trained Recformer runs, no fine-tuning "
+                        "(`textrec evaluate PT_RUN --data SCIENTIFIC`), a row each")
+    p.add_argument("--skip-finetune", action="store_true", help="only the --zero-shot rows")
     p.add_argument("--resume", action="store_true", help="keep the finished runs of an interrupted invocation")
     p.add_argument("--render-only", action="store_true", help="rewrite the RESULTS.md section from the saved JSON")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="extra textrec config overrides (named in the table)")
@@ -123,21 +127,34 @@ def main() -> None:
         textrec("prepare", SHARED_DATA / "amazon-scientific-unisrec", "--format", "unisrec", "--out", sci, "--overwrite")
     data = user_sample(sci, n_users, args.sample_seed, work)
     runs, cmds, _ = previous_runs(results, args.resume)
-    argv = [a for a in sys.argv if a != "--resume"]
+    from _common import _shorten_path
+
+    argv = [_shorten_path(a) for a in sys.argv if a != "--resume"]  # no machine paths in the committed script line
     info = {"setting": setting, "users": n_users, "sample_seed": args.sample_seed, "overrides": overrides,
             "test_all_users": cfg["test_all_users"] and n_users is not None}
 
     def save():
-        result = {"section": section, "machine": machine(), "info": info, "runs": runs, "commands": cmds, "argv": argv}
-        results.parent.mkdir(parents=True, exist_ok=True)
-        results.write_text(json.dumps(result, indent=2))
+        result = save_result(results, {"section": section, "machine": machine(), "info": info, "runs": runs, "commands": cmds,
+                                       "argv": argv})  # merged with rows another process wrote meanwhile
         md = render(result)
         if write_docs:
             update_results(section, md)
         return md
 
+    for pt in args.zero_shot:  # pre-trained, no fine-tuning: the whole catalogue, every user's test item
+        zkey = f"recformer-zeroshot-{pt.name}"
+        if zkey in runs:
+            continue
+        res = textrec("evaluate", pt, "--data", sci, "--split", "test", log=cmds)
+        pt_cfg = json.loads((pt / "config.json").read_text())
+        runs[zkey] = [{"kind": "zeroshot", "run": _shorten_path(str(pt / "zeroshot-scientific")),
+                       "pretrained": _shorten_path(str(pt)), "test": {k: v for k, v in res.items() if "@" in k},
+                       "test_seconds": res["seconds"], "pretrain_config": pt_cfg,
+                       "pretrain_metrics": json.loads((pt / "metrics.json").read_text())}]
+        print(f"{zkey}: {json.dumps(runs[zkey][0]['test'])}", file=sys.stderr)
+        save()
     key = f"recformer-minilm-{setting}" + (f"-u{n_users}" if n_users else "-all-users")
-    for seed in args.seeds:
+    for seed in ([] if args.skip_finetune else args.seeds):
         if finished(runs, key, seed):
             continue
         out = work / "runs" / "recformer_scientific" / f"{key}-{seed}"
@@ -177,6 +194,15 @@ def render(r: dict) -> str:
             "| valid s / pass |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     settings, reduced = [], False
     for rs in r["runs"].values():
+        if rs[0].get("kind") == "zeroshot":
+            z = rs[0]
+            rows.append(_row(f"Recformer, pre-trained (`{Path(z['pretrained']).name}`), zero-shot", "all 8,442 users, no fine-tuning",
+                             z["test"], ["1", "-", "-", "-", "-"]))
+            pm = z["pretrain_metrics"]
+            settings.append(f"- zero-shot from `{z['pretrained']}`: pre-trained {pm.get('epochs_run')} epochs on "
+                            + ", ".join(d["name"] for d in (z["pretrain_config"].get("pretrain") or {}).get("datasets", []))
+                            + "; test ranked over Scientific's 4,385 items encoded by that checkpoint")
+            continue
         info = rs[0].get("setting", r["info"])
         reduced |= info["setting"] != "full"
         users = f"{info['setting']}: {info['users']:,} sampled users" if info["users"] else f"{info['setting']}: all 8,442 users"

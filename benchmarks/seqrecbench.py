@@ -57,9 +57,16 @@ from _common import (
     update_results,
 )
 
-STEPS = ("prepare", "encode", "quantize", "pretrain-unisrec", "pretrain-vqrec", "pretrain-missrec")
+STEPS = ("prepare", "encode", "quantize", "pretrain-unisrec", "pretrain-vqrec", "pretrain-missrec", "pretrain-recformer")
+DEFAULT_STEPS = STEPS[:-1]  # Recformer reads tokens, not embeddings, and costs far more: asked for by name
 # per-model settings of the corpus pre-training: MISSRec reads the text embeddings as its only modality (no images)
-PRETRAIN_MODEL = {"missrec": ["model.mode=inductive", "model.text_feature=embeddings", "model.image_feature=", "train.batch_size=512"]}
+PRETRAIN_MODEL = {
+    "missrec": ["model.mode=inductive", "model.text_feature=embeddings", "model.image_feature=", "train.batch_size=512"],
+    # the reference's pre-training (REFERENCE_NOTES section 4: AdamW 5e-5, linear decay, no warm-up, clip 1.0, batch 16
+    # per GPU x 4 GPUs all-gathered: 64 in-batch pairs) at the CPU budgets of recformer_scientific.py's reduced setting
+    "recformer": ["model.max_token_num=128", "model.max_attr_length=16", "train.optimizer=adamw", "train.lr=5e-5",
+                  "train.schedule=linear", "train.warmup_steps=0", "train.grad_clip=1.0", "train.batch_size=64"],
+}
 # (inductive: pre-training reads the modalities only, as the reference; a transductive model would carry an unused
 # item-ID table for every source item and could not be run zero-shot on another catalogue)
 CSV_FLAGS = ["--format", "csv", "--user-col", "user", "--item-col", "item", "--time-col", "timestamp", "--text-col", "title"]
@@ -263,8 +270,14 @@ class Recipe:
             write_json(self.marker(f"quantize-{self.codes}"), {**rec, "inputs": hashes, "index": str(index)})
 
     def pretrain(self, model: str) -> None:
-        hashes = self.inputs(f"pretrain-{model}")
-        overrides = [f"train.epochs={self.args.pt_epochs}", f"train.num_threads={self.args.threads}", f"data.embeddings={self.emb}"]
+        overrides = [f"train.epochs={self.args.pt_epochs}", f"train.num_threads={self.args.threads}"]
+        if model == "recformer":  # reads the item attributes' tokens: prepared is enough
+            hashes = {d: content_hash(self.data_dir(d)) for d in self.domains}
+            if None in hashes.values():
+                self.missing("pretrain-recformer: not prepared yet: " + ", ".join(d for d, h in hashes.items() if h is None))
+        else:
+            hashes = self.inputs(f"pretrain-{model}")
+            overrides.append(f"data.embeddings={self.emb}")
         if model == "vqrec":
             quant = read_json(self.marker(f"quantize-{self.codes}"))
             if not quant or quant["inputs"] != hashes:
@@ -422,7 +435,7 @@ def main() -> None:
     p.add_argument("--max-users", type=int, metavar="N", help="a CPU-sized corpus: a seeded sample of N users per domain "
                    "(textrec prepare --max-users), in its own work folder")
     p.add_argument("--source", default=str(SHARED_DATA / "seqrecbench"), help="folder of domains, each with interactions.tsv.gz and items.tsv.gz")
-    p.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated, run in this order: {','.join(STEPS)}")
+    p.add_argument("--steps", default=",".join(DEFAULT_STEPS), help=f"comma-separated, run in this order: {','.join(STEPS)}")
     p.add_argument("--domains", nargs="+", help="only these domains (comma- or space-separated; default: all in --source)")
     p.add_argument("--exclude", nargs="+", help="leave these domains out (a variant: own quantiser and run names)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads of every command")
