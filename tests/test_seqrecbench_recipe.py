@@ -67,6 +67,13 @@ def test_prepare_encode_then_rerun_skips(tmp_path):
     dry = _run("--source", str(source), "--work", str(work), "--encoder", "hashing", "--exclude", "beta", "--dry-run", env=env)
     assert "variant no-beta" in dry.stdout and "would run: textrec quantize" in dry.stdout
     assert "runs/unisrec-pt-no-beta" in dry.stdout and "data/beta" not in dry.stdout.split("step encode")[1]
+    assert "recformer" not in dry.stdout  # Recformer's pre-training is asked for by name, never by default
+    # Recformer reads tokens: its pre-training needs the domains prepared, not encoded or quantised
+    rec = _run("--source", str(source), "--work", str(work), "--steps", "pretrain-recformer", "--encoder", "nothing-encoded",
+               "--dry-run", env=env)
+    line = next(x for x in rec.stdout.splitlines() if "would run: textrec pretrain" in x)
+    assert "--model recformer" in line and "model.max_token_num=128" in line and "data.embeddings" not in line
+    assert "not ready" not in rec.stdout, rec.stdout
 
     # --results: the record of what is done, without the machine's work folder
     res = tmp_path / "results"
