@@ -330,6 +330,10 @@ def render(r: dict) -> str:
             lines += ["", f"Rows {', '.join(sorted(k for k, v in taken.items() if v == section))} were trained by "
                           f"`benchmarks/{section}.py` with this script's command and seeds (`--scratch-from {section}`): "
                           f"their runs are those of results/{section}.json."]
+    if any("-pt-no-" in k for k in runs):
+        lines += ["", "A leave-domains-out pre-training has fewer batches per epoch than the all-domain one; it is given more epochs "
+                      "so that both take about the same number of optimiser steps (its command, epochs and curve are in the "
+                      f"`{f['pt_work'].replace('-', '_')}` section)."]
     lines += ["", "The papers' gains from pre-training (their own corpora, CLIP or BERT features): "
               + "; ".join(f"{m}: {src} {a:.4f} -> {b:.4f} R@10 ({100 * (b - a) / a:+.1f}%)" for m, (src, a, b) in PAPER_GAINS.items())
               + ". Their corpora are five whole Amazon domains (millions of interactions); this one is "
