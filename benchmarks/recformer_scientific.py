@@ -215,7 +215,8 @@ def render(r: dict) -> str:
         epochs = ", ".join(f"{x['epochs_run']} ({x['best_epoch']})" for x in rs)
         rows.append(_row("Recformer, MiniLM init, fine-tuned", users + tested, mean_metrics(rs),
                          [str(len(rs)), epochs, sec("train"), sec("encode"), sec("valid")]))
-        settings.append(f"- {users + tested}: " + (" ".join(f"`{o}`" for o in info["overrides"])
+        last = {o.split("=", 1)[0]: o for o in info["overrides"]}  # a later key=value wins, as in textrec
+        settings.append(f"- {users + tested}: " + (" ".join(f"`{o}`" for o in last.values())
                                                    or "none (the reference recipe as shipped)"))
     sas = sasrec_reference()
     if sas:
