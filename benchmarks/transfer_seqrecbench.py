@@ -318,8 +318,9 @@ def render(r: dict) -> str:
         lines += ["", f"### {target} ({t['items']:,} items; chance R@10 {10 / t['items']:.4f})", "",
                   "| model | R@10 | N@10 | R@50 | N@50 | seeds (R@10 span) | gain over scratch (same model and mode) |",
                   "|---|---|---|---|---|---|---|"]
-        for key, label in {**labels(), **{k: f"{k.split('-')[0]}, pre-trained without {k.split('-pt-')[1][3:]} (leave-domains-out), "
-                                              "fine-tuned" for k in keyed if "-pt-no-" in k}}.items():
+        names = {"vqrec": "VQ-Rec, new index set", "unisrec": "UniSRec inductive", "missrec": "MISSRec inductive"}
+        for key, label in {**labels(), **{k: f"{names[k.split('-')[0]]}, pre-trained without {k.split('-pt-')[1][3:]} "
+                                              "(leave-domains-out), encoder frozen" for k in keyed if "-pt-no-" in k}}.items():
             if key not in keyed:
                 continue
             rs = keyed[key]
