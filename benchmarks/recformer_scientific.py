@@ -84,6 +84,15 @@ def epoch_seconds(run: Path) -> dict:
             "stage_1_epochs": sum(r.get("phase", "").startswith("stage 1") for r in log)}
 
 
+def curve(run: Path) -> list[list[float]] | None:
+    """Validation R@10 and N@10 after each evaluated epoch, from the run's log.jsonl (None when the log is gone)."""
+    log = run / "log.jsonl"
+    if not log.exists():
+        return None
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    return [[r["epoch"], r["valid"]["recall@10"], r["valid"]["ndcg@10"]] for r in records if "valid" in r]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     size = p.add_mutually_exclusive_group()
@@ -127,6 +136,10 @@ def main() -> None:
         textrec("prepare", SHARED_DATA / "amazon-scientific-unisrec", "--format", "unisrec", "--out", sci, "--overwrite")
     data = user_sample(sci, n_users, args.sample_seed, work)
     runs, cmds, _ = previous_runs(results, args.resume)
+    for rs in runs.values():  # rows saved before curves were recorded: read them from the run's log while it exists
+        for x in rs:
+            if x.get("kind") != "zeroshot" and "curve" not in x:
+                x["curve"] = curve(run_dir(x))
     from _common import _shorten_path
 
     argv = [_shorten_path(a) for a in sys.argv if a != "--resume"]  # no machine paths in the committed script line
@@ -163,6 +176,7 @@ def main() -> None:
                       f"train.seed={seed}", *overrides, log=log)
         res["seconds"] = epoch_seconds(run_dir(res))
         res["setting"] = info
+        res["curve"] = curve(run_dir(res))
         if info["test_all_users"]:  # the same catalogue and weights, every user's test item
             full = textrec("evaluate", out, "--data", sci, "--split", "test", log=log)
             res["test_sample"], res["test"] = res["test"], {k: v for k, v in full.items() if "@" in k}
@@ -218,6 +232,10 @@ def render(r: dict) -> str:
         last = {o.split("=", 1)[0]: o for o in info["overrides"]}  # a later key=value wins, as in textrec
         settings.append(f"- {users + tested}: " + (" ".join(f"`{o}`" for o in last.values())
                                                    or "none (the reference recipe as shipped)"))
+        for x in rs:
+            if x.get("curve"):
+                settings.append(f"  validation R@10 / N@10 by epoch (seed {Path(x['run']).name.rsplit('-', 1)[-1]}): "
+                                + ", ".join(f"{int(e)}: {fmt(r)} / {fmt(n)}" for e, r, n in x["curve"]))
     sas = sasrec_reference()
     if sas:
         rows.append(_row("SASRec (item IDs), from the SASRec table", "all 8,442 users", sas[0], [str(sas[1]), "-", "-", "-", "-"]))
