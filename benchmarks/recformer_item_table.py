@@ -60,7 +60,8 @@ def measure(n_items: int, budget: int) -> dict:
         table = model.item_embeddings()
     seconds = time.perf_counter() - t0
     return {"items": n_items, "budget": budget, "table_mb": table.numel() * table.element_size() / 2**20,
-            "token_table_mb": sum(b.numel() * b.element_size() for n, b in model.named_buffers() if "token" in n) / 2**20,
+            "token_table_mb": sum(b.numel() * b.element_size() for n, b in model.named_buffers()
+                                  if n.startswith("tok_") or n in ("item_offsets", "item_lengths")) / 2**20,
             "process_start_mb": start_rss, "build_peak_mb": build_peak, "build_seconds": build_seconds,
             "resident_before_encode_mb": before, "encode_extra_peak_mb": _mb("VmHWM") - before, "encode_seconds": seconds}
 
