@@ -16,6 +16,8 @@ prepare; MiniLM encodes titles at ~345 a second on 2 CPU threads (measured: the 
     python benchmarks/seqrecbench.py --dry-run        # the commands still to run, and the per-domain counts
     python benchmarks/seqrecbench.py --max-users 5000 # a CPU-sized corpus: 5,000 sampled users per domain
     python benchmarks/seqrecbench.py --max-users 2000 --steps "" --results   # write what is done to docs/RESULTS.md
+    python benchmarks/seqrecbench.py --max-users 200 --steps prepare,pretrain-recformer --threads 1 --pt-epochs 4 \
+        --pt-set train.amp_cpu=true train.eval_every=2   # Recformer (never a default step): a small sample on CPU
 
 ``--results`` writes the record of the work folder (per-domain counts, every step's seconds and peak memory, each
 pre-training's curve: loss and merged-validation N@10 by epoch) to benchmarks/results/seqrecbench[_uN].json and to the
