@@ -162,7 +162,8 @@ def main() -> None:
         pt_cfg = json.loads((pt / "config.json").read_text())
         runs[zkey] = [{"kind": "zeroshot", "run": _shorten_path(str(pt / "zeroshot-scientific")),
                        "pretrained": _shorten_path(str(pt)), "test": {k: v for k, v in res.items() if "@" in k},
-                       "test_seconds": res["seconds"], "pretrain_config": pt_cfg,
+                       "test_seconds": res["seconds"], "pretrain_datasets": [{k: d.get(k) for k in ("name", "n_items")} for d in
+                                                                              (pt_cfg.get("pretrain") or {}).get("datasets", [])],
                        "pretrain_metrics": json.loads((pt / "metrics.json").read_text())}]
         print(f"{zkey}: {json.dumps(runs[zkey][0]['test'])}", file=sys.stderr)
         save()
@@ -214,8 +215,10 @@ def render(r: dict) -> str:
                              z["test"], ["1", "-", "-", "-", "-"]))
             pm = z["pretrain_metrics"]
             settings.append(f"- zero-shot from `{z['pretrained']}`: pre-trained {pm.get('epochs_run')} epochs on "
-                            + ", ".join(d["name"] for d in (z["pretrain_config"].get("pretrain") or {}).get("datasets", []))
-                            + "; test ranked over Scientific's 4,385 items encoded by that checkpoint")
+                            + ", ".join(d["name"] for d in z["pretrain_datasets"])
+                            + f" ({sum(d['n_items'] or 0 for d in z['pretrain_datasets']):,} items; the recipe's "
+                            "`seqrecbench.py --steps prepare,pretrain-recformer`, whose command is in its work folder's "
+                            "summary.json); test ranked over Scientific's 4,385 items encoded by that checkpoint")
             continue
         info = rs[0].get("setting", r["info"])
         reduced |= info["setting"] != "full"
