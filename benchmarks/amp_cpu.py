@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from _common import SHARED_DATA, WORK, machine, machine_line, textrec, update_results
+from _common import SHARED_DATA, machine, machine_line, prepare, update_results
 
 
 def step_seconds(model, batch, bf16: bool, train: bool, repeats: int) -> float:
@@ -52,10 +52,7 @@ def main() -> None:
     from textrec.data.sentences import item_attributes
     from textrec.train.inputs import ItemInputs, build_model
 
-    sci = WORK / "data" / "scientific"
-    if not (sci / "meta.json").exists():
-        textrec("prepare", SHARED_DATA / "amazon-scientific-unisrec", "--format", "unisrec", "--out", sci, "--overwrite")
-    ds = Dataset.load(sci)
+    ds = Dataset.load(prepare("scientific", SHARED_DATA / "amazon-scientific-unisrec", "unisrec", encode=False))
     cfg = load_config(model="recformer", overrides=[f"model.max_token_num={args.tokens}", "model.max_attr_length=16"])
     model = build_model(cfg, ItemInputs(n_items=ds.n_items, attributes=item_attributes(ds)))
     users = np.argsort([-len(ds.sequence(u)) for u in range(ds.n_users)], kind="stable")[:16]  # 16 longest histories
