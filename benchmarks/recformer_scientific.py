@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -109,8 +110,15 @@ def main() -> None:
     p.add_argument("--zero-shot", type=Path, nargs="+", default=[], metavar="PT_RUN",
                    help="also rank Scientific's test users with these pre-trained Recformer runs, no fine-tuning "
                         "(`textrec evaluate PT_RUN --data SCIENTIFIC`), a row each")
-    p.add_argument("--skip-finetune", action="store_true", help="only the --zero-shot rows")
-    p.add_argument("--resume", action="store_true", help="keep the finished runs of an interrupted invocation")
+    p.add_argument("--zero-shot-minilm", action="store_true",
+                   help="also rank Scientific's test users with Recformer built from MiniLM and never trained (the control "
+                        "for the pre-trained zero-shot rows)")
+    p.add_argument("--init", type=Path, metavar="PT_RUN",
+                   help="fine-tune from this pre-trained Recformer run (`textrec finetune --init PT_RUN`) instead of MiniLM")
+    p.add_argument("--skip-finetune", action="store_true", help="only the zero-shot rows")
+    p.add_argument("--name", help="a suffix of the row's key, for a row whose overrides differ from another's with the same setting")
+    p.add_argument("--resume", action="store_true", help="keep the finished runs of an interrupted invocation and continue an "
+                                                         "interrupted training run from its last epoch")
     p.add_argument("--render-only", action="store_true", help="rewrite the RESULTS.md section from the saved JSON")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="extra textrec config overrides (named in the table)")
     args = p.parse_args()
@@ -136,9 +144,12 @@ def main() -> None:
         textrec("prepare", SHARED_DATA / "amazon-scientific-unisrec", "--format", "unisrec", "--out", sci, "--overwrite")
     data = user_sample(sci, n_users, args.sample_seed, work)
     runs, cmds, _ = previous_runs(results, args.resume)
+    old_note = json.loads(results.read_text())["machine"].get("note") if results.exists() else None
     for rs in runs.values():  # rows saved before curves were recorded: read them from the run's log while it exists
         for x in rs:
-            if x.get("kind") != "zeroshot" and "curve" not in x:
+            if x.get("kind") is None and "machine_note" not in x:  # rows saved before per-row notes: the file's last note
+                x["machine_note"] = old_note
+            if x.get("kind") is None and "curve" not in x:
                 x["curve"] = curve(run_dir(x))
     from _common import _shorten_path
 
@@ -167,14 +178,24 @@ def main() -> None:
                        "pretrain_metrics": json.loads((pt / "metrics.json").read_text())}]
         print(f"{zkey}: {json.dumps(runs[zkey][0]['test'])}", file=sys.stderr)
         save()
-    key = f"recformer-minilm-{setting}" + (f"-u{n_users}" if n_users else "-all-users")
+    if args.zero_shot_minilm and "recformer-zeroshot-minilm" not in runs:
+        runs["recformer-zeroshot-minilm"] = [minilm_zero_shot(sci, [*overrides, f"train.seed={args.seeds[0]}"])]
+        print(f"recformer-zeroshot-minilm: {json.dumps(runs['recformer-zeroshot-minilm'][0]['test'])}", file=sys.stderr)
+        save()
+    start = f"from-{args.init.name}" if args.init else "minilm"
+    key = f"recformer-{start}-{setting}" + (f"-u{n_users}" if n_users else "-all-users") + (f"-{args.name}" if args.name else "")
     for seed in ([] if args.skip_finetune else args.seeds):
         if finished(runs, key, seed):
             continue
         out = work / "runs" / "recformer_scientific" / f"{key}-{seed}"
         log = cmds if seed == args.seeds[0] else None
-        res = textrec("train", data, "--config", "recformer-reference", "--out", out, "--overwrite", "--quiet",
+        unfinished = args.resume and (out / "state.pt").exists()  # an interrupted run continues from its last epoch
+        how = ["finetune", data, "--init", args.init] if args.init else ["train", data]
+        res = textrec(*how, "--config", "recformer-reference", "--out", out, "--resume" if unfinished else "--overwrite", "--quiet",
                       f"train.seed={seed}", *overrides, log=log)
+        if args.init:
+            res["init"] = _shorten_path(str(args.init))
+        res["machine_note"] = os.environ.get("TEXTREC_BENCH_NOTE")  # rows of one table may be measured differently
         res["seconds"] = epoch_seconds(run_dir(res))
         res["setting"] = info
         res["curve"] = curve(run_dir(res))
@@ -188,6 +209,37 @@ def main() -> None:
     print(save())
     if args.smoke:
         print(f"smoke run: wrote {results} and {work}", file=sys.stderr)
+
+
+def minilm_zero_shot(sci: Path, overrides: list[str]) -> dict:
+    """Recformer built from MiniLM exactly as fine-tuning starts it (new token-type and item-position tables at their seeded
+    random initialisation), never trained: every test user's item ranked over the whole catalogue."""
+    import time
+
+    from textrec.config import load_config
+    from textrec.data.batching import EvalBatcher
+    from textrec.data.dataset import Dataset
+    from textrec.data.split import eval_examples
+    from textrec.eval.ranking import evaluate
+    from textrec.train.inputs import build_model, load_item_inputs
+    from textrec.train.loop import resolve_device, seed_everything
+
+    cfg = load_config("recformer-reference", overrides)
+    if cfg.train.num_threads > 0:
+        import torch
+
+        torch.set_num_threads(cfg.train.num_threads)
+    start = time.perf_counter()
+    inputs, _ = load_item_inputs(cfg, [sci])
+    seed_everything(cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+    model = build_model(cfg, inputs).to(device).eval()
+    ds = Dataset.load(sci)
+    batcher = EvalBatcher(eval_examples(ds, "test", cfg.data.max_seq_len), cfg.eval.batch_size, device)
+    res = evaluate(model, batcher, cfg.eval.ks, cfg.eval.mask_history, cfg.eval.item_chunk)
+    return {"kind": "zeroshot-minilm", "run": "-", "test": {k: v for k, v in res.metrics.items() if "@" in k},
+            "test_seconds": time.perf_counter() - start, "seed": cfg.train.seed,
+            "token_budgets": {"max_token_num": cfg.model_config.max_token_num, "max_attr_length": cfg.model_config.max_attr_length}}
 
 
 def sasrec_reference() -> dict | None:
@@ -209,6 +261,15 @@ def render(r: dict) -> str:
             "| valid s / pass |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     settings, reduced = [], False
     for rs in r["runs"].values():
+        if rs[0].get("kind") == "zeroshot-minilm":
+            z = rs[0]
+            rows.append(_row("Recformer, MiniLM init, not trained (zero-shot control)", "all 8,442 users, no training", z["test"],
+                             ["1", "-", "-", "-", "-"]))
+            settings.append(f"- zero-shot control: Recformer built from MiniLM as fine-tuning starts it (the new token-type and "
+                            f"item-position tables at their random initialisation, seed {z['seed']}; "
+                            f"{z['token_budgets']['max_token_num']} tokens, attributes of {z['token_budgets']['max_attr_length']}), "
+                            "never trained; test ranked over Scientific's 4,385 items")
+            continue
         if rs[0].get("kind") == "zeroshot":
             z = rs[0]
             rows.append(_row(f"Recformer, pre-trained (`{Path(z['pretrained']).name}`), zero-shot", "all 8,442 users, no fine-tuning",
@@ -230,11 +291,16 @@ def render(r: dict) -> str:
             return "-" if None in values else fmt(sum(values) / len(values), 1)
 
         epochs = ", ".join(f"{x['epochs_run']} ({x['best_epoch']})" for x in rs)
-        rows.append(_row("Recformer, MiniLM init, fine-tuned", users + tested, mean_metrics(rs),
+        init = rs[0].get("init")
+        label = f"Recformer, pre-trained (`{Path(init).name}`), fine-tuned" if init else "Recformer, MiniLM init, fine-tuned"
+        rows.append(_row(label, users + tested, mean_metrics(rs),
                          [str(len(rs)), epochs, sec("train"), sec("encode"), sec("valid")]))
         last = {o.split("=", 1)[0]: o for o in info["overrides"]}  # a later key=value wins, as in textrec
-        settings.append(f"- {users + tested}: " + (" ".join(f"`{o}`" for o in last.values())
-                                                   or "none (the reference recipe as shipped)"))
+        measured = {x.get("machine_note") for x in rs} - {None}
+        settings.append(f"- {label}, {users + tested}: " + (" ".join(f"`{o}`" for o in last.values())
+                                                   or "none (the reference recipe as shipped)")
+                        + (f" (from `{init}`)" if init else "")
+                        + (f"; timed with {', '.join(sorted(measured))}" if measured else ""))
         for x in rs:
             if x.get("curve"):
                 settings.append(f"  validation R@10 / N@10 by epoch (seed {Path(x['run']).name.rsplit('-', 1)[-1]}): "
@@ -243,7 +309,7 @@ def render(r: dict) -> str:
     if sas:
         rows.append(_row("SASRec (item IDs), from the SASRec table", "all 8,442 users", sas[0], [str(sas[1]), "-", "-", "-", "-"]))
     lines = [
-        "## Recformer on Amazon Scientific (MiniLM initialisation)",
+        "## Recformer on Amazon Scientific (from MiniLM, from a pre-trained checkpoint, zero-shot)",
         "",
         f"Machine: {machine_line(r['machine'])}. Script: `python {' '.join(r['argv'])}` (means over seeds).",
         "",
@@ -252,7 +318,9 @@ def render(r: dict) -> str:
         "Recformer reads the embedded all-MiniLM-L6-v2 (all 6 layers, 384-d) through the reference's fine-tuning recipe "
         "(`--config recformer-reference`: AdamW 5e-5, batch 16, warm-up 100 then linear decay, stage 1 re-encoding every "
         "item each epoch with patience 5, stage 2 with the item table fixed, patience 3). The paper fine-tunes a "
-        "Longformer-base checkpoint pre-trained on seven Amazon domains; these rows start from MiniLM with no pre-training. "
+        "Longformer-base checkpoint pre-trained on seven Amazon domains; the MiniLM rows start from MiniLM with no pre-training, "
+        "the pre-trained rows from a MiniLM-initialised Recformer pre-trained with the reference's recipe on a sample of the "
+        "ten-domain corpus (`seqrecbench.py --steps prepare,pretrain-recformer`). "
         "Overrides of the recipe, per row:",
         "",
         *settings,

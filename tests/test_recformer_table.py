@@ -1,0 +1,62 @@
+"""benchmarks/recformer_scientific.py: the table names each row by how it started and how it was timed."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "recformer_scientific.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("recformer_scientific", SCRIPT)
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return module
+
+
+def _metrics(r10: float) -> dict:
+    return {"recall@10": r10, "ndcg@10": r10 / 2, "recall@50": 2 * r10, "ndcg@50": r10}
+
+
+def _finetuned(run: str, r10: float, note: str, init: str | None = None) -> dict:
+    row = {"run": run, "test": _metrics(r10), "epochs_run": 4, "best_epoch": 3, "machine_note": note,
+           "seconds": {"train": 10.0, "encode": 2.0, "valid": 3.0},
+           "setting": {"setting": "reduced", "users": None, "test_all_users": False,
+                       "overrides": ["train.epochs=6", "train.lr=1e-4", "train.epochs=4"]},
+           "curve": [[1, 0.05, 0.02], [2, 0.06, 0.03]]}
+    if init:
+        row["init"] = init
+    return row
+
+
+def test_rows_say_where_they_started_and_how_they_were_timed():
+    table = _script().render({
+        "machine": {"date": "2026-12-05", "cpu": "cpu", "cores": 2, "python": "3.11", "torch": "2", "gpu": None, "note": "last"},
+        "argv": ["recformer_scientific.py"], "commands": ["textrec train ..."], "info": {},
+        "runs": {
+            "recformer-minilm-reduced-all-users": [_finetuned("$WORK/runs/a-2020", 0.0912, "two side by side")],
+            "recformer-from-recformer-pt-reduced-all-users": [
+                _finetuned("$WORK/runs/b-2020", 0.0934, "alone, two threads", init="$WORK/pt/recformer-pt")],
+            "recformer-zeroshot-minilm": [{"kind": "zeroshot-minilm", "run": "-", "test": _metrics(0.0456), "seed": 2020,
+                                           "token_budgets": {"max_token_num": 128, "max_attr_length": 16}}],
+        },
+    })
+    lines = table.splitlines()
+    row = {label: next(x for x in lines if x.startswith(f"| {label} |")) for label in (
+        "Recformer, MiniLM init, fine-tuned", "Recformer, pre-trained (`recformer-pt`), fine-tuned",
+        "Recformer, MiniLM init, not trained (zero-shot control)")}
+    assert "0.0912" in row["Recformer, MiniLM init, fine-tuned"]
+    assert "0.0934" in row["Recformer, pre-trained (`recformer-pt`), fine-tuned"]
+    assert "0.0456" in row["Recformer, MiniLM init, not trained (zero-shot control)"]
+    settings = [x for x in lines if x.startswith("- Recformer, pre-trained")]
+    assert len(settings) == 1 and "(from `$WORK/pt/recformer-pt`)" in settings[0]
+    assert "timed with alone, two threads" in settings[0]
+    assert "`train.epochs=4`" in settings[0] and "train.epochs=6" not in settings[0]  # a later key=value wins
+    assert any("timed with two side by side" in x for x in lines if x.startswith("- Recformer, MiniLM init"))
+    assert any("seed 2020; 128 tokens, attributes of 16" in x for x in lines if x.startswith("- zero-shot control"))
