@@ -26,6 +26,11 @@ tokens, and every item's, each epoch), so the default is a reduced setting sized
     python benchmarks/recformer_scientific.py --full         # the full setting (GPU: bf16 autocast)
     python benchmarks/recformer_scientific.py --all-users train.amp_cpu=true
     python benchmarks/recformer_scientific.py --smoke
+    python benchmarks/recformer_scientific.py --all-users --init PT_RUN   # fine-tuned from a pre-trained Recformer run
+    python benchmarks/recformer_scientific.py --skip-finetune --zero-shot PT_RUN --zero-shot-minilm   # zero-shot rows
+
+Zero-shot rows rank every test user's item over the whole catalogue with no training on Scientific: a pre-trained run
+(`textrec evaluate PT_RUN --data SCIENTIFIC`), and as its control Recformer built from MiniLM and never trained.
 """
 
 from __future__ import annotations
