@@ -43,9 +43,21 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
-from _common import (ROOT, SHARED_DATA, WORK, finished, fmt, machine, machine_line, mean_metrics, previous_runs, run_dir, save_result,
-                     textrec, update_results)
+from _common import (
+    ROOT,
+    SHARED_DATA,
+    WORK,
+    finished,
+    fmt,
+    machine,
+    machine_line,
+    mean_metrics,
+    previous_runs,
+    run_dir,
+    save_result,
+    textrec,
+    update_results,
+)
 
 SETTINGS = {
     "reduced": {"users": 2000, "test_all_users": True,
@@ -80,13 +92,14 @@ def user_sample(sci: Path, n_users: int | None, seed: int, work: Path) -> Path:
 
 
 def epoch_seconds(run: Path) -> dict:
-    """Per-epoch means from the run's log.jsonl: training alone, item re-encoding (stage 1), validation."""
+    """Per-epoch medians from the run's log.jsonl: training alone, item re-encoding (stage 1), validation."""
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     encode = [r["item_encode_seconds"] for r in log if "item_encode_seconds" in r]
     train = [r["train_seconds"] - r.get("item_encode_seconds", 0.0) for r in log]
     valid = [r["eval_seconds"] for r in log if "eval_seconds" in r]
-    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
-    return {"train": mean(train), "encode": mean(encode), "valid": mean(valid), "epochs": len(log),
+    # medians: an epoch slowed by something else on the machine (a check run beside it) does not move them
+    median = lambda xs: float(np.median(xs)) if xs else None
+    return {"train": median(train), "encode": median(encode), "valid": median(valid), "epochs": len(log),
             "stage_1_epochs": sum(r.get("phase", "").startswith("stage 1") for r in log)}
 
 
@@ -156,15 +169,20 @@ def main() -> None:
                 x["machine_note"] = old_note
             if x.get("kind") is None and "curve" not in x:
                 x["curve"] = curve(run_dir(x))
+            if x.get("kind") is None and (run_dir(x) / "log.jsonl").exists():  # timings as epoch_seconds gives them now
+                x["seconds"] = epoch_seconds(run_dir(x))
     from _common import _shorten_path
 
     argv = [_shorten_path(a) for a in sys.argv if a != "--resume"]  # no machine paths in the committed script line
     info = {"setting": setting, "users": n_users, "sample_seed": args.sample_seed, "overrides": overrides,
             "test_all_users": cfg["test_all_users"] and n_users is not None}
 
+    budget = history_fit(sci, overrides)  # what the token budget holds of a test history
+    fit_key = f"{budget['max_token_num']}/{budget['max_attr_num']}/{budget['max_attr_length']}"
+
     def save():
         result = save_result(results, {"section": section, "machine": machine(), "info": info, "runs": runs, "commands": cmds,
-                                       "argv": argv})  # merged with rows another process wrote meanwhile
+                                       "argv": argv, "facts": {"history_fit": {fit_key: budget}}})  # merged with rows another process wrote
         md = render(result)
         if write_docs:
             update_results(section, md)
@@ -216,6 +234,31 @@ def main() -> None:
         print(f"smoke run: wrote {results} and {work}", file=sys.stderr)
 
 
+def history_fit(sci: Path, overrides: list[str]) -> dict:
+    """How much of each test history the token budget holds: the most recent items whose tokens fit whole after
+    ``<s>`` (the model then cuts the next item at the budget), against the history's length."""
+    from textrec.config import load_config
+    from textrec.data.dataset import Dataset
+    from textrec.data.sentences import item_attributes, tokenize_items
+    from textrec.models.recformer import _tokenizer, backbone_config
+
+    cfg = load_config("recformer-reference", overrides)
+    mc = cfg.model_config
+    ds = Dataset.load(sci)
+    _, folder, _ = backbone_config(mc)
+    lengths = tokenize_items(item_attributes(ds), _tokenizer(str(folder)), mc.max_attr_num, mc.max_attr_length).lengths
+    fits, sizes = [], []
+    for u in range(ds.n_users):
+        items = ds.sequence(u)[:-1][-min(cfg.data.max_seq_len, mc.max_item_embeddings - 1):][::-1]  # test history, newest first
+        used = np.cumsum(lengths[items])
+        fits.append(int((used <= mc.max_token_num - 1).sum()))
+        sizes.append(len(items))
+    fits, sizes = np.asarray(fits), np.asarray(sizes)
+    return {"max_token_num": mc.max_token_num, "max_attr_num": mc.max_attr_num, "max_attr_length": mc.max_attr_length,
+            "tokens_per_item": float(lengths[1:].mean()), "items_whole": float(fits.mean()), "history_items": float(sizes.mean()),
+            "histories_whole": float((fits == sizes).mean())}
+
+
 def minilm_zero_shot(sci: Path, overrides: list[str]) -> dict:
     """Recformer built from MiniLM exactly as fine-tuning starts it (new token-type and item-position tables at their seeded
     random initialisation), never trained: every test user's item ranked over the whole catalogue."""
@@ -262,10 +305,10 @@ def _row(label: str, setting: str, m: dict, rest: list[str]) -> str:
 
 
 def render(r: dict) -> str:
-    rows = ["| model | setting | R@10 | N@10 | R@50 | N@50 | seeds | epochs (best) | train s / epoch | re-encode s / epoch "
-            "| valid s / pass |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [("| model | setting | R@10 | N@10 | R@50 | N@50 | seeds | epochs (best) | train s / epoch | re-encode s / epoch "
+            "| valid s / pass |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
     settings, reduced = [], False
-    for rs in r["runs"].values():
+    for rs in sorted(r["runs"].values(), key=lambda rs: rs[0].get("kind") is not None):  # fine-tuned rows first
         if rs[0].get("kind") == "zeroshot-minilm":
             z = rs[0]
             rows.append(_row("Recformer, MiniLM init, not trained (zero-shot control)", "all 8,442 users, no training", z["test"],
@@ -291,7 +334,7 @@ def render(r: dict) -> str:
         users = f"{info['setting']}: {info['users']:,} sampled users" if info["users"] else f"{info['setting']}: all 8,442 users"
         tested = ", test on all 8,442" if info["test_all_users"] else ""
 
-        def sec(k: str) -> str:
+        def sec(k: str, rs: list = rs) -> str:
             values = [x["seconds"][k] for x in rs]
             return "-" if None in values else fmt(sum(values) / len(values), 1)
 
@@ -320,21 +363,26 @@ def render(r: dict) -> str:
         "",
         *rows,
         "",
-        "Recformer reads the embedded all-MiniLM-L6-v2 (all 6 layers, 384-d) through the reference's fine-tuning recipe "
+        ("Recformer reads the embedded all-MiniLM-L6-v2 (all 6 layers, 384-d) through the reference's fine-tuning recipe "
         "(`--config recformer-reference`: AdamW 5e-5, batch 16, warm-up 100 then linear decay, stage 1 re-encoding every "
         "item each epoch with patience 5, stage 2 with the item table fixed, patience 3). The paper fine-tunes a "
         "Longformer-base checkpoint pre-trained on seven Amazon domains; the MiniLM rows start from MiniLM with no pre-training, "
         "the pre-trained rows from a MiniLM-initialised Recformer pre-trained with the reference's recipe on a sample of the "
         "ten-domain corpus (`seqrecbench.py --steps prepare,pretrain-recformer`). "
-        "Overrides of the recipe, per row:",
+        "Overrides of the recipe, per row:"),
         "",
         *settings,
         "",
         ("Reduced CPU settings: shorter token budgets (and a user sample to train and validate on, where the row says so) "
          "and a few epochs (see the script's doc); not the full setting (`--full`: every user, 512 tokens, the recipe "
          "unchanged), which needs a GPU." if reduced else "The full setting: every user, 512 tokens, the recipe unchanged."),
-        "Seconds per epoch: training alone (the epoch's `train_seconds` less its re-encoding), the re-encoding of the whole "
-        "catalogue at the start of each stage-1 epoch (`item_encode_seconds`), and one validation pass.",
+        *(f"Token budget {b['max_token_num']} (at most {b['max_attr_num']} attributes of {b['max_attr_length']} tokens, key "
+          f"included): an item takes {b['tokens_per_item']:.1f} tokens on average, so a test history keeps its "
+          f"{b['items_whole']:.1f} most recent items whole (the next one cut) of {b['history_items']:.1f} on average; "
+          f"{b['histories_whole']:.0%} of test histories fit whole."
+          for b in (r.get("facts") or {}).get("history_fit", {}).values()),
+        ("Seconds per epoch (medians over a run's epochs): training alone (the epoch's `train_seconds` less its re-encoding), the re-encoding of the whole "
+        "catalogue at the start of each stage-1 epoch (`item_encode_seconds`), and one validation pass."),
         "",
         "Commands (first seed; `$WORK` = benchmarks/.work; the user sample is written by the script):",
         "",

@@ -39,6 +39,9 @@ def test_rows_say_where_they_started_and_how_they_were_timed():
     table = _script().render({
         "machine": {"date": "2026-12-05", "cpu": "cpu", "cores": 2, "python": "3.11", "torch": "2", "gpu": None, "note": "last"},
         "argv": ["recformer_scientific.py"], "commands": ["textrec train ..."], "info": {},
+        "facts": {"history_fit": {"128/3/16": {"max_token_num": 128, "max_attr_num": 3, "max_attr_length": 16,
+                                                "tokens_per_item": 32.71, "items_whole": 3.3, "history_items": 6.04,
+                                                "histories_whole": 0.1207}}},
         "runs": {
             "recformer-minilm-reduced-all-users": [_finetuned("$WORK/runs/a-2020", 0.0912, "two side by side")],
             "recformer-from-recformer-pt-reduced-all-users": [
@@ -60,3 +63,5 @@ def test_rows_say_where_they_started_and_how_they_were_timed():
     assert "`train.epochs=4`" in settings[0] and "train.epochs=6" not in settings[0]  # a later key=value wins
     assert any("timed with two side by side" in x for x in lines if x.startswith("- Recformer, MiniLM init"))
     assert any("seed 2020; 128 tokens, attributes of 16" in x for x in lines if x.startswith("- zero-shot control"))
+    assert any(x.startswith("Token budget 128 (at most 3 attributes of 16 tokens") and "32.7 tokens" in x
+               and "3.3 most recent items whole" in x and "of 6.0 on average; 12% of test histories" in x for x in lines)
