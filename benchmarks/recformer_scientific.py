@@ -194,7 +194,7 @@ def main() -> None:
             continue
         res = textrec("evaluate", pt, "--data", sci, "--split", "test", log=cmds)
         pt_cfg = json.loads((pt / "config.json").read_text())
-        runs[zkey] = [{"kind": "zeroshot", "run": _shorten_path(str(pt / "zeroshot-scientific")),
+        runs[zkey] = [{"kind": "zeroshot", "run": _shorten_path(str(pt / "zeroshot-scientific")), "argv": argv,
                        "pretrained": _shorten_path(str(pt)), "test": {k: v for k, v in res.items() if "@" in k},
                        "test_seconds": res["seconds"], "pretrain_datasets": [{k: d.get(k) for k in ("name", "n_items")} for d in
                                                                               (pt_cfg.get("pretrain") or {}).get("datasets", [])],
@@ -202,7 +202,7 @@ def main() -> None:
         print(f"{zkey}: {json.dumps(runs[zkey][0]['test'])}", file=sys.stderr)
         save()
     if args.zero_shot_minilm and "recformer-zeroshot-minilm" not in runs:
-        runs["recformer-zeroshot-minilm"] = [minilm_zero_shot(sci, [*overrides, f"train.seed={args.seeds[0]}"])]
+        runs["recformer-zeroshot-minilm"] = [{**minilm_zero_shot(sci, [*overrides, f"train.seed={args.seeds[0]}"]), "argv": argv}]
         print(f"recformer-zeroshot-minilm: {json.dumps(runs['recformer-zeroshot-minilm'][0]['test'])}", file=sys.stderr)
         save()
     start = f"from-{args.init.name}" if args.init else "minilm"
@@ -219,6 +219,7 @@ def main() -> None:
         if args.init:
             res["init"] = _shorten_path(str(args.init))
         res["machine_note"] = os.environ.get("TEXTREC_BENCH_NOTE")  # rows of one table may be measured differently
+        res["argv"] = argv
         res["seconds"] = epoch_seconds(run_dir(res))
         res["setting"] = info
         res["curve"] = curve(run_dir(res))
@@ -299,6 +300,11 @@ def sasrec_reference() -> dict | None:
     return (mean_metrics(runs), len(runs)) if runs else None
 
 
+def _options(row: dict) -> str:
+    """The script options the row was made with (rows saved before they were kept: none)."""
+    return f" (`{' '.join(row['argv'][1:])}`)" if row.get("argv") else ""
+
+
 def _row(label: str, setting: str, m: dict, rest: list[str]) -> str:
     cells = [label, setting, *(fmt(m[k]) for k in ("recall@10", "ndcg@10", "recall@50", "ndcg@50")), *rest]
     return "| " + " | ".join(cells) + " |"
@@ -313,7 +319,7 @@ def render(r: dict) -> str:
             z = rs[0]
             rows.append(_row("Recformer, MiniLM init, not trained (zero-shot control)", "all 8,442 users, no training", z["test"],
                              ["1", "-", "-", "-", "-"]))
-            settings.append(f"- zero-shot control: Recformer built from MiniLM as fine-tuning starts it (the new token-type and "
+            settings.append(f"- zero-shot control{_options(z)}: Recformer built from MiniLM as fine-tuning starts it (the new token-type and "
                             f"item-position tables at their random initialisation, seed {z['seed']}; "
                             f"{z['token_budgets']['max_token_num']} tokens, attributes of {z['token_budgets']['max_attr_length']}), "
                             "never trained; test ranked over Scientific's 4,385 items")
@@ -323,7 +329,7 @@ def render(r: dict) -> str:
             rows.append(_row(f"Recformer, pre-trained (`{Path(z['pretrained']).name}`), zero-shot", "all 8,442 users, no fine-tuning",
                              z["test"], ["1", "-", "-", "-", "-"]))
             pm = z["pretrain_metrics"]
-            settings.append(f"- zero-shot from `{z['pretrained']}`: pre-trained {pm.get('epochs_run')} epochs on "
+            settings.append(f"- zero-shot from `{z['pretrained']}`{_options(z)}: pre-trained {pm.get('epochs_run')} epochs on "
                             + ", ".join(d["name"] for d in z["pretrain_datasets"])
                             + f" ({sum(d['n_items'] or 0 for d in z['pretrain_datasets']):,} items; the recipe's "
                             "`seqrecbench.py --steps prepare,pretrain-recformer`, whose command is in its work folder's "
@@ -345,7 +351,7 @@ def render(r: dict) -> str:
                          [str(len(rs)), epochs, sec("train"), sec("encode"), sec("valid")]))
         last = {o.split("=", 1)[0]: o for o in info["overrides"]}  # a later key=value wins, as in textrec
         measured = {x.get("machine_note") for x in rs} - {None}
-        settings.append(f"- {label}, {users + tested}: " + (" ".join(f"`{o}`" for o in last.values())
+        settings.append(f"- {label}, {users + tested}{_options(rs[0])}: " + (" ".join(f"`{o}`" for o in last.values())
                                                    or "none (the reference recipe as shipped)")
                         + (f" (from `{init}`)" if init else "")
                         + (f"; timed with {', '.join(sorted(measured))}" if measured else ""))
@@ -359,7 +365,8 @@ def render(r: dict) -> str:
     lines = [
         "## Recformer on Amazon Scientific (from MiniLM, from a pre-trained checkpoint, zero-shot)",
         "",
-        f"Machine: {machine_line(r['machine'])}. Script: `python {' '.join(r['argv'])}` (means over seeds).",
+        (f"Machine: {machine_line(r['machine'])} (the last invocation's; each row says how it was timed). Rows: "
+        "`python benchmarks/recformer_scientific.py` with the options each row lists (means over seeds)."),
         "",
         *rows,
         "",

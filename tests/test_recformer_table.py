@@ -45,7 +45,8 @@ def test_rows_say_where_they_started_and_how_they_were_timed():
         "runs": {
             "recformer-minilm-reduced-all-users": [_finetuned("$WORK/runs/a-2020", 0.0912, "two side by side")],
             "recformer-from-recformer-pt-reduced-all-users": [
-                _finetuned("$WORK/runs/b-2020", 0.0934, "alone, two threads", init="$WORK/pt/recformer-pt")],
+                {**_finetuned("$WORK/runs/b-2020", 0.0934, "alone, two threads", init="$WORK/pt/recformer-pt"),
+                 "argv": ["recformer_scientific.py", "--all-users", "--init", "$WORK/pt/recformer-pt"]}],
             "recformer-zeroshot-minilm": [{"kind": "zeroshot-minilm", "run": "-", "test": _metrics(0.0456), "seed": 2020,
                                            "token_budgets": {"max_token_num": 128, "max_attr_length": 16}}],
         },
@@ -59,6 +60,7 @@ def test_rows_say_where_they_started_and_how_they_were_timed():
     assert "0.0456" in row["Recformer, MiniLM init, not trained (zero-shot control)"]
     settings = [x for x in lines if x.startswith("- Recformer, pre-trained")]
     assert len(settings) == 1 and "(from `$WORK/pt/recformer-pt`)" in settings[0]
+    assert "(`--all-users --init $WORK/pt/recformer-pt`)" in settings[0]
     assert "timed with alone, two threads" in settings[0]
     assert "`train.epochs=4`" in settings[0] and "train.epochs=6" not in settings[0]  # a later key=value wins
     assert any("timed with two side by side" in x for x in lines if x.startswith("- Recformer, MiniLM init"))
