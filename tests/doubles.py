@@ -16,7 +16,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from textrec.data.batching import SeqBatch
-from textrec.models.layers import TransformerEncoder, init_weights, last_position, next_item_positions
+from textrec.models.layers import (
+    TransformerEncoder,
+    init_weights,
+    last_position,
+    next_item_positions,
+)
 from textrec.models.spec import ItemInputs, Phase, train_all
 
 
@@ -183,3 +188,20 @@ class RecDouble(nn.Module):
             Phase("stage 2", train_all, enter=lambda m: m.enter_stage_2(), patience=self.cfg.patience_2, reload_best=True,
                   optimizer="keep"),
         ]
+
+
+def benchmark_script(name: str):
+    """Import ``benchmarks/NAME.py`` as a module (its own imports, e.g. ``_common``, resolved from benchmarks/)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, script)
+    sys.path.insert(0, str(script.parent))
+    try:
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(script.parent))
+    return module

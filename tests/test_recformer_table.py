@@ -2,22 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "recformer_scientific.py"
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("recformer_scientific", SCRIPT)
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return module
+from doubles import benchmark_script
 
 
 def _metrics(r10: float) -> dict:
@@ -36,7 +21,7 @@ def _finetuned(run: str, r10: float, note: str, init: str | None = None) -> dict
 
 
 def test_rows_say_where_they_started_and_how_they_were_timed():
-    table = _script().render({
+    table = benchmark_script("recformer_scientific").render({
         "machine": {"date": "2026-12-05", "cpu": "cpu", "cores": 2, "python": "3.11", "torch": "2", "gpu": None, "note": "last"},
         "argv": ["recformer_scientific.py"], "commands": ["textrec train ..."], "info": {},
         "facts": {"history_fit": {"128/3/16": {"max_token_num": 128, "max_attr_num": 3, "max_attr_length": 16,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from doubles import benchmark_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "seqrecbench.py"
 
@@ -87,13 +87,7 @@ def test_prepare_encode_then_rerun_skips(tmp_path):
 
 
 def test_variant_names():
-    spec = importlib.util.spec_from_file_location("seqrecbench", SCRIPT)
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        recipe = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(recipe)
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    recipe = benchmark_script("seqrecbench")
     domains = ["amazon2014-beauty", "amazon2014-book_1000000", "amazon2018-electronic_1000000", "amazon2018-game",
                "food", "movielens-1m", "steam_100000"]
     keep = lambda *out: [d for d in domains if d not in out]
