@@ -305,6 +305,15 @@ def _options(row: dict) -> str:
     return f" (`{' '.join(row['argv'][1:])}`)" if row.get("argv") else ""
 
 
+def _knobs(overrides: list[str]) -> str:
+    """The token budget and learning rate a row trained with (the recipe's, overridden), for the setting cell."""
+    from textrec.config import load_config
+
+    cfg = load_config("recformer-reference", overrides)
+    mantissa, exponent = f"{cfg.train.lr:.3e}".split("e")
+    return f"; {cfg.model_config.max_token_num} tokens, lr {mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
 def _row(label: str, setting: str, m: dict, rest: list[str]) -> str:
     cells = [label, setting, *(fmt(m[k]) for k in ("recall@10", "ndcg@10", "recall@50", "ndcg@50")), *rest]
     return "| " + " | ".join(cells) + " |"
@@ -338,7 +347,7 @@ def render(r: dict) -> str:
         info = rs[0].get("setting", r["info"])
         reduced |= info["setting"] != "full"
         users = f"{info['setting']}: {info['users']:,} sampled users" if info["users"] else f"{info['setting']}: all 8,442 users"
-        tested = ", test on all 8,442" if info["test_all_users"] else ""
+        tested = (", test on all 8,442" if info["test_all_users"] else "") + _knobs(info["overrides"])
 
         def sec(k: str, rs: list = rs) -> str:
             values = [x["seconds"][k] for x in rs]
