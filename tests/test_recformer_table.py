@@ -52,3 +52,16 @@ def test_rows_say_where_they_started_and_how_they_were_timed():
     assert any("seed 2020; 128 tokens, attributes of 16" in x for x in lines if x.startswith("- zero-shot control"))
     assert any(x.startswith("Token budget 128 (at most 3 attributes of 16 tokens") and "32.7 tokens" in x
                and "3.3 most recent items whole" in x and "of 6.0 on average; 12% of test histories" in x for x in lines)
+
+
+def test_rows_differing_only_in_overrides_name_their_token_budget_and_learning_rate():
+    short = _finetuned("$WORK/runs/a-2020", 0.0912, "alone")  # overrides: lr 1e-4, the recipe's 512 tokens
+    long = _finetuned("$WORK/runs/t-2020", 0.0901, "alone")
+    long["setting"] = {**long["setting"], "overrides": ["model.max_token_num=256", "train.lr=3e-4", "train.lr=2.5e-5"]}
+    table = benchmark_script("recformer_scientific").render({
+        "machine": {"date": "2026-12-05", "cpu": "cpu", "cores": 2, "python": "3.11", "torch": "2", "gpu": None, "note": "last"},
+        "argv": ["recformer_scientific.py"], "commands": [], "info": {}, "facts": {},
+        "runs": {"recformer-minilm-reduced-all-users": [short], "recformer-minilm-reduced-all-users-t256": [long]}})
+    rows = [x for x in table.splitlines() if x.startswith("| Recformer, MiniLM init, fine-tuned |")]
+    assert rows[0].startswith("| Recformer, MiniLM init, fine-tuned | reduced: all 8,442 users; 512 tokens, lr 1e-4 | 0.0912 |")
+    assert rows[1].startswith("| Recformer, MiniLM init, fine-tuned | reduced: all 8,442 users; 256 tokens, lr 2.5e-5 | 0.0901 |")
