@@ -201,9 +201,10 @@ def main() -> None:
                        "pretrain_metrics": json.loads((pt / "metrics.json").read_text())}]
         print(f"{zkey}: {json.dumps(runs[zkey][0]['test'])}", file=sys.stderr)
         save()
-    if args.zero_shot_minilm and "recformer-zeroshot-minilm" not in runs:
-        runs["recformer-zeroshot-minilm"] = [{**minilm_zero_shot(sci, [*overrides, f"train.seed={args.seeds[0]}"]), "argv": argv}]
-        print(f"recformer-zeroshot-minilm: {json.dumps(runs['recformer-zeroshot-minilm'][0]['test'])}", file=sys.stderr)
+    zkey = "recformer-zeroshot-minilm" + (f"-{args.name}" if args.name else "")
+    if args.zero_shot_minilm and zkey not in runs:
+        runs[zkey] = [{**minilm_zero_shot(sci, [*overrides, f"train.seed={args.seeds[0]}"]), "argv": argv}]
+        print(f"{zkey}: {json.dumps(runs[zkey][0]['test'])}", file=sys.stderr)
         save()
     start = f"from-{args.init.name}" if args.init else "minilm"
     key = f"recformer-{start}-{setting}" + (f"-u{n_users}" if n_users else "-all-users") + (f"-{args.name}" if args.name else "")
@@ -288,7 +289,8 @@ def minilm_zero_shot(sci: Path, overrides: list[str]) -> dict:
     res = evaluate(model, batcher, cfg.eval.ks, cfg.eval.mask_history, cfg.eval.item_chunk)
     return {"kind": "zeroshot-minilm", "run": "-", "test": {k: v for k, v in res.metrics.items() if "@" in k},
             "test_seconds": time.perf_counter() - start, "seed": cfg.train.seed,
-            "token_budgets": {"max_token_num": cfg.model_config.max_token_num, "max_attr_length": cfg.model_config.max_attr_length}}
+            "token_budgets": {"max_token_num": cfg.model_config.max_token_num, "max_attr_length": cfg.model_config.max_attr_length},
+            "pooling": cfg.model_config.pooling}
 
 
 def sasrec_reference() -> dict | None:
@@ -305,13 +307,19 @@ def _options(row: dict) -> str:
     return f" (`{' '.join(row['argv'][1:])}`)" if row.get("argv") else ""
 
 
+def _pooling(pooling: str) -> str:
+    """The setting cell's note of a pooling other than the reference's <s> state."""
+    return "" if pooling == "bos" else f", {pooling} pooling"
+
+
 def _knobs(overrides: list[str]) -> str:
-    """The token budget and learning rate a row trained with (the recipe's, overridden), for the setting cell."""
+    """The token budget, learning rate and pooling a row trained with (the recipe's, overridden), for the setting cell."""
     from textrec.config import load_config
 
     cfg = load_config("recformer-reference", overrides)
     mantissa, exponent = f"{cfg.train.lr:.3e}".split("e")
-    return f"; {cfg.model_config.max_token_num} tokens, lr {mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return (f"; {cfg.model_config.max_token_num} tokens, lr {mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+            + _pooling(cfg.model_config.pooling))
 
 
 def _row(label: str, setting: str, m: dict, rest: list[str]) -> str:
@@ -326,11 +334,12 @@ def render(r: dict) -> str:
     for rs in sorted(r["runs"].values(), key=lambda rs: rs[0].get("kind") is not None):  # fine-tuned rows first
         if rs[0].get("kind") == "zeroshot-minilm":
             z = rs[0]
-            rows.append(_row("Recformer, MiniLM init, not trained (zero-shot control)", "all 8,442 users, no training", z["test"],
-                             ["1", "-", "-", "-", "-"]))
+            rows.append(_row("Recformer, MiniLM init, not trained (zero-shot control)",
+                             "all 8,442 users, no training" + _pooling(z.get("pooling", "bos")), z["test"], ["1", "-", "-", "-", "-"]))
             settings.append(f"- zero-shot control{_options(z)}: Recformer built from MiniLM as fine-tuning starts it (the new token-type and "
                             f"item-position tables at their random initialisation, seed {z['seed']}; "
-                            f"{z['token_budgets']['max_token_num']} tokens, attributes of {z['token_budgets']['max_attr_length']}), "
+                            f"{z['token_budgets']['max_token_num']} tokens, attributes of {z['token_budgets']['max_attr_length']}"
+                            f"{_pooling(z.get('pooling', 'bos'))}), "
                             "never trained; test ranked over Scientific's 4,385 items")
             continue
         if rs[0].get("kind") == "zeroshot":

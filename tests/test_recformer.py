@@ -342,6 +342,24 @@ def test_item_table_chunked_lazy_and_saved(tiny_world, tmp_path):
     torch.testing.assert_close(other.item_embeddings(), whole)
 
 
+def test_mean_pooling_averages_the_real_tokens_and_ignores_padding(tiny_world):
+    attrs = tiny_world.item_attributes
+    model = build(attrs, "model.pooling=mean")
+    batch = SeqBatch(torch.tensor([[1, 2, 3], [4, 0, 0]]), torch.tensor([3, 1]))
+    tok = model.sequence_tokens(batch.item_seq, batch.seq_len)
+    assert not tok.real[1].all()  # the short row is padded
+    h = model.hidden(tok)
+    by_hand = torch.stack([h[b, tok.real[b]].mean(dim=0) for b in range(2)])
+    torch.testing.assert_close(model.encode(batch), torch.nn.functional.normalize(by_hand, dim=-1))
+    alone = model.encode(SeqBatch(torch.tensor([[4]]), torch.tensor([1])))  # the same row with no padding
+    torch.testing.assert_close(model.encode(batch)[1:], alone, atol=1e-5, rtol=1e-5)
+    bos = build(attrs)  # the same weights (seed 0), the reference's <s> state
+    torch.testing.assert_close(bos.encode(batch), torch.nn.functional.normalize(h[:, 0], dim=-1))
+    assert not torch.allclose(bos.encode(batch), model.encode(batch), atol=1e-3)
+    with pytest.raises(ConfigError, match="model.pooling"):
+        build(attrs, "model.pooling=max")
+
+
 def test_whole_word_masking(tiny_world):
     model = build(tiny_world.item_attributes)
     rows = model.sequence_tokens(torch.arange(1, 41).view(4, 10), torch.full((4,), 10))

@@ -54,6 +54,10 @@ Deliberate differences from the reference:
   catalogue, and one grown by new items (``textrec.serve.catalogue`` rebuilds item-sized buffers, so the
   whole table is then re-encoded with the final weights, not only the new rows). During pre-training the
   table is re-encoded for each validation pass.
+* ``pooling="mean"`` (an option; ``"bos"``, the reference's ``<s>`` state, is the default): a sequence or item is
+  the mean of its real tokens' last hidden states, ``<s>`` included, the pooling all-MiniLM-L6-v2 was trained with
+  as a sentence encoder (its ``[CLS]`` state was never trained to summarise a sentence; Longformer's neither, which
+  the reference's pre-training teaches ``<s>`` to do).
 * Attributes with empty values are left out; ``max_token_num`` defaults to 512 (reference 1024; its README
   reports no clear loss at 512, and the embedded MiniLM has 512 positions).
 """
@@ -100,6 +104,9 @@ class RecformerConfig:
     max_token_num: int = 512  # reference 1024; its README: 512 without clear loss (and MiniLM has 512 positions)
     attention_window: int = 64  # reference [64] * 12: each token sees 32 tokens on either side (+ <s>)
     temperature: float = 0.05  # reference config default
+    # the representation of a sequence / an item: the last hidden state of <s> (reference), or the mean over its
+    # real tokens (<s> included), the pooling all-MiniLM-L6-v2 was trained with as a sentence encoder
+    pooling: Literal["bos", "mean"] = "bos"
     mlm_weight: float = 0.1  # reference mlm_weight, applied to each side of a pre-training pair
     mlm_probability: float = 0.15  # reference whole-word masking rate
     freeze_word_embeddings: Literal["pretrain", "always", "never"] = "pretrain"  # reference: --fix_word_embedding in pre-training
@@ -379,10 +386,18 @@ class Recformer(nn.Module):
             x = layer(x, mask, tok.real)
         return x  # (B, W, D)
 
+    def pool(self, tok: Tokens) -> Tensor:
+        """(B, D) representations of token rows (``pooling``): the <s> state, or the mean of the real tokens' states."""
+        h = self.hidden(tok)
+        if self.cfg.pooling == "bos":
+            return h[:, 0]
+        real = tok.real.unsqueeze(-1).to(h.dtype)  # (B, W, 1)
+        return (h * real).sum(dim=1) / real.sum(dim=1)
+
     def _pooled(self, tok: Tokens) -> Tensor:
-        """L2-normalised <s> states, ``encode_tokens`` tokens per forward pass: (B, D)."""
+        """L2-normalised representations (``pool``), ``encode_tokens`` tokens per forward pass: (B, D)."""
         rows = max(1, self.cfg.encode_tokens // tok.ids.shape[1])
-        parts = [self.hidden(Tokens(*(t[i : i + rows] for t in tok)))[:, 0] for i in range(0, tok.ids.shape[0], rows)]
+        parts = [self.pool(Tokens(*(t[i : i + rows] for t in tok))) for i in range(0, tok.ids.shape[0], rows)]
         return F.normalize(torch.cat(parts), dim=-1)
 
     def encode(self, batch: SeqBatch) -> Tensor:
@@ -444,7 +459,7 @@ class Recformer(nn.Module):
         """In-batch contrastive loss of (prefix, next item) + mlm_weight x whole-word MLM on both sides."""
         target = batch.targets.gather(1, (batch.seq_len - 1)[:, None]).squeeze(1)  # (B,)
         seq_tok, item_tok = self.sequence_tokens(batch.item_seq, batch.seq_len), self.item_tokens(target)
-        seq, item = self.hidden(seq_tok)[:, 0], self.hidden(item_tok)[:, 0]  # (B, D) each
+        seq, item = self.pool(seq_tok), self.pool(item_tok)  # (B, D) each
         if self.cfg.same_target == "mask":
             loss = in_batch_contrastive(seq, item, target, self.cfg.temperature, "mask", groups=batch.users)
         else:
