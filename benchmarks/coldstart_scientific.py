@@ -28,7 +28,7 @@ import json
 import sys
 from pathlib import Path
 
-from _common import (ROOT, SHARED_DATA, WORK, add_result_args, command_line, finished, fmt, machine, machine_line, prepare, previous_runs,
+from _common import (ROOT, _shorten_path, SHARED_DATA, WORK, add_result_args, command_line, finished, fmt, machine, machine_line, prepare, previous_runs,
                      render_saved, save_result, textrec, update_results)
 
 SECTION = "coldstart_scientific"
@@ -81,6 +81,8 @@ def run(args, path: Path, inits: dict) -> None:
             textrec(*step)
     facts = json.loads((train_dir / "meta.json").read_text())["holdout"]
     facts.update(eval_items=json.loads((eval_dir / "meta.json").read_text())["n_items"])
+    if isinstance(facts.get("source"), dict) and "path" in facts["source"]:  # no machine paths in the committed results
+        facts["source"]["path"] = _shorten_path(str(facts["source"]["path"]))
 
     def save():
         result = {"section": args.section, "smoke": args.smoke, "machine": machine(), "runs": runs, "commands": cmds,
