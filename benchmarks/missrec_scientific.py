@@ -30,7 +30,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from _common import (ROOT, SHARED_DATA, WORK, command_line, finished, fmt, machine, machine_line, mean_metrics, metric_row, prepare,
+from _common import (ROOT, SHARED_DATA, WORK, command_line, finished, machine, machine_line, mean_metrics, metric_row, prepare,
                      previous_runs, save_result, textrec, update_results)
 
 SECTIONS = {"multimodal": "missrec_multimodal", "full": "missrec_scientific"}

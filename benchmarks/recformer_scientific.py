@@ -290,7 +290,7 @@ def minilm_zero_shot(sci: Path, overrides: list[str]) -> dict:
     return {"kind": "zeroshot-minilm", "run": "-", "test": {k: v for k, v in res.metrics.items() if "@" in k},
             "test_seconds": time.perf_counter() - start, "seed": cfg.train.seed,
             "token_budgets": {"max_token_num": cfg.model_config.max_token_num, "max_attr_length": cfg.model_config.max_attr_length},
-            "pooling": cfg.model_config.pooling}
+            "pooling": cfg.model_config.pooling, "new_tables": cfg.model_config.new_tables}
 
 
 def sasrec_reference() -> dict | None:
@@ -307,19 +307,20 @@ def _options(row: dict) -> str:
     return f" (`{' '.join(row['argv'][1:])}`)" if row.get("argv") else ""
 
 
-def _pooling(pooling: str) -> str:
-    """The setting cell's note of a pooling other than the reference's <s> state."""
-    return "" if pooling == "bos" else f", {pooling} pooling"
+def _pooling(pooling: str, new_tables: str = "random") -> str:
+    """The setting cell's note of a pooling other than the reference's <s> state, and of new tables started from
+    the backbone (``model.new_tables``) instead of at random."""
+    return ("" if pooling == "bos" else f", {pooling} pooling") + ("" if new_tables == "random" else ", new tables from MiniLM")
 
 
 def _knobs(overrides: list[str]) -> str:
-    """The token budget, learning rate and pooling a row trained with (the recipe's, overridden), for the setting cell."""
+    """The token budget, learning rate, pooling and new tables' start a row trained with (the recipe's, overridden)."""
     from textrec.config import load_config
 
     cfg = load_config("recformer-reference", overrides)
     mantissa, exponent = f"{cfg.train.lr:.3e}".split("e")
     return (f"; {cfg.model_config.max_token_num} tokens, lr {mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-            + _pooling(cfg.model_config.pooling))
+            + _pooling(cfg.model_config.pooling, cfg.model_config.new_tables))
 
 
 def _row(label: str, setting: str, m: dict, rest: list[str]) -> str:
@@ -335,9 +336,12 @@ def render(r: dict) -> str:
         if rs[0].get("kind") == "zeroshot-minilm":
             z = rs[0]
             rows.append(_row("Recformer, MiniLM init, not trained (zero-shot control)",
-                             "all 8,442 users, no training" + _pooling(z.get("pooling", "bos")), z["test"], ["1", "-", "-", "-", "-"]))
+                             "all 8,442 users, no training" + _pooling(z.get("pooling", "bos"), z.get("new_tables", "random")),
+                             z["test"], ["1", "-", "-", "-", "-"]))
+            start = ("at their random initialisation" if z.get("new_tables", "random") == "random"
+                     else "started from MiniLM's type-0 row and at zero")
             settings.append(f"- zero-shot control{_options(z)}: Recformer built from MiniLM as fine-tuning starts it (the new token-type and "
-                            f"item-position tables at their random initialisation, seed {z['seed']}; "
+                            f"item-position tables {start}, seed {z['seed']}; "
                             f"{z['token_budgets']['max_token_num']} tokens, attributes of {z['token_budgets']['max_attr_length']}"
                             f"{_pooling(z.get('pooling', 'bos'))}), "
                             "never trained; test ranked over Scientific's 4,385 items")

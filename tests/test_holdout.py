@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from textrec.cli import main
-from textrec.data.dataset import Dataset
 from textrec.data.holdout import held_out_ids, hold_out_items
 from textrec.data.synthetic import WorldSpec, make_domain
 from textrec.errors import DataError

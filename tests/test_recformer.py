@@ -272,6 +272,25 @@ def test_minilm_backbone_initialises_words_and_layers(tiny_world):
                     ItemInputs(n_items=tiny_world.n_items, attributes=tiny_world.item_attributes))
 
 
+def test_new_tables_from_the_backbone_make_an_item_alone_minilms_encoding(tiny_world):
+    """``new_tables="backbone"``: before training, an item encoded alone is exactly MiniLM's encoding of its tokens."""
+    from transformers import BertModel
+
+    attrs, overrides = tiny_world.item_attributes, ["model.n_layers=1", "model.max_attr_length=8"]
+    ours = build_model(load_config(model="recformer", overrides=[*overrides, "model.new_tables=backbone"]),
+                       ItemInputs(n_items=len(attrs), attributes=attrs)).eval()
+    bert = BertModel.from_pretrained(str(default_encoder_path()), num_hidden_layers=1, add_pooling_layer=False).eval()
+    rows = ours.item_tokens(torch.arange(1, 6))
+    with torch.no_grad():
+        want = bert(input_ids=rows.ids, attention_mask=rows.real.long(), token_type_ids=torch.zeros_like(rows.ids)).last_hidden_state
+        torch.testing.assert_close(ours.hidden(rows)[rows.real], want[rows.real], atol=1e-5, rtol=1e-4)
+        reference = build_model(load_config(model="recformer", overrides=overrides),
+                                ItemInputs(n_items=len(attrs), attributes=attrs)).eval()  # random new tables
+        assert not torch.allclose(reference.hidden(rows)[rows.real], want[rows.real], atol=1e-2)
+    with pytest.raises(ConfigError, match="model.new_tables"):
+        build(attrs, "model.new_tables=zeros")
+
+
 def test_local_longformer_folder_gives_longformers_outputs(tmp_path, tok, tiny_world):
     from transformers import LongformerConfig, LongformerForMaskedLM
 

@@ -8,7 +8,7 @@ import torch
 
 from test_models import _batch, _model
 from textrec.config import load_config
-from textrec.data.batching import EvalBatcher, SeqBatch
+from textrec.data.batching import EvalBatcher
 from textrec.data.dataset import Dataset
 from textrec.data.split import eval_examples, training_item_ids
 from textrec.data.synthetic import WorldSpec, make_domain

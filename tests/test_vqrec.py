@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from test_models import _batch, _model, item_inputs
 from textrec.models.vqrec import gumbel_sinkhorn

@@ -34,7 +34,7 @@ Backbones (``backbone``): ``"minilm"``, the embedded all-MiniLM-L6-v2 (BERT, 384
 local BERT / RoBERTa / Longformer folder (``allenai/longformer-base-4096`` is the paper's setting); or
 ``"random"``, the tokenizer's architecture (MiniLM's unless ``tokenizer`` names a folder) with random
 weights, sizes overridable, for tests. Word embeddings and layers (and an MLM head when the folder has one)
-come from the backbone; token types, item positions (and a missing MLM head) start random.
+come from the backbone; token types, item positions (and a missing MLM head) start random (``new_tables="backbone"``: from the backbone, see below).
 
 Deliberate differences from the reference:
 
@@ -58,6 +58,10 @@ Deliberate differences from the reference:
   the mean of its real tokens' last hidden states, ``<s>`` included, the pooling all-MiniLM-L6-v2 was trained with
   as a sentence encoder (its ``[CLS]`` state was never trained to summarise a sentence; Longformer's neither, which
   the reference's pre-training teaches ``<s>`` to do).
+* ``new_tables="backbone"`` (an option; ``"random"``, the reference's, is the default): the tables a loaded backbone
+  lacks start so that the backbone is unchanged: every one of the four token types as its type-0 row (the row all of
+  its pre-training inputs carried; dropping it shifts every input by a vector half a word embedding's norm in MiniLM),
+  the item positions at zero. Before any training an item alone is then encoded exactly as the backbone encodes it.
 * Attributes with empty values are left out; ``max_token_num`` defaults to 512 (reference 1024; its README
   reports no clear loss at 512, and the embedded MiniLM has 512 positions).
 """
@@ -107,6 +111,9 @@ class RecformerConfig:
     # the representation of a sequence / an item: the last hidden state of <s> (reference), or the mean over its
     # real tokens (<s> included), the pooling all-MiniLM-L6-v2 was trained with as a sentence encoder
     pooling: Literal["bos", "mean"] = "bos"
+    # the tables a loaded backbone lacks: random (reference), or "backbone": every token type starts as the backbone's
+    # type-0 row and item positions at zero, so that before training an item alone is encoded as the backbone encodes it
+    new_tables: Literal["random", "backbone"] = "random"
     mlm_weight: float = 0.1  # reference mlm_weight, applied to each side of a pre-training pair
     mlm_probability: float = 0.15  # reference whole-word masking rate
     freeze_word_embeddings: Literal["pretrain", "always", "never"] = "pretrain"  # reference: --fix_word_embedding in pre-training
@@ -322,14 +329,27 @@ class Recformer(nn.Module):
         self.apply(lambda m: init_weights(m, config.initializer_range))
         has_global = False
         if weights is not None:
-            state = backbone_state(_read_weights(weights), config.num_hidden_layers)
+            raw = _read_weights(weights)
+            state = backbone_state(raw, config.num_hidden_layers)
             has_global = any(".global_" in k for k in state)
             unexpected = self.load_state_dict(state, strict=False).unexpected_keys
             if unexpected:
                 raise ConfigError(f"{weights}: weights {unexpected[:3]} do not fit a BERT-style backbone")
+            if cfg.new_tables == "backbone":
+                self._start_new_tables_from(raw)
         if not has_global:
             for layer in self.layers:
                 layer.copy_local_to_global()
+
+    @torch.no_grad()
+    def _start_new_tables_from(self, raw: dict[str, Tensor]) -> None:
+        """``new_tables="backbone"``: every token type starts as the backbone's type-0 row (the row all its
+        pre-training inputs carried), item positions at zero."""
+        types = next((v for k, v in raw.items() if k.endswith("embeddings.token_type_embeddings.weight")), None)
+        if types is not None:
+            table = self.embeddings.token_type_embeddings.weight
+            table.copy_(types[0].to(table.dtype).expand_as(table))
+        self.item_position_embeddings.weight.zero_()
 
     # ---- tokens --------------------------------------------------------------------------------------
     def sequence_tokens(self, item_seq: Tensor, seq_len: Tensor) -> Tokens:
