@@ -323,6 +323,16 @@ def _knobs(overrides: list[str]) -> str:
             + _pooling(cfg.model_config.pooling, cfg.model_config.new_tables))
 
 
+def _stages(rs: list[dict]) -> str:
+    """How many epochs each seed spent in stage 2 (item table fixed), where the rows recorded it."""
+    second = [x["epochs_run"] - x["seconds"]["stage_1_epochs"] for x in rs if "stage_1_epochs" in x.get("seconds", {})]
+    if len(second) < len(rs):
+        return ""
+    if not any(second):
+        return "; stage 2 never ran (the epoch limit came before stage 1's patience ran out)"
+    return "; epochs in stage 2 (item table fixed): " + ", ".join(map(str, second))
+
+
 def _row(label: str, setting: str, m: dict, rest: list[str]) -> str:
     cells = [label, setting, *(fmt(m[k]) for k in ("recall@10", "ndcg@10", "recall@50", "ndcg@50")), *rest]
     return "| " + " | ".join(cells) + " |"
@@ -376,7 +386,7 @@ def render(r: dict) -> str:
         settings.append(f"- {label}, {users + tested}{_options(rs[0])}: " + (" ".join(f"`{o}`" for o in last.values())
                                                    or "none (the reference recipe as shipped)")
                         + (f" (from `{init}`)" if init else "")
-                        + (f"; timed with {', '.join(sorted(measured))}" if measured else ""))
+                        + (f"; timed with {', '.join(sorted(measured))}" if measured else "") + _stages(rs))
         for x in rs:
             if x.get("curve"):
                 settings.append(f"  validation R@10 / N@10 by epoch (seed {Path(x['run']).name.rsplit('-', 1)[-1]}): "
