@@ -314,13 +314,14 @@ def _pooling(pooling: str, new_tables: str = "random") -> str:
 
 
 def _knobs(overrides: list[str]) -> str:
-    """The token budget, learning rate, pooling and new tables' start a row trained with (the recipe's, overridden)."""
+    """The token budget, learning rate, pooling, new tables' start and training rows of a row (the recipe's, overridden)."""
     from textrec.config import load_config
 
     cfg = load_config("recformer-reference", overrides)
     mantissa, exponent = f"{cfg.train.lr:.3e}".split("e")
     return (f"; {cfg.model_config.max_token_num} tokens, lr {mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-            + _pooling(cfg.model_config.pooling, cfg.model_config.new_tables))
+            + _pooling(cfg.model_config.pooling, cfg.model_config.new_tables)
+            + ("" if cfg.data.train_rows in ("auto", "sampled") else f", training rows: {cfg.data.train_rows}"))
 
 
 def _stages(rs: list[dict]) -> str:
