@@ -307,7 +307,7 @@ def _options(row: dict) -> str:
     return f" (`{' '.join(row['argv'][1:])}`)" if row.get("argv") else ""
 
 
-def _pooling(pooling: str, new_tables: str = "random") -> str:
+def _model_notes(pooling: str, new_tables: str = "random") -> str:
     """The setting cell's note of a pooling other than the reference's <s> state, and of new tables started from
     the backbone (``model.new_tables``) instead of at random."""
     return ("" if pooling == "bos" else f", {pooling} pooling") + ("" if new_tables == "random" else ", new tables from MiniLM")
@@ -320,7 +320,7 @@ def _knobs(overrides: list[str]) -> str:
     cfg = load_config("recformer-reference", overrides)
     mantissa, exponent = f"{cfg.train.lr:.3e}".split("e")
     return (f"; {cfg.model_config.max_token_num} tokens, lr {mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-            + _pooling(cfg.model_config.pooling, cfg.model_config.new_tables)
+            + _model_notes(cfg.model_config.pooling, cfg.model_config.new_tables)
             + ("" if cfg.data.train_rows in ("auto", "sampled") else f", training rows: {cfg.data.train_rows}"))
 
 
@@ -347,14 +347,14 @@ def render(r: dict) -> str:
         if rs[0].get("kind") == "zeroshot-minilm":
             z = rs[0]
             rows.append(_row("Recformer, MiniLM init, not trained (zero-shot control)",
-                             "all 8,442 users, no training" + _pooling(z.get("pooling", "bos"), z.get("new_tables", "random")),
+                             "all 8,442 users, no training" + _model_notes(z.get("pooling", "bos"), z.get("new_tables", "random")),
                              z["test"], ["1", "-", "-", "-", "-"]))
             start = ("at their random initialisation" if z.get("new_tables", "random") == "random"
                      else "started from MiniLM's type-0 row and at zero")
             settings.append(f"- zero-shot control{_options(z)}: Recformer built from MiniLM as fine-tuning starts it (the new token-type and "
                             f"item-position tables {start}, seed {z['seed']}; "
                             f"{z['token_budgets']['max_token_num']} tokens, attributes of {z['token_budgets']['max_attr_length']}"
-                            f"{_pooling(z.get('pooling', 'bos'))}), "
+                            f"{_model_notes(z.get('pooling', 'bos'))}), "
                             "never trained; test ranked over Scientific's 4,385 items")
             continue
         if rs[0].get("kind") == "zeroshot":

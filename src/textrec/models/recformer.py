@@ -34,7 +34,8 @@ Backbones (``backbone``): ``"minilm"``, the embedded all-MiniLM-L6-v2 (BERT, 384
 local BERT / RoBERTa / Longformer folder (``allenai/longformer-base-4096`` is the paper's setting); or
 ``"random"``, the tokenizer's architecture (MiniLM's unless ``tokenizer`` names a folder) with random
 weights, sizes overridable, for tests. Word embeddings and layers (and an MLM head when the folder has one)
-come from the backbone; token types, item positions (and a missing MLM head) start random (``new_tables="backbone"``: from the backbone, see below).
+come from the backbone; token types, item positions (and a missing MLM head) start random
+(``new_tables="backbone"``: from the backbone, see below).
 
 Deliberate differences from the reference:
 
