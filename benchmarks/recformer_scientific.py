@@ -314,14 +314,16 @@ def _model_notes(pooling: str, new_tables: str = "random") -> str:
 
 
 def _knobs(overrides: list[str]) -> str:
-    """The token budget, learning rate, pooling, new tables' start and training rows of a row (the recipe's, overridden)."""
+    """The token budget, learning rate, pooling, new tables' start, training rows and stage-1 cap of a row (the
+    recipe's, overridden)."""
     from textrec.config import load_config
 
     cfg = load_config("recformer-reference", overrides)
     mantissa, exponent = f"{cfg.train.lr:.3e}".split("e")
     return (f"; {cfg.model_config.max_token_num} tokens, lr {mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
             + _model_notes(cfg.model_config.pooling, cfg.model_config.new_tables)
-            + ("" if cfg.data.train_rows in ("auto", "sampled") else f", training rows: {cfg.data.train_rows}"))
+            + ("" if cfg.data.train_rows in ("auto", "sampled") else f", training rows: {cfg.data.train_rows}")
+            + (f", stage 1 at most {cfg.model_config.stage_1_max_epochs} epochs" if cfg.model_config.stage_1_max_epochs else ""))
 
 
 def _stages(rs: list[dict]) -> str:

@@ -65,3 +65,14 @@ def test_rows_differing_only_in_overrides_name_their_token_budget_and_learning_r
     rows = [x for x in table.splitlines() if x.startswith("| Recformer, MiniLM init, fine-tuned |")]
     assert rows[0].startswith("| Recformer, MiniLM init, fine-tuned | reduced: all 8,442 users; 512 tokens, lr 1e-4 | 0.0912 |")
     assert rows[1].startswith("| Recformer, MiniLM init, fine-tuned | reduced: all 8,442 users; 256 tokens, lr 2.5e-5 | 0.0901 |")
+
+
+def test_the_setting_cell_names_training_rows_and_a_stage_1_cap():
+    row = _finetuned("$WORK/runs/p-2020", 0.0955, "alone")
+    row["setting"] = {**row["setting"], "overrides": ["data.train_rows=prefixes", "model.stage_1_max_epochs=3"]}
+    table = benchmark_script("recformer_scientific").render({
+        "machine": {"date": "2026-12-05", "cpu": "cpu", "cores": 2, "python": "3.11", "torch": "2", "gpu": None, "note": "last"},
+        "argv": ["recformer_scientific.py"], "commands": [], "info": {}, "facts": {},
+        "runs": {"recformer-minilm-reduced-all-users-prefixes": [row]}})
+    (line,) = [x for x in table.splitlines() if x.startswith("| Recformer, MiniLM init, fine-tuned |")]
+    assert "512 tokens, lr 5e-5, training rows: prefixes, stage 1 at most 3 epochs | 0.0955 |" in line

@@ -305,6 +305,22 @@ def test_a_fixed_phase_leaves_frozen_parameters_untouched_and_the_next_phase_reb
     assert len(_log(tmp_path / "run")) == 3  # 2 + 1 epochs: the phases ended the run before train.epochs
 
 
+def test_max_epochs_caps_a_patience_phase_and_leaves_the_schedule_spanning_the_run(small_dir, tmp_path, spy_optimizers):
+    phases = [Phase("capped", train_all, patience=50, max_epochs=2),
+              Phase("kept", train_all, patience=50, reload_best=True, optimizer="keep")]
+    cfg = load_config(model="sasrec", overrides=[*SASREC, "train.epochs=5", "train.batch_size=64", "train.lr=0.01",
+                                                 "train.schedule=linear", "train.warmup_steps=0"])
+    train_run(small_dir, cfg, tmp_path / "run", quiet=True, phases=phases)
+    assert [r["phase"] for r in _log(tmp_path / "run")] == ["capped"] * 2 + ["kept"] * 3  # patience never ran out
+    assert len(spy_optimizers) == 1
+    progress = torch.load(tmp_path / "run" / "state.pt")["progress"]
+    assert progress["schedule_steps"] == progress["opt_steps"] > 0  # the schedule ends with the run, not with the cap
+    with pytest.raises(ValueError, match="max_epochs"):
+        Phase("fixed and capped", train_all, epochs=2, max_epochs=1)
+    with pytest.raises(ValueError, match="max_epochs"):
+        Phase("capped at nothing", train_all, max_epochs=0)
+
+
 def test_a_kept_optimiser_trains_what_the_phase_unfreezes_or_is_refused(small_dir, tmp_path):
     phases = [Phase("item embeddings", _only_item_emb, epochs=1), Phase("everything", train_all, optimizer="keep", epochs=1)]
     cfg = load_config(model="sasrec", overrides=[*SASREC, "train.epochs=2", "train.batch_size=128", "train.lr=0.01"])

@@ -63,6 +63,9 @@ Deliberate differences from the reference:
   lacks start so that the backbone is unchanged: every one of the four token types as its type-0 row (the row all of
   its pre-training inputs carried; dropping it shifts every input by a vector half a word embedding's norm in MiniLM),
   the item positions at zero. Before any training an item alone is then encoded exactly as the backbone encodes it.
+* ``stage_1_max_epochs`` (an option; 0, the reference's, is none): stage 1 also ends after that many epochs, so
+  that a run shorter than the reference's (the reduced CPU setting) reaches stage 2; the learning-rate schedule still
+  spans the whole run.
 * Attributes with empty values are left out; ``max_token_num`` defaults to 512 (reference 1024; its README
   reports no clear loss at 512, and the embedded MiniLM has 512 positions).
 """
@@ -123,6 +126,9 @@ class RecformerConfig:
     pretrain_cut: Literal["reference", "any"] = "reference"
     stage_1_patience: int = 5  # reference: evaluations without improvement while re-encoding items every epoch
     stage_2_patience: int = 3  # reference: the same with the item table fixed
+    # 0: stage 1 ends only by its patience (reference); k: also after k epochs, so that a run shorter than the
+    # reference's reaches stage 2 (the learning-rate schedule still spans the whole run: stage 2 keeps the optimiser)
+    stage_1_max_epochs: int = 0
     encode_tokens: int = 8192  # tokens per forward pass when encoding the catalogue or evaluating (bounds memory)
 
     def __post_init__(self) -> None:
@@ -130,6 +136,8 @@ class RecformerConfig:
                     "stage_2_patience", "encode_tokens"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key} must be >= 1, not {getattr(self, key)}")
+        if self.stage_1_max_epochs < 0:
+            raise ConfigError(f"model.stage_1_max_epochs must be >= 0 (0: no cap), not {self.stage_1_max_epochs}")
         if self.max_item_embeddings < 2:
             raise ConfigError("model.max_item_embeddings must be >= 2 (<s> and at least one item)")
         if min(self.hidden_size, self.n_layers, self.n_heads, self.inner_size) < 0:
@@ -523,6 +531,7 @@ class Recformer(nn.Module):
         trainable = train_all_but(*self._frozen(False))
         return [
             Phase("stage 1 (items re-encoded every epoch)", trainable, patience=self.cfg.stage_1_patience,
+                  max_epochs=self.cfg.stage_1_max_epochs or None,
                   on_epoch_start=lambda m, epoch: m.refresh_item_table()),
             Phase("stage 2 (item table fixed)", trainable, patience=self.cfg.stage_2_patience, reload_best=True,
                   optimizer="keep"),

@@ -93,7 +93,9 @@ class Phase:
     ``trainable(model)`` sets ``requires_grad`` (it runs on entry and again on resume); ``enter(model)`` runs
     once when the phase starts (it may change weights, e.g. bake a learned permutation) and never on resume.
     A phase ends after ``epochs`` epochs, or, when ``epochs`` is None, when validation has not improved for
-    ``patience`` evaluations (None: ``train.patience``); the run's ``train.epochs`` caps all phases together.
+    ``patience`` evaluations (None: ``train.patience``), or after ``max_epochs`` epochs if that comes first (unlike
+    ``epochs``, it leaves the learning-rate schedule spanning the run, so a kept optimiser decays on through the
+    next phase); the run's ``train.epochs`` caps all phases together.
     ``reload_best`` loads the best weights so far on entry; ``optimizer="keep"`` carries the optimiser and
     learning-rate schedule over from the previous phase instead of building new ones.
     ``on_epoch_start(model, epoch)`` runs before every epoch of the phase (e.g. re-clustering, re-encoding
@@ -109,6 +111,7 @@ class Phase:
     enter: Callable[[nn.Module], None] | None = None
     epochs: int | None = None
     patience: int | None = None
+    max_epochs: int | None = None
     reload_best: bool = False
     optimizer: Literal["rebuild", "keep"] = "rebuild"
     on_epoch_start: Callable[[nn.Module, int], dict[str, float | int | str | bool] | None] | None = None
@@ -119,6 +122,8 @@ class Phase:
             raise ValueError(f"phase {self.name!r}: epochs must be >= 1 or None")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"phase {self.name!r}: patience must be >= 1 or None")
+        if self.max_epochs is not None and (self.max_epochs < 1 or self.epochs is not None):
+            raise ValueError(f"phase {self.name!r}: max_epochs caps a phase ended by patience: >= 1, and only when epochs is None")
 
 
 def item_input_kinds(cls: type, model_cfg) -> tuple[str, ...]:

@@ -6,7 +6,7 @@ an optional learning-rate schedule (linear warm-up, linear decay), gradient accu
 bf16 autocast on CUDA, optional ``torch.compile``. After each ``eval_every`` epochs the validation split is
 ranked against the whole catalogue (always in float32), the best model (by ``eval.select_metric``) is written
 to ``model.safetensors``; a phase ends after its fixed number of epochs or after ``patience`` evaluations
-without improvement (counted from the phase's start), and the run ends with its last phase or at
+without improvement (counted from the phase's start; ``max_epochs`` may cap such a phase), and the run ends with its last phase or at
 ``train.epochs``. The best weights are restored and the test split is evaluated once.
 
 A run directory holds::
@@ -218,6 +218,8 @@ class _Trainer:
         ph, pr = self.phases[self.progress.phase], self.progress
         if ph.epochs is not None:
             return pr.phase_epochs >= ph.epochs
+        if ph.max_epochs is not None and pr.phase_epochs >= ph.max_epochs:
+            return True
         return pr.bad_evals >= (ph.patience or self.tc.patience)
 
     def enter(self, index: int, fresh: bool) -> None:
