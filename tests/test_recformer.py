@@ -587,7 +587,7 @@ def test_shipped_reference_config_loads_by_name_with_every_key_valid():
     assert (cfg.model_config.stage_1_patience, cfg.model_config.stage_2_patience) == (5, 3)
     assert cfg.model_config.stage_1_max_epochs == 0  # reference: stage 1 ends by its patience alone
     for cap, expected in ((0, None), (2, 2)):
-        stage_1, _ = build(["a"], f"model.stage_1_max_epochs={cap}").phases("train")
+        stage_1, _ = build([{"title": "a"}], f"model.stage_1_max_epochs={cap}").phases("train")
         assert stage_1.max_epochs == expected
     with pytest.raises(ConfigError, match="stage_1_max_epochs"):
         load_config("recformer-reference", ["model.stage_1_max_epochs=-1"])
