@@ -6,8 +6,8 @@ an optional learning-rate schedule (linear warm-up, linear decay), gradient accu
 bf16 autocast on CUDA, optional ``torch.compile``. After each ``eval_every`` epochs the validation split is
 ranked against the whole catalogue (always in float32), the best model (by ``eval.select_metric``) is written
 to ``model.safetensors``; a phase ends after its fixed number of epochs or after ``patience`` evaluations
-without improvement (counted from the phase's start; ``max_epochs`` may cap such a phase), and the run ends with its last phase or at
-``train.epochs``. The best weights are restored and the test split is evaluated once.
+without improvement (counted from the phase's start; ``max_epochs`` may cap such a phase), and the run ends
+with its last phase or at ``train.epochs``. The best weights are restored and the test split is evaluated once.
 
 A run directory holds::
 
