@@ -424,6 +424,12 @@ def cmd_demo(args) -> None:
         _print_json(summary)
 
 
+def cmd_plot(args) -> None:
+    from textrec.plot import plot_curves
+
+    print(f"wrote {plot_curves(args.run, args.out, tuple(args.metrics))}", file=sys.stderr)
+
+
 # ---- parser ------------------------------------------------------------------------------------
 
 
@@ -586,11 +592,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="the whole pipeline end to end on the built-in synthetic world (or --data DIR)")
     s.add_argument("--data", help="a prepared dataset directory to run the demo on instead")
     s.add_argument("--out", default="textrec-demo", help="where datasets and runs go (default ./textrec-demo)")
-    s.add_argument("--quick", action="store_true", help="smaller world and fewer epochs (about a minute)")
+    s.add_argument("--quick", action="store_true", help="a smoke run (33 s against 69 s measured on a 2-core CPU): checks "
+                   "every stage runs, too short to compare the models")
     s.add_argument("--encoder", default="minilm", help="text encoder for the synthetic world (default: the embedded MiniLM)")
     s.add_argument("--device", default="auto")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("plot", help="draw a run's training curves (loss, validation metrics by epoch) to a PNG")
+    s.add_argument("run", help="run directory (or its log.jsonl)")
+    s.add_argument("--out", help="PNG to write (default RUN/curves.png)")
+    s.add_argument("--metrics", nargs="+", default=["recall@10", "ndcg@10"], help="validation metrics to draw")
+    s.set_defaults(func=cmd_plot)
     return p
 
 
