@@ -202,3 +202,21 @@ def test_the_readme_own_data_block_runs_as_written(tmp_path, tiny_world, monkeyp
         assert main(argv[1:] + (["train.num_threads=1"] if argv[1] == "train" else [])) == 0, argv
     assert (tmp_path / "runs" / "mine" / "curves.png").exists()
     assert "NEW-0001" in capsys.readouterr().out
+
+
+def test_report_renders_every_figure_from_the_committed_results(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("report", ROOT / "benchmarks" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    monkeypatch.setattr(report, "FIGURES", tmp_path)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for make in (report.figure_accuracy, report.figure_multimodal, report.figure_gain, report.figure_curves):
+        path = make(plt)
+        assert path.parent == tmp_path and path.read_bytes()[:4] == b"\x89PNG"
+        assert (ROOT / "docs" / "figures" / path.name).exists()  # committed, and shown by a page
+    shown = README.read_text() + "".join(p.read_text() for p in DOC_PAGES)
+    assert all(f"figures/{p.name}" in shown for p in tmp_path.glob("*.png"))
