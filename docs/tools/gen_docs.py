@@ -90,7 +90,7 @@ def fields_table(cls, section: str) -> str:
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for f in dataclasses.fields(cls):
         meaning = comments.get(f.name, "").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
-        rows.append(f"| `{section}.{f.name}` | {_type(hints[f.name])} | {_default(f)} | {meaning} |")
+        rows.append(f"| `{section}.{f.name}` | {_type(hints[f.name])} | {_default(f)} | {meaning or '-'} |")
     return "\n".join(rows)
 
 
