@@ -304,13 +304,22 @@ def cmd_finetune(args) -> None:
     _report_run(args, cfg.model, result)
 
 
+def _complete_catalogue(args) -> None:
+    """With ``--data``: make the item inputs a pre-trained run reads that the dataset lacks (loading never writes)."""
+    if args.data is not None:
+        from textrec.train.newcatalogue import complete_run_catalogue
+
+        complete_run_catalogue(args.run, args.data)
+
+
 def cmd_evaluate(args) -> None:
     from textrec.data.batching import EvalBatcher
     from textrec.data.split import eval_examples
     from textrec.eval.ranking import evaluate
     from textrec.report import metrics_table
-    from textrec.train.run import load_run
+    from textrec.runs import load_run
 
+    _complete_catalogue(args)
     run = load_run(args.run, args.data, args.device)
     if run.zero_shot and not args.json:
         _err(f"zero-shot: {args.run} was trained on {run.config['zero_shot']['trained_on']}; ranking the "
@@ -357,13 +366,14 @@ def _holdout_groups(ds, targets, res, ks, ties: str) -> dict:
 
 def cmd_recommend(args) -> None:
     from textrec.report import shorten
+    from textrec.runs import load_run
     from textrec.serve.recommend import all_scores, item_ids, item_ranks, top_k, user_history
-    from textrec.train.run import load_run
 
     if (args.user is None) == (args.items is None):
         raise TextrecError("give exactly one of --user ID or --items ID,ID,...")
     if args.k < 1:
         raise TextrecError(f"k must be >= 1, not {args.k}")
+    _complete_catalogue(args)
     run = load_run(args.run, args.data, args.device)
     n_old = run.dataset.n_items
     feature_rows = []

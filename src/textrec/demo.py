@@ -45,7 +45,8 @@ from textrec.data.dataset import Dataset
 from textrec.data.synthetic import WorldSpec, make_domain
 from textrec.report import metrics_table, shorten
 from textrec.serve.recommend import recommend
-from textrec.train.run import load_run, train_run
+from textrec.runs import load_run
+from textrec.train.run import train_run
 
 SOURCE_DOMAINS = ("tools", "kitchen")
 TARGET_DOMAIN = "garden"

@@ -67,8 +67,7 @@ from textrec.data.dataset import Dataset
 from textrec.errors import DataError, TextrecError
 from textrec.io import read_json
 from textrec.models.spec import FeatureTable, ItemInputs, item_input_kinds
-from textrec.train.inputs import build_model
-from textrec.train.run import LoadedRun
+from textrec.runs import LoadedRun
 
 TEXT_FIELDS = ("title", "category", "brand")  # textrec prepare's default text fields, in its order
 IMAGE_COLUMN = "image"  # the new-items file's image path column (as the items table's, textrec.vision.images)
@@ -408,7 +407,7 @@ def grow_catalogue(run: LoadedRun, items: NewItems, encoder: str | None = None) 
         raise DataError(f"new item {missing!r} has neither a text nor an attribute{reads}")
     items = NewItems(list(keys), texts, attributes, items.images)
     inputs, reports = _extend_inputs(run, items, encoder)
-    model = build_model(run.cfg, inputs)  # its random initial weights are all replaced by the carried state
+    model = run.build_model(inputs)  # its random initial weights are all replaced by the carried state
     _carry_state(run.model, model, len(keys))
     model.to(run.device).eval()
     stored = None if ds.item_attributes is None and not any(attributes) else (ds.item_attributes or [{} for _ in ds.item_keys]) + attributes

@@ -121,11 +121,10 @@ def complete_new_catalogue(run: Path, config: dict, cfg, data_dir: Path, finetun
         quantize_dataset(data_dir, embeddings=name, quantizer=quantizer, name=nc["codes"])
 
 
-def trained_inputs(config: dict) -> dict:
-    """The run's ``item_inputs`` with its quantiser named by the recorded sha1, so codes made with the bundled
-    copy match it even where the original file is gone."""
-    rec = dict(config.get("item_inputs") or {})
-    sha1 = (config.get("new_catalogue") or {}).get("quantizer_sha1")
-    if sha1 and rec.get("quantizer"):
-        rec["quantizer"] = f"quantizer:{sha1}"
-    return rec
+def complete_run_catalogue(run_dir: str | Path, data_dir: str | Path) -> None:
+    """``complete_new_catalogue`` for reading ``data_dir`` with the finished run ``run_dir`` (evaluate, recommend):
+    the explicit step before ``textrec.runs.load_run``, which itself never writes."""
+    from textrec.runs import read_run_config
+
+    cfg, config = read_run_config(run_dir)
+    complete_new_catalogue(Path(run_dir), config, cfg, Path(data_dir))
