@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import shutil
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from safetensors.torch import load_file, load_model
 
 from textrec.config import RunConfig
 from textrec.data.dataset import Dataset
-from textrec.errors import CheckpointError, DataError, NotFoundError, TextrecError
+from textrec.errors import CheckpointError, ConfigError, DataError, NotFoundError, TextrecError
 from textrec.io import checksum_matches, read_json, write_json
 from textrec.models import model_class
 from textrec.models.spec import ItemInputs
@@ -212,8 +211,8 @@ def load_pretrained(model: torch.nn.Module, init_dir: Path) -> list[str]:
     if unexpected:
         raise CheckpointError(f"{path} is damaged or from another config (weights {unexpected[:3]} do not belong to this model)")
     if verified is None:
-        print(f"note: {init_dir} records no checksum of model.safetensors (made before textrec kept them); "
-              "its weights are not verified", file=sys.stderr)
+        log.warning("note: %s records no checksum of model.safetensors (made before textrec kept them); "
+                    "its weights are not verified", init_dir)
     return [k for k in missing if not k.startswith(skip)]
 
 
@@ -230,6 +229,7 @@ class LoadedRun:
     device: torch.device
     inputs: ItemInputs | None = None  # the item-side inputs the model was built from
     zero_shot: bool = False  # built for another catalogue than the run's, with no training on it (load_zero_shot)
+    path: Path | None = None  # the run directory
 
     def build_model(self, inputs: ItemInputs) -> torch.nn.Module:
         """This run's model, freshly initialised, for ``inputs`` (another catalogue's); load weights into it."""
@@ -244,14 +244,19 @@ def read_run_config(run_dir: str | Path) -> tuple[RunConfig, dict]:
     return RunConfig.from_dict({k: v for k, v in config.items() if k in ("model", "data", "train", "eval")}), config
 
 
-def load_run(run_dir: str | Path, data_dir: str | Path | None = None, device: str = "auto") -> LoadedRun:
+def load_run(run_dir: str | Path, data_dir: str | Path | None = None, device: str = "auto",
+             overrides: list[str] | tuple = ()) -> LoadedRun:
     """Rebuild a trained model from ``run_dir`` (and its dataset, or ``data_dir`` instead).
 
     ``data_dir`` with another catalogue than the run's (other items, or a pre-training run's sources merged)
     loads the run zero-shot (``load_zero_shot``): the model is built for that catalogue from its item content.
+    ``overrides``: ``key=value`` settings of the run's data section (``data.codes=NAME``, ...); an item input
+    named there is read instead of the one the run recorded. Where ``data_dir`` holds several tables of a kind
+    and none is named, the one from the run's own encoder or quantiser is read (``choose_matching_inputs``).
     """
     run = Path(run_dir)
     cfg, config = read_run_config(run)
+    cfg, chosen = data_overrides(cfg, overrides)
     if not (run / "model.safetensors").exists():
         raise NotFoundError(f"{run}: no model.safetensors yet (the run has not finished an evaluation)")
     if "dataset" not in config and data_dir is None:
@@ -262,11 +267,13 @@ def load_run(run_dir: str | Path, data_dir: str | Path | None = None, device: st
     dev = resolve_device(device)
     same_data = data_dir is None or ("dataset" in config and data_path.resolve() == Path(config["dataset"]["path"]).resolve())
     if not same_data and not _same_catalogue(ds, config):
-        return load_zero_shot(run, cfg, config, ds, data_path, dev)
+        return load_zero_shot(run, cfg, config, ds, data_path, dev, chosen)
     expected = config["dataset"]["n_items"]
     if ds.n_items != expected:
         raise DataError(f"{data_path}: {ds.n_items} items but the model in {run} was trained for {expected}")
-    recorded = config.get("item_inputs") if same_data else None
+    recorded = _unless_chosen(config.get("item_inputs"), chosen) if same_data else None
+    if not same_data:
+        cfg = choose_matching_inputs(cfg, config, data_path)
     try:
         inputs, _ = load_item_inputs(cfg, [data_path], recorded=recorded)
     except NotFoundError as e:
@@ -277,10 +284,86 @@ def load_run(run_dir: str | Path, data_dir: str | Path | None = None, device: st
                             "(make them again under that name, or train again)") from None
     model = build_model(cfg, inputs)
     if load_weights(model, run / "model.safetensors", dev) is None:
-        print(f"note: {run} records no checksum of model.safetensors (made before textrec kept them); "
-              "its weights are not verified", file=sys.stderr)
+        log.warning("note: %s records no checksum of model.safetensors (made before textrec kept them); "
+                    "its weights are not verified", run)
     model.to(dev).eval()
-    return LoadedRun(model, cfg, ds, config, dev, inputs)
+    return LoadedRun(model, cfg, ds, config, dev, inputs, path=run)
+
+
+# data.<key> -> the keys of a run's recorded ``item_inputs`` that naming it replaces
+_INPUT_KEYS = {"embeddings": ("embeddings", "encoder"), "word_drop_embeddings": ("word_drop_embeddings",),
+               "codes": ("codes", "quantizer"), "features": ("features",)}
+
+
+def data_overrides(cfg: RunConfig, overrides: list[str] | tuple) -> tuple[RunConfig, set[str]]:
+    """(``cfg`` with ``key=value`` overrides of its data section, the item-input keys they name).
+
+    Only ``data.*`` settings may change when a finished run is read: the others describe how it was trained.
+    """
+    from textrec.config import apply_overrides
+
+    if not overrides:
+        return cfg, set()
+    bad = [o for o in overrides if not o.strip().startswith("data.")]
+    if bad:
+        raise ConfigError(f"{bad[0]}: only data.* settings can be set when reading a finished run (e.g. data.codes=NAME)")
+    cfg = RunConfig.from_dict(apply_overrides(cfg.to_dict(), list(overrides)))
+    return cfg, {o.strip().split("=", 1)[0].split(".", 1)[1].strip() for o in overrides} & set(_INPUT_KEYS)
+
+
+def _unless_chosen(recorded: dict | None, chosen: set[str]) -> dict | None:
+    """A run's recorded item inputs less those the user named in the data section (those are read instead)."""
+    if recorded is None or not chosen:
+        return recorded
+    drop = {k for c in chosen for k in _INPUT_KEYS[c]}
+    return {k: v for k, v in recorded.items() if k not in drop}
+
+
+def choose_matching_inputs(cfg: RunConfig, config: dict, data_dir: str | Path) -> RunConfig:
+    """``cfg`` naming, for each kind of item input the model reads that ``data_dir`` holds several of and ``cfg``
+    does not name, the one made like the run's (``config``): item codes from the run's quantiser (else, from
+    embeddings of the run's encoder), text embeddings from the run's encoder. Says which on the ``textrec``
+    logger; unchanged where nothing or more than one matches (the loader then asks for a name)."""
+    from dataclasses import replace
+
+    from textrec.models.spec import item_input_kinds
+    from textrec.train.inputs import _WORD_DROP, _encoder_origin, _quantiser_identity, _quantizer_origin
+
+    data_dir = Path(data_dir)
+    trained = trained_inputs(config)
+    kinds = item_input_kinds(model_class(cfg.model), cfg.model_config)
+    chosen: dict[str, str] = {}
+    if "codes" in kinds and not cfg.data.codes and trained.get("quantizer"):
+        infos = _tables(data_dir / "codes")
+        if len(infos) > 1:
+            want = _quantiser_identity(trained["quantizer"])
+            match = [n for n, i in infos.items() if _quantiser_identity(_quantizer_origin(i)) == want]
+            why = "the run's quantiser"
+            if not match and trained.get("encoder"):
+                enc = _tables(data_dir / "embeddings")
+                match = [n for n, i in infos.items() if (i.get("embeddings") or {}).get("name") in enc
+                         and _encoder_origin(enc[i["embeddings"]["name"]]) == trained["encoder"]]
+                why = "embeddings of the run's encoder"
+            if len(match) == 1:
+                chosen["codes"] = match[0]
+                log.info("%s holds several item codes (%s); reading %r, made with %s", data_dir, ", ".join(infos), match[0], why)
+    if "text_embeddings" in kinds and not cfg.data.embeddings and trained.get("encoder"):
+        infos = {n: i for n, i in _tables(data_dir / "embeddings").items() if not _WORD_DROP.search(n)}
+        if len(infos) > 1:
+            match = [n for n, i in infos.items() if _encoder_origin(i) == trained["encoder"]]
+            if len(match) > 1 and (trained.get("embeddings") or [None])[0] in match:
+                match = [trained["embeddings"][0]]  # the run's own name among several of its encoder
+            if len(match) == 1:
+                chosen["embeddings"] = match[0]
+                log.info("%s holds several text embeddings (%s); reading %r, made with the run's encoder",
+                         data_dir, ", ".join(infos), match[0])
+    return replace(cfg, data=replace(cfg.data, **chosen)) if chosen else cfg
+
+
+def _tables(folder: Path) -> dict[str, dict]:
+    """name -> sidecar JSON of each ``.npy`` table in ``folder`` (embeddings/ or codes/)."""
+    return {p.stem: (read_json(p.with_suffix(".json")) if p.with_suffix(".json").exists() else {})
+            for p in sorted(folder.glob("*.npy"))}
 
 
 def _same_catalogue(ds: Dataset, config: dict) -> bool:
@@ -293,8 +376,8 @@ def _same_catalogue(ds: Dataset, config: dict) -> bool:
     try:
         trained = Dataset.load(rec["path"], features=False)
     except (TextrecError, OSError):
-        print(f"note: {rec['path']}, the run's dataset, cannot be read to compare catalogues; {ds.n_items:,} items "
-              "each, so they are taken to be the same", file=sys.stderr)
+        log.warning("note: %s, the run's dataset, cannot be read to compare catalogues; %s items each, so they are "
+                    "taken to be the same", rec["path"], f"{ds.n_items:,}")
         return True
     return (trained.item_keys, trained.item_texts, trained.item_attributes) == (ds.item_keys, ds.item_texts, ds.item_attributes)
 
@@ -307,7 +390,8 @@ def trained_on(config: dict) -> str:
     return f"{' + '.join(d['name'] for d in sources)} ({sum(d['n_items'] for d in sources):,} items)"
 
 
-def load_zero_shot(run: Path, cfg: RunConfig, config: dict, ds: Dataset, data_path: Path, dev) -> LoadedRun:
+def load_zero_shot(run: Path, cfg: RunConfig, config: dict, ds: Dataset, data_path: Path, dev,
+                   chosen: set[str] = frozenset()) -> LoadedRun:
     """The run's model for the catalogue of ``ds``, with no training on it.
 
     Generic over models: the item-side inputs the model declares are read from ``data_path``, the model is
@@ -329,9 +413,9 @@ def load_zero_shot(run: Path, cfg: RunConfig, config: dict, ds: Dataset, data_pa
         raise TextrecError(f"{where}; {cfg.model} scores the item IDs it was trained on, so it cannot rank another "
                            f"catalogue's items (zero-shot needs a model that reads item content: {_content_models()})")
     try:
-        inputs, record = load_item_inputs(cfg, [data_path], recorded=config.get("item_inputs"))
-    except NotFoundError:  # the run's input names do not exist there: the dataset's own choice
-        inputs, record = load_item_inputs(cfg, [data_path])
+        inputs, record = load_item_inputs(cfg, [data_path], recorded=_unless_chosen(config.get("item_inputs"), set(chosen)))
+    except NotFoundError:  # the run's input names do not exist there: the dataset's own (matching) choice
+        inputs, record = load_item_inputs(choose_matching_inputs(cfg, config, data_path), [data_path])
     problem = same_origin_problem(trained_inputs(config), record)
     if problem:
         raise DataError(f"{where}; {problem}")
@@ -348,7 +432,7 @@ def load_zero_shot(run: Path, cfg: RunConfig, config: dict, ds: Dataset, data_pa
     zero_shot = {"trained_on": trained_on(config), "run_dataset": config.get("dataset"), "run_item_inputs": config.get("item_inputs"),
                  "pretrain": config.get("pretrain")}
     described = {**config, "dataset": dataset_record(ds, data_path), "item_inputs": record, "zero_shot": zero_shot}
-    return LoadedRun(model, cfg, ds, described, dev, inputs, zero_shot=True)
+    return LoadedRun(model, cfg, ds, described, dev, inputs, zero_shot=True, path=run)
 
 
 def _content_models() -> str:

@@ -17,7 +17,7 @@ the model's own declaration).
 
 from __future__ import annotations
 
-import sys
+import logging
 import tomllib
 from pathlib import Path
 
@@ -26,12 +26,20 @@ from textrec.config import RunConfig, apply_overrides, config_path
 from textrec.data.dataset import Dataset
 from textrec.data.multidomain import domain_of_rows, merge_domains
 from textrec.errors import ConfigError, TextrecError
-from textrec.runs import load_pretrained  # noqa: F401 (re-exported: its home was this module)
-from textrec.runs import dataset_record, read_run_config, resolve_device, writing_run
+from textrec.runs import (
+    choose_matching_inputs,
+    dataset_record,
+    load_pretrained,  # noqa: F401 (re-exported: its home was this module)
+    read_run_config,
+    resolve_device,
+    writing_run,
+)
 from textrec.train import newcatalogue
 from textrec.train.inputs import build_model, load_item_inputs
 from textrec.train.loop import fit, seed_everything
 from textrec.train.run import RunResult, describe, make_batchers
+
+log = logging.getLogger(__name__)
 
 
 def pretrain_run(
@@ -106,7 +114,9 @@ def finetune_run(
     """Fine-tune the pre-trained run ``init_dir`` on the dataset at ``data_dir``."""
     data_dir, init_dir, out = Path(data_dir), Path(init_dir), Path(out_dir)
     ds = Dataset.load(data_dir)
-    newcatalogue.complete_new_catalogue(init_dir, read_run_config(init_dir)[1], cfg, data_dir, finetune=True)
+    init_config = read_run_config(init_dir)[1]
+    newcatalogue.complete_new_catalogue(init_dir, init_config, cfg, data_dir, finetune=True)
+    cfg = choose_matching_inputs(cfg, init_config, data_dir)  # of several codes / embeddings, those like the run's
     inputs, record = load_item_inputs(cfg, [data_dir])
     config = {
         "textrec_version": __version__,
@@ -126,7 +136,6 @@ def finetune_run(
         if not quiet:
             describe("fine-tuning", cfg, ds, model, train_b, device, out)
             if fresh:
-                print(f"newly initialised (not in the pre-trained run): {', '.join(sorted({k.split('.')[0] for k in fresh}))}",
-                      file=sys.stderr)
+                log.info(f"newly initialised (not in the pre-trained run): {', '.join(sorted({k.split('.')[0] for k in fresh}))}")
         result = fit(model, train_b, valid_b, test_b, cfg, out, resume=resume, quiet=quiet, phases=phases)
     return RunResult(out, result)
