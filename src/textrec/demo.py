@@ -44,8 +44,8 @@ from textrec.config import load_config
 from textrec.data.dataset import Dataset
 from textrec.data.synthetic import WorldSpec, make_domain
 from textrec.report import metrics_table, shorten
-from textrec.serve.recommend import recommend
 from textrec.runs import load_run
+from textrec.serve.recommend import recommend
 from textrec.train.run import train_run
 
 SOURCE_DOMAINS = ("tools", "kitchen")

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import pickle
 import sys
@@ -51,8 +52,11 @@ from textrec.data.batching import EvalBatcher, TrainBatcher
 from textrec.errors import CheckpointError, TextrecError
 from textrec.eval.ranking import evaluate
 from textrec.io import atomic_path, checksummed_path, write_json
+from textrec.log import show_progress
 from textrec.models.spec import Phase
 from textrec.runs import _first_problem, load_weights, resolve_device, verify_checkpoint  # noqa: F401 (re-exported)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -165,10 +169,7 @@ class _Logger:
             valid = record.get("valid")
             metric = "" if not valid else "  " + "  ".join(f"{k} {v:.4f}" for k, v in valid.items() if k.endswith("@10"))
             mark = " *" if record.get("improved") else ""
-            tqdm.write(
-                f"epoch {record['epoch']:3d}  loss {record['loss']:.4f}  {record['train_seconds']:.1f}s{metric}{mark}",
-                file=sys.stderr,
-            )
+            log.info(f"epoch {record['epoch']:3d}  loss {record['loss']:.4f}  {record['train_seconds']:.1f}s{metric}{mark}")
 
     def close(self) -> None:
         if self.tb is not None:
@@ -275,7 +276,7 @@ class _Trainer:
         loss_sum, n_batches = torch.zeros((), device=self.device), 0
         batches = self.train.plan()
         opt.zero_grad(set_to_none=True)
-        for i, rows in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}", leave=False, disable=self.quiet, file=sys.stderr)):
+        for i, rows in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}", leave=False, disable=not show_progress(not self.quiet), file=sys.stderr)):
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 loss = step(self.train.batch(rows))
             (loss if tc.grad_accum == 1 else loss / tc.grad_accum).backward()
@@ -341,7 +342,7 @@ def fit(
         result.epoch_hooks = [dict(r) for r in state.get("epoch_hooks", [])]  # absent in states written before hooks reported
         _trim_log(out, trainer.progress.epoch)
         if not quiet:
-            tqdm.write(f"resuming {out} after epoch {trainer.progress.epoch}", file=sys.stderr)
+            log.info(f"resuming {out} after epoch {trainer.progress.epoch}")
     else:
         trainer.enter(0, fresh=True)
         if out is not None:

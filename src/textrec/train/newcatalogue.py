@@ -18,15 +18,17 @@ another encoder or codes of another quantiser are refused by the zero-shot loade
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 
 from textrec.errors import CheckpointError, DataError
 from textrec.io import read_json
 
 RUN_QUANTIZER = "quantizer.index"
+
+log = logging.getLogger(__name__)
 
 
 def _file_sha1(path: Path) -> str:
@@ -102,8 +104,8 @@ def complete_new_catalogue(run: Path, config: dict, cfg, data_dir: Path, finetun
     if want_codes and quantizer is None and not want_text:
         return  # no quantiser to code the items with: the loader says what is missing
     if (want_text and not have_emb) or (want_codes and name not in have_emb):
-        print(f"note: {data_dir} has no text embeddings {name!r}: encoding its items with {enc['name']} "
-              f"(pooling {enc['pooling']}, max length {enc['max_length']}), as {run} was trained", file=sys.stderr)
+        log.warning(f"note: {data_dir} has no text embeddings {name!r}: encoding its items with {enc['name']} "
+                    f"(pooling {enc['pooling']}, max length {enc['max_length']}), as {run} was trained")
         encode_dataset(data_dir, enc["name"], pooling=enc["pooling"], max_length=enc["max_length"], name=name, progress=False)
     if want_codes:
         found = read_json(data_dir / "embeddings" / f"{name}.json").get("encoder") or {}
@@ -115,9 +117,9 @@ def complete_new_catalogue(run: Path, config: dict, cfg, data_dir: Path, finetun
             return  # the loader says what is missing
         from textrec.quant.codes import quantize_dataset
 
-        print(f"note: {data_dir} has no item codes: coding its items with {run}'s quantiser ({quantizer.name}; the reused "
-              f"index set) as {nc['codes']!r}" + ("; `textrec quantize DIR` fits the target's own (the paper's new index set)"
-                                                  if finetune else ""), file=sys.stderr)
+        log.warning(f"note: {data_dir} has no item codes: coding its items with {run}'s quantiser ({quantizer.name}; the "
+                    f"reused index set) as {nc['codes']!r}" + ("; `textrec quantize DIR` fits the target's own (the paper's "
+                                                               "new index set)" if finetune else ""))
         quantize_dataset(data_dir, embeddings=name, quantizer=quantizer, name=nc["codes"])
 
 

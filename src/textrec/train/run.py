@@ -9,11 +9,12 @@ Pre-training and fine-tuning are in ``textrec.train.transfer``.
 
 from __future__ import annotations
 
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from textrec import __version__
 from textrec.config import RunConfig
 from textrec.data.batching import EvalBatcher, TrainBatcher, cut_mask, keep_rows
@@ -34,6 +35,8 @@ from textrec.runs import (  # noqa: F401 (load_run, LoadedRun, ... re-exported: 
 )
 from textrec.train.inputs import build_model, load_item_inputs
 from textrec.train.loop import FitResult, fit, seed_everything
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -93,10 +96,9 @@ def make_batchers(
 
 def describe(what: str, cfg: RunConfig, ds: Dataset, model, train_b: TrainBatcher, device, out: Path) -> None:
     n_params = sum(p.numel() for p in model.parameters())
-    print(
+    log.info(
         f"{what} {cfg.model} on {ds.name} ({ds.n_users:,} users, {ds.n_items:,} items, "
-        f"{train_b.total_targets:,} training targets) on {device}, {n_params:,} parameters -> {out}",
-        file=sys.stderr,
+        f"{train_b.total_targets:,} training targets) on {device}, {n_params:,} parameters -> {out}"
     )
 
 
