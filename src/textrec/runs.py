@@ -273,7 +273,7 @@ def load_run(run_dir: str | Path, data_dir: str | Path | None = None, device: st
         raise DataError(f"{data_path}: {ds.n_items} items but the model in {run} was trained for {expected}")
     recorded = _unless_chosen(config.get("item_inputs"), chosen) if same_data else None
     if not same_data:
-        cfg = choose_matching_inputs(cfg, config, data_path)
+        cfg = choose_matching_inputs(_without_run_names(cfg, chosen), config, data_path)
     try:
         inputs, _ = load_item_inputs(cfg, [data_path], recorded=recorded)
     except NotFoundError as e:
@@ -307,7 +307,11 @@ def data_overrides(cfg: RunConfig, overrides: list[str] | tuple) -> tuple[RunCon
     bad = [o for o in overrides if not o.strip().startswith("data.")]
     if bad:
         raise ConfigError(f"{bad[0]}: only data.* settings can be set when reading a finished run (e.g. data.codes=NAME)")
-    cfg = RunConfig.from_dict(apply_overrides(cfg.to_dict(), list(overrides)))
+    new = RunConfig.from_dict(apply_overrides(cfg.to_dict(), list(overrides)))
+    if new.data.max_seq_len != cfg.data.max_seq_len:
+        raise ConfigError(f"data.max_seq_len cannot change when reading a finished run (its model reads histories of at "
+                          f"most {cfg.data.max_seq_len} items)")
+    cfg = new
     return cfg, {o.strip().split("=", 1)[0].split(".", 1)[1].strip() for o in overrides} & set(_INPUT_KEYS)
 
 
@@ -317,6 +321,15 @@ def _unless_chosen(recorded: dict | None, chosen: set[str]) -> dict | None:
         return recorded
     drop = {k for c in chosen for k in _INPUT_KEYS[c]}
     return {k: v for k, v in recorded.items() if k not in drop}
+
+
+def _without_run_names(cfg: RunConfig, chosen: set[str]) -> RunConfig:
+    """``cfg`` without the embeddings and codes names the run was trained with (they name another dataset's tables),
+    except those named now (``chosen``)."""
+    from dataclasses import replace
+
+    names = {k: "" for k in ("embeddings", "codes") if k not in chosen and getattr(cfg.data, k)}
+    return replace(cfg, data=replace(cfg.data, **names)) if names else cfg
 
 
 def choose_matching_inputs(cfg: RunConfig, config: dict, data_dir: str | Path) -> RunConfig:
@@ -415,7 +428,8 @@ def load_zero_shot(run: Path, cfg: RunConfig, config: dict, ds: Dataset, data_pa
     try:
         inputs, record = load_item_inputs(cfg, [data_path], recorded=_unless_chosen(config.get("item_inputs"), set(chosen)))
     except NotFoundError:  # the run's input names do not exist there: the dataset's own (matching) choice
-        inputs, record = load_item_inputs(choose_matching_inputs(cfg, config, data_path), [data_path])
+        cfg = choose_matching_inputs(_without_run_names(cfg, chosen), config, data_path)
+        inputs, record = load_item_inputs(cfg, [data_path])
     problem = same_origin_problem(trained_inputs(config), record)
     if problem:
         raise DataError(f"{where}; {problem}")
