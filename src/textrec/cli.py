@@ -1,7 +1,9 @@
-"""The ``textrec`` command: each subcommand parses arguments and calls one library function.
+"""The ``textrec`` command: each subcommand parses arguments, calls one library function and formats its result.
 
 Human-readable progress and tables go to stderr; ``--json`` puts exactly one JSON object on stdout so
 scripts can read it. Errors caused by input exit with status 2 and one line ``textrec: error: ...``.
+The library reports through the ``textrec`` logger and ``TextrecWarning`` (``textrec.log``); for the length of
+a command the CLI shows both on stderr, ``--quiet`` keeping warnings only and ``-v`` adding debug messages.
 """
 
 from __future__ import annotations
