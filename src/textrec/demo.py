@@ -32,6 +32,7 @@ the JSON summary on stdout.
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -47,6 +48,8 @@ from textrec.report import metrics_table, shorten
 from textrec.runs import load_run
 from textrec.serve.recommend import recommend
 from textrec.train.run import train_run
+
+log = logging.getLogger(__name__)
 
 SOURCE_DOMAINS = ("tools", "kitchen")
 TARGET_DOMAIN = "garden"
@@ -64,8 +67,8 @@ Show = Callable[..., None]  # prints one result line (print's arguments) to the 
 
 
 def _say(*args) -> None:
-    """Progress: to stderr, never to the results stream."""
-    print(*args, file=sys.stderr, flush=True)
+    """Progress: to the ``textrec`` logger (the CLI shows it on stderr), never to the results stream."""
+    log.info(" ".join(map(str, args)))
 
 
 def _where(path: Path) -> str:
