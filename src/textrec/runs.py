@@ -11,8 +11,10 @@ another one (``data_dir``): the same catalogue reloads the inputs the run record
 the run zero-shot (``load_zero_shot``). ``load_pretrained`` copies a pre-trained run's transferable weights
 into a model built for a new catalogue (fine-tuning and zero-shot). Loading is read-only: it never writes to the
 run or to the dataset. A dataset that lacks the inputs a pre-trained run reads (a bare, freshly prepared one)
-is completed by the separate step ``textrec.train.newcatalogue.complete_new_catalogue``, which the CLI runs and
-reports before loading.
+is completed by the separate step ``textrec.train.newcatalogue.complete_run_catalogue``, which the CLI runs and
+reports before loading. ``key=value`` overrides of the run's data section name the inputs to read; where a
+dataset holds several tables of a kind and none is named, those made like the run's own (its quantiser, its
+encoder) are read, and the choice is logged (``choose_matching_inputs``).
 
 This module imports nothing from the training loop, so serving a run (``textrec.serve``) never loads it.
 """
