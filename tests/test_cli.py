@@ -83,3 +83,43 @@ def test_recommend_unknown_user_and_item(tmp_path, capsys, tiny_dir):
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "textrec.cli", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("textrec ")
+
+
+def test_prepare_help_lists_the_readers_registry(capsys, monkeypatch):
+    from textrec.cli import build_parser
+    from textrec.data.formats import READERS
+
+    monkeypatch.setitem(READERS, "myformat", READERS["csv"])  # a reader added to the registry shows up by itself
+    monkeypatch.setenv("COLUMNS", "400")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["prepare", "--help"])
+    assert f"one of {', '.join(READERS)}" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("command", ["prepare", "info", "holdout", "encode", "quantize", "train", "pretrain", "finetune",
+                                     "evaluate", "recommend", "demo"])
+def test_every_command_takes_quiet_verbose_and_json(command):
+    from textrec.cli import build_parser
+
+    needed = {"prepare": ["SRC", "--format", "csv", "--out", "X"], "info": ["D"], "holdout": ["D", "--out", "X"],
+              "encode": ["D"], "quantize": ["D"], "train": ["D", "--out", "X"], "pretrain": ["D", "--out", "X"],
+              "finetune": ["D", "--init", "R", "--out", "X"], "evaluate": ["R"], "recommend": ["R"], "demo": []}
+    for flags, quiet, verbose in ((["--quiet"], True, False), (["-v"], False, True), (["--json"], False, False)):
+        args = build_parser().parse_args([command, *needed[command], *flags])
+        assert (args.quiet, args.verbose, args.json) == (quiet, verbose, flags == ["--json"])
+
+
+def test_evaluate_and_recommend_take_data_overrides(tmp_path, capsys, tiny_dir):
+    run = tmp_path / "run"
+    assert main(["train", str(tiny_dir), "--model", "sasrec", "--out", str(run), "--quiet", *TINY]) == 0
+    capsys.readouterr()
+    # the run's own data setting as an override: accepted, same result; an unknown data key: a one-line error
+    plain = _json(capsys, ["evaluate", str(run), "--json"])
+    same = _json(capsys, ["evaluate", str(run), "data.max_seq_len=50", "--json"])
+    assert {k: v for k, v in same.items() if k != "seconds"} == {k: v for k, v in plain.items() if k != "seconds"}
+    assert main(["evaluate", str(run), "--json", "data.max_seq_len=2"]) == 2  # read, and refused: the model's size
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.max_seq_len cannot change" in err[0], err
+    assert main(["recommend", str(run), "--user", "x", "data.max_seq_lenn=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.max_seq_lenn" in err[0], err

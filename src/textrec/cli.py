@@ -1,15 +1,21 @@
-"""The ``textrec`` command: each subcommand parses arguments and calls one library function.
+"""The ``textrec`` command: each subcommand parses arguments, calls one library function and formats its result.
 
 Human-readable progress and tables go to stderr; ``--json`` puts exactly one JSON object on stdout so
 scripts can read it. Errors caused by input exit with status 2 and one line ``textrec: error: ...``.
+The library reports through the ``textrec`` logger and ``TextrecWarning`` (``textrec.log``); for the length of
+a command the CLI shows both on stderr, ``--quiet`` keeping warnings only and ``-v`` adding debug messages.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from textrec import __version__
@@ -304,109 +310,58 @@ def cmd_finetune(args) -> None:
     _report_run(args, cfg.model, result)
 
 
+def _complete_catalogue(args) -> None:
+    """With ``--data``: make the item inputs a pre-trained run reads that the dataset lacks (loading never writes)."""
+    if args.data is not None:
+        from textrec.train.newcatalogue import complete_run_catalogue
+
+        complete_run_catalogue(args.run, args.data)
+
+
 def cmd_evaluate(args) -> None:
-    from textrec.data.batching import EvalBatcher
-    from textrec.data.split import eval_examples
-    from textrec.eval.ranking import evaluate
+    from textrec.api import evaluate_run
     from textrec.report import metrics_table
-    from textrec.train.run import load_run
 
-    run = load_run(args.run, args.data, args.device)
-    if run.zero_shot and not args.json:
-        _err(f"zero-shot: {args.run} was trained on {run.config['zero_shot']['trained_on']}; ranking the "
-             f"{run.dataset.n_items:,} items of {run.dataset.name} from their content, with no training on them")
-    ec = run.cfg.eval
-    ks = tuple(args.ks) if args.ks else ec.ks
-    mask = args.mask_history or ec.mask_history
-    examples = eval_examples(run.dataset, args.split, run.cfg.data.max_seq_len)
-    batcher = EvalBatcher(examples, ec.batch_size, run.device)
-    ties = args.ties or ec.ties
-    res = evaluate(run.model, batcher, ks, mask, ec.item_chunk, ties=ties)
-    groups = _holdout_groups(run.dataset, examples.targets, res, ks, ties)
+    _complete_catalogue(args)
+    res = evaluate_run(args.run, args.data, args.split, ks=args.ks, mask_history=args.mask_history or None, ties=args.ties,
+                       device=args.device, overrides=args.overrides)
     if args.json:
-        _print_json({"run": str(args.run), "data": run.config["dataset"]["path"], "zero_shot": run.zero_shot,
-                     "split": args.split, "mask_history": mask, "ties": ties, "users": len(res.ranks),
-                     "targets_with_ties": int((res.ties > 0).sum()), "seconds": res.seconds, **res.metrics, **groups})
-    else:
-        cols = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg", "mrr")]
-        rows = [(f"{run.cfg.model} {args.split}", res.metrics)]
-        rows += [(f"  {name} targets ({g['users']:,} users)", g) for name, g in groups.items() if g["users"]]
-        print(metrics_table(rows, cols))
-        _err(f"{len(res.ranks):,} users x {run.dataset.n_items:,} items in {res.seconds:.2f}s")
-
-
-def _holdout_groups(ds, targets, res, ks, ties: str) -> dict:
-    """On a ``textrec holdout`` eval dataset: metrics of the users whose target was held out, and of the rest."""
-    import numpy as np
-
-    from textrec.data.holdout import held_out_ids
-    from textrec.eval.metrics import compute_metrics
-
-    held = held_out_ids(ds)
-    if held is None:
-        return {}
-    cold = np.isin(np.asarray(targets), held)
-    out = {}
-    for name, mask in (("held_out", cold), ("seen", ~cold)):
-        n = int(mask.sum())
-        tied = res.ties[mask] if ties == "random" else None
-        out[name] = {"users": n, **(compute_metrics(res.ranks[mask], ks, ties=tied) if n else {})}
-    out["held_out"].update({f"chance_recall@{k}": k / ds.n_items for k in ks})  # a random ranking of the catalogue
-    return out
+        _print_json(res.to_dict())
+        return
+    if res.zero_shot:
+        _err(f"zero-shot: {args.run} was trained on {res.trained_on}; ranking the "
+             f"{res.n_items:,} items of {res.dataset} from their content, with no training on them")
+    cols = [f"{m}@{k}" for k in res.ks for m in ("recall", "ndcg", "mrr")]
+    rows = [(f"{res.model} {args.split}", res.metrics)]
+    rows += [(f"  {name} targets ({g['users']:,} users)", g) for name, g in res.groups.items() if g["users"]]
+    print(metrics_table(rows, cols))
+    _err(f"{res.users:,} users x {res.n_items:,} items in {res.seconds:.2f}s")
 
 
 def cmd_recommend(args) -> None:
+    from textrec.api import recommend
     from textrec.report import shorten
-    from textrec.serve.recommend import all_scores, item_ids, item_ranks, top_k, user_history
-    from textrec.train.run import load_run
 
     if (args.user is None) == (args.items is None):
         raise TextrecError("give exactly one of --user ID or --items ID,ID,...")
     if args.k < 1:
         raise TextrecError(f"k must be >= 1, not {args.k}")
-    run = load_run(args.run, args.data, args.device)
-    n_old = run.dataset.n_items
-    feature_rows = []
-    if args.new_items:
-        from textrec.serve.catalogue import grow_catalogue, read_new_item_table
-
-        new_items = read_new_item_table(args.new_items)
-        run, feature_rows = grow_catalogue(run, new_items, args.encoder)
-        reads_images = any(r.modality == "image" for r in feature_rows)
-        given = [w for w, has in (("text", any(new_items.texts)), ("attributes", any(new_items.attributes)),
-                                  ("images", reads_images and any(new_items.images))) if has]
-        _err(f"added {len(new_items.keys)} new item(s) to the catalogue from their {' and '.join(given) or 'keys alone'}")
-        for report in feature_rows:  # on stderr in --json mode too: a masked new item is worth a look either way
-            _err(report.line())
-        if any(new_items.images) and not reads_images:
-            _err(f"note: {run.cfg.model} reads no image feature table here, so the image column of {args.new_items} is not read")
-    ds = run.dataset
-    if args.user is not None:
-        history = user_history(ds, args.user)
-    else:
-        history = item_ids(ds, [k.strip() for k in args.items.split(",") if k.strip()])
-    scores = all_scores(run.model, history, run.cfg.data.max_seq_len, exclude_history=not args.include_history)
-    recs = top_k(ds, scores, args.k)
-    new_ids = list(range(n_old + 1, ds.n_items + 1))
-    new = [{"item": ds.item_keys[i - 1], "rank": r, "score": s if r else None}
-           for i, r, s in zip(new_ids, item_ranks(scores, new_ids), scores[new_ids].tolist())]
-    n_candidates = int(scores.isfinite().sum())
+    _complete_catalogue(args)
+    history = None if args.items is None else [k.strip() for k in args.items.split(",") if k.strip()]
+    res = recommend(args.run, history=history, user=args.user, k=args.k, new_items=args.new_items,
+                    include_history=args.include_history, data=args.data, encoder=args.encoder, device=args.device,
+                    overrides=args.overrides)
     if args.json:
-        hist = [{"item": ds.item_keys[i - 1], "text": ds.item_texts[i - 1]} for i in history[-run.cfg.data.max_seq_len :]]
-        extra = {"new_items": new, "candidates": n_candidates} if args.new_items else {}
-        if feature_rows:
-            extra["new_item_features"] = [r.to_dict() for r in feature_rows]
-        _print_json({"run": str(args.run), "user": args.user, "history": hist,
-                     "recommendations": [r.to_dict() for r in recs], **extra})
+        _print_json(res.to_dict())
         return
     print("history (most recent last):")
-    for i in history[-5:]:
-        print(f"      {ds.item_keys[i - 1]:<14} {shorten(ds.item_texts[i - 1])}")
-    print(f"top {len(recs)}:")
-    for r in recs:
+    for h in res.history[-5:]:
+        print(f"      {h['item']:<14} {shorten(h['text'])}")
+    print(f"top {len(res.recommendations)}:")
+    for r in res.recommendations:
         print(f"  {r.rank:>3}. {r.item_key:<14} {r.score:8.3f}  {shorten(r.text)}")
-    for n in new:
-        where = f"ranks {n['rank']:,} of {n_candidates:,}" if n["rank"] else "is in the history (not a candidate)"
+    for n in res.new_items or []:
+        where = f"ranks {n['rank']:,} of {res.candidates:,}" if n["rank"] else "is in the history (not a candidate)"
         print(f"new item {n['item']} {where}")
 
 
@@ -427,23 +382,41 @@ def cmd_demo(args) -> None:
 def cmd_plot(args) -> None:
     from textrec.plot import plot_curves
 
-    print(f"wrote {plot_curves(args.run, args.out, tuple(args.metrics))}", file=sys.stderr)
+    out = plot_curves(args.run, args.out, tuple(args.metrics))
+    if args.json:
+        _print_json({"figure": str(out)})
+    print(f"wrote {out}", file=sys.stderr)
 
 
 # ---- parser ------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from textrec.models import MODELS  # the registry's keys name the models in --model's help
+def _parents() -> dict[str, argparse.ArgumentParser]:
+    """Option groups several subcommands share (argparse parent parsers)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    common.add_argument("--quiet", action="store_true", help="no progress bars, per-epoch lines or notes; warnings and "
+                        "errors only")
+    common.add_argument("-v", "--verbose", action="store_true", help="also debug messages")
+    training = argparse.ArgumentParser(add_help=False)  # train, pretrain, finetune
+    training.add_argument("--out", required=True, help="run directory to write")
+    training.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT")
+    training.add_argument("--overwrite", action="store_true", help="start over in an existing OUT")
+    reading = argparse.ArgumentParser(add_help=False)  # evaluate, recommend: read a finished run
+    reading.add_argument("run", help="run directory")
+    reading.add_argument("overrides", nargs="*", metavar="key=value", help="settings of the run's data section, e.g. "
+                         "data.codes=NAME (which item codes or embeddings of --data to read)")
+    reading.add_argument("--data", help="dataset directory (default: the one the run was trained on)")
+    reading.add_argument("--device", default="auto")
+    return {"common": common, "training": training, "reading": reading}
 
-    model_names = ", ".join(MODELS)
-    p = argparse.ArgumentParser(prog="textrec", description="Transferable sequential recommendation from item text.")
-    p.add_argument("--version", action="version", version=f"textrec {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("prepare", help="raw or published files -> a processed dataset directory")
+def _add_prepare(sub, parents) -> None:
+    from textrec.data.formats import READERS  # the registry names the formats
+
+    s = sub.add_parser("prepare", parents=[parents["common"]], help="raw or published files -> a processed dataset directory")
     s.add_argument("source", help="file or directory to read")
-    s.add_argument("--format", required=True, help="unisrec, amazon2018, amazon2023, movielens, csv, parquet, rechorus")
+    s.add_argument("--format", required=True, metavar="FORMAT", help=f"one of {', '.join(READERS)}")
     s.add_argument("--out", required=True, help="dataset directory to write")
     s.add_argument("--name", help="dataset name (also picks one dataset when SOURCE holds several)")
     s.add_argument("--k-core", type=int, default=5, help="iterative user/item k-core (default 5, as the references)")
@@ -461,27 +434,32 @@ def build_parser() -> argparse.ArgumentParser:
                    "k-core, with their whole histories (a corpus sized to the machine)")
     s.add_argument("--sample-seed", type=int, default=0, help="which users --max-users keeps (default 0)")
     s.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_prepare)
 
-    s = sub.add_parser("info", help="users, items, interactions, sequence and text statistics")
+
+def _add_info(sub, parents) -> None:
+    s = sub.add_parser("info", parents=[parents["common"]], help="users, items, interactions, sequence and text statistics")
     s.add_argument("data", help="dataset directory")
     s.add_argument("--item", metavar="KEY", help="show one item: its text, attributes and key-value sentence")
     s.add_argument("--max-attr-num", type=int, default=3, help="attributes a sentence keeps (with --item; Recformer's default 3)")
-    s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("holdout", help="cold-start items: hold a slice of the catalogue out of training, test on it")
+
+def _add_holdout(sub, parents) -> None:
+    s = sub.add_parser("holdout", parents=[parents["common"]],
+                       help="cold-start items: hold a slice of the catalogue out of training, test on it")
     s.add_argument("data", help="dataset directory")
     s.add_argument("--fraction", type=float, default=0.1, help="share of the catalogue's items to hold out (default 0.1)")
     s.add_argument("--seed", type=int, default=0, help="which items (a seeded sample; default 0)")
     s.add_argument("--out", required=True, help="writes OUT/train (no held-out item anywhere) and OUT/eval (whole "
                    "catalogue; a user whose last item was held out gets it back as the test target)")
     s.add_argument("--overwrite", action="store_true", help="replace OUT/train and OUT/eval if they exist")
-    s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_holdout)
 
-    s = sub.add_parser("encode", help="item text embeddings into DIR/embeddings, or image features into DIR/features (cached)")
+
+def _add_encode(sub, parents) -> None:
+    s = sub.add_parser("encode", parents=[parents["common"]],
+                       help="item text embeddings into DIR/embeddings, or image features into DIR/features (cached)")
     s.add_argument("data", help="dataset directory")
     s.add_argument("--encoder", help="text: 'minilm' (default, embedded), 'hashing[-N]', or a local HF / sentence-transformers "
                    "folder; with --images: 'efficientnet-lite0' (default, embedded) or a local CLIP folder (text and image)")
@@ -500,10 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default efficientnet-lite0; CLIP: NAME-image and NAME-text, default clip-image / clip-text)")
     s.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     s.add_argument("--attach", metavar="FILE", help="attach precomputed features (.npy, raw float32 .feat file, or a dataset feature name)")
-    s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_encode)
 
-    s = sub.add_parser("quantize", help="OPQ/PQ item codes into DIR/codes (several DIRs: one joint quantizer)")
+
+def _add_quantize(sub, parents) -> None:
+    s = sub.add_parser("quantize", parents=[parents["common"]],
+                       help="OPQ/PQ item codes into DIR/codes (several DIRs: one joint quantizer)")
     s.add_argument("data", nargs="+", help="dataset directory (several: fit one quantizer jointly)")
     s.add_argument("--embeddings", help="which embeddings to quantize (default: the only ones)")
     s.add_argument("--codebooks", type=int, default=32, help="sub-spaces D (default 32)")
@@ -514,37 +494,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--random", action="store_true", help="uniformly random codes instead (ablation: text plays no part)")
     s.add_argument("--seed", type=int, default=2020)
     s.add_argument("--name", help="codes name")
-    s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_quantize)
 
-    s = sub.add_parser("train", help="train a model on one dataset, select on validation, report test")
+
+def _add_train(sub, parents, model_names: str) -> None:
+    s = sub.add_parser("train", parents=[parents["common"], parents["training"]],
+                       help="train a model on one dataset, select on validation, report test")
     s.add_argument("data", help="dataset directory")
     s.add_argument("--model", help=f"model name: one of {model_names}; may come from --config instead")
-    s.add_argument("--out", required=True, help="run directory to write")
     s.add_argument("--config", help="TOML config file")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.003")
-    s.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT")
-    s.add_argument("--overwrite", action="store_true", help="start over in an existing OUT")
-    s.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
-    s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("pretrain", help="multi-domain pre-training on several datasets")
+
+def _add_pretrain(sub, parents, model_names: str) -> None:
+    s = sub.add_parser("pretrain", parents=[parents["common"], parents["training"]],
+                       help="multi-domain pre-training on several datasets")
     s.add_argument("data", nargs="+", help="source dataset directories")
     s.add_argument("--model", help=f"model name: one of {model_names}; may come from --config instead")
-    s.add_argument("--out", required=True, help="run directory to write")
     s.add_argument("--config", help="TOML config file")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=50")
-    s.add_argument("--resume", action="store_true")
-    s.add_argument("--overwrite", action="store_true")
-    s.add_argument("--quiet", action="store_true")
-    s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_pretrain)
 
-    s = sub.add_parser("finetune", help="transfer a pre-trained run to a target dataset")
+
+def _add_finetune(sub, parents) -> None:
+    s = sub.add_parser("finetune", parents=[parents["common"], parents["training"]],
+                       help="transfer a pre-trained run to a target dataset")
     s.add_argument("data", help="target dataset directory")
     s.add_argument("--init", required=True, help="the pre-trained run directory")
-    s.add_argument("--out", required=True, help="run directory to write")
     s.add_argument("--config", help="TOML config file, or a shipped config's short name (e.g. recformer-reference): its "
                    "values apply on top of the pre-trained run's model settings; --mode, --freeze-encoder and key=value "
                    "overrides on top of it")
@@ -556,25 +533,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-freeze-encoder", dest="freeze_encoder", action="store_false",
                    help="fine-tune position embeddings and Transformer too")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.003")
-    s.add_argument("--resume", action="store_true")
-    s.add_argument("--overwrite", action="store_true")
-    s.add_argument("--quiet", action="store_true")
-    s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_finetune)
 
-    s = sub.add_parser("evaluate", help="full-ranking metrics of a trained run")
-    s.add_argument("run", help="run directory")
-    s.add_argument("--data", help="dataset directory (default: the one the run was trained on)")
+
+def _add_evaluate(sub, parents) -> None:
+    s = sub.add_parser("evaluate", parents=[parents["common"], parents["reading"]], help="full-ranking metrics of a trained run")
     s.add_argument("--split", choices=("valid", "test"), default="test")
     s.add_argument("--ks", type=int, nargs="+", help="cut-offs (default: the run's eval.ks)")
     s.add_argument("--mask-history", action="store_true", help="remove history items from the candidates")
     s.add_argument("--ties", choices=("pessimistic", "random"), help="tied candidates rank above the target (default), or expected rank under random tie order")
-    s.add_argument("--device", default="auto")
-    s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("recommend", help="top-k items for a user or an item history, with item texts")
-    s.add_argument("run", help="run directory")
+
+def _add_recommend(sub, parents) -> None:
+    s = sub.add_parser("recommend", parents=[parents["common"], parents["reading"]],
+                       help="top-k items for a user or an item history, with item texts")
     s.add_argument("--user", help="a user key of the dataset")
     s.add_argument("--items", help="comma-separated item keys, oldest first")
     s.add_argument("-k", type=int, default=10)
@@ -584,27 +557,92 @@ def build_parser() -> argparse.ArgumentParser:
                    "image (a path relative to FILE's folder) for image feature tables; or JSON lines (.jsonl) with the "
                    "same keys; a text is derived from the attributes when absent")
     s.add_argument("--encoder", help="with --new-items: the text encoder, when it is not the embedded one")
-    s.add_argument("--data", help="dataset directory (default: the one the run was trained on)")
-    s.add_argument("--device", default="auto")
-    s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_recommend)
 
-    s = sub.add_parser("demo", help="the whole pipeline end to end on the built-in synthetic world (or --data DIR)")
+
+def _add_demo(sub, parents) -> None:
+    s = sub.add_parser("demo", parents=[parents["common"]],
+                       help="the whole pipeline end to end on the built-in synthetic world (or --data DIR)")
     s.add_argument("--data", help="a prepared dataset directory to run the demo on instead")
     s.add_argument("--out", default="textrec-demo", help="where datasets and runs go (default ./textrec-demo)")
     s.add_argument("--quick", action="store_true", help="a smoke run (33 s against 69 s measured on a 2-core CPU): checks "
                    "every stage runs, too short to compare the models")
     s.add_argument("--encoder", default="minilm", help="text encoder for the synthetic world (default: the embedded MiniLM)")
     s.add_argument("--device", default="auto")
-    s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("plot", help="draw a run's training curves (loss, validation metrics by epoch) to a PNG")
+
+
+def _add_plot(sub, parents) -> None:
+    s = sub.add_parser("plot", parents=[parents["common"]],
+                       help="draw a run's training curves (loss, validation metrics by epoch) to a PNG")
     s.add_argument("run", help="run directory (or its log.jsonl)")
     s.add_argument("--out", help="PNG to write (default RUN/curves.png)")
     s.add_argument("--metrics", nargs="+", default=["recall@10", "ndcg@10"], help="validation metrics to draw")
     s.set_defaults(func=cmd_plot)
+
+def build_parser() -> argparse.ArgumentParser:
+    from textrec.models import MODELS  # the registry's keys name the models in --model's help
+
+    model_names = ", ".join(MODELS)
+    p = argparse.ArgumentParser(prog="textrec", description="Transferable sequential recommendation from item text.")
+    p.add_argument("--version", action="version", version=f"textrec {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parents = _parents()
+    for add in (_add_prepare, _add_info, _add_holdout, _add_encode, _add_quantize):
+        add(sub, parents)
+    _add_train(sub, parents, model_names)
+    _add_pretrain(sub, parents, model_names)
+    for add in (_add_finetune, _add_evaluate, _add_recommend, _add_demo, _add_plot):
+        add(sub, parents)
     return p
+
+
+class _StderrHandler(logging.Handler):
+    """The ``textrec`` logger's messages on stderr, one per line, written around any open tqdm bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 (logging's own contract: a failing handler reports, never raises)
+            self.handleError(record)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A ``TextrecWarning`` as one ``warning: ...`` line; other warnings as Python shows them."""
+    from textrec.log import TextrecWarning
+
+    if issubclass(category, TextrecWarning):
+        logging.getLogger("textrec").warning("warning: %s", message)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
+@contextlib.contextmanager
+def _reporting(args) -> Iterator[None]:
+    """Install the stderr handler of the ``textrec`` logger for one command (``--quiet``: warnings only; ``-v``: debug)."""
+    from textrec.log import TextrecWarning
+
+    logger = logging.getLogger("textrec")
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING if getattr(args, "quiet", False) else logging.INFO
+    before = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", TextrecWarning)  # each run of a command reports its own input
+        warnings.showwarning = _show_warning
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(before)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -619,7 +657,8 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        args.func(args)
+        with _reporting(args):
+            args.func(args)
     except (TextrecError, FileExistsError) as e:
         print(f"textrec: error: {e}", file=sys.stderr)
         return 2

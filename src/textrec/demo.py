@@ -39,6 +39,7 @@ the JSON summary on stdout.
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -51,8 +52,11 @@ from textrec.config import load_config
 from textrec.data.dataset import Dataset
 from textrec.data.synthetic import WorldSpec, make_domain
 from textrec.report import metrics_table, shorten
+from textrec.runs import load_run
 from textrec.serve.recommend import recommend
-from textrec.train.run import load_run, train_run
+from textrec.train.run import train_run
+
+log = logging.getLogger(__name__)
 
 QUICK_NOTE = ("--quick is a smoke run: a smaller world and 15 epochs check that every stage runs, too few for the text "
               "models to learn the planted rule, so these numbers compare nothing; run `textrec demo` (about 70 s on a "
@@ -73,8 +77,8 @@ Show = Callable[..., None]  # prints one result line (print's arguments) to the 
 
 
 def _say(*args) -> None:
-    """Progress: to stderr, never to the results stream."""
-    print(*args, file=sys.stderr, flush=True)
+    """Progress: to the ``textrec`` logger (the CLI shows it on stderr), never to the results stream."""
+    log.info(" ".join(map(str, args)))
 
 
 def _where(path: Path) -> str:

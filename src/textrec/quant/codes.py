@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import sys
+import logging
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -38,6 +38,8 @@ from textrec.errors import DataError, NotFoundError
 from textrec.io import atomic_path, read_json, write_json
 from textrec.quant.pq import ItemQuantizer
 from textrec.text.encode import check_name, dataset_meta, load_item_embeddings
+
+log = logging.getLogger(__name__)
 
 CODES_DIR = "codes"
 PAD_CODE = -1
@@ -70,7 +72,7 @@ class QuantizeResult(NamedTuple):
 def _say(progress: bool, message: str) -> None:
     """A progress line on stderr for a step that can take minutes."""
     if progress:
-        print(f"quantize: {message}", file=sys.stderr, flush=True)
+        log.info(f"quantize: {message}")
 
 
 def code_statistics(codes: np.ndarray, codebook_size: int) -> dict:
@@ -278,9 +280,9 @@ def _import_index(data_dir: Path, index_path: Path, embeddings: str | None, name
         codes[missing - 1] = _encode(q, mapped, "items not in the index (mapped embeddings)", progress)
         info["encoded_by"]["lstsq_map"] = int(missing.size)
         info["embeddings"] = _embedding_summary(emb_info)
-        print(f"note: {missing.size} of {ds.n_items} items are not in {index_path.name}; their codes come from a "
-              f"least-squares map of {emb_info['name']!r} embeddings into the index's space (an approximation; "
-              f"held-out code agreement {info['approximation']['heldout_code_agreement']:.1%})", file=sys.stderr)
+        log.warning(f"note: {missing.size} of {ds.n_items} items are not in {index_path.name}; their codes come from a "
+                    f"least-squares map of {emb_info['name']!r} embeddings into the index's space (an approximation; "
+                    f"held-out code agreement {info['approximation']['heldout_code_agreement']:.1%})")
     default = f"imported-opq{q.n_codebooks}x{q.codebook_size}"
     return _write_codes(data_dir, check_name(name or default, "codes"), codes, q, train_ids, info, t0)
 

@@ -55,7 +55,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -67,8 +67,9 @@ from textrec.data.dataset import Dataset
 from textrec.errors import DataError, TextrecError
 from textrec.io import read_json
 from textrec.models.spec import FeatureTable, ItemInputs, item_input_kinds
-from textrec.train.inputs import build_model
-from textrec.train.run import LoadedRun
+from textrec.runs import LoadedRun
+
+log = logging.getLogger(__name__)
 
 TEXT_FIELDS = ("title", "category", "brand")  # textrec prepare's default text fields, in its order
 IMAGE_COLUMN = "image"  # the new-items file's image path column (as the items table's, textrec.vision.images)
@@ -372,14 +373,14 @@ def add_items(run: LoadedRun, keys: list[str], texts: list[str], encoder: str | 
     ``attributes`` (one dict per item, {} for none): what a key-value model reads; an item's text may then be
     "" and is derived from them (``derived_text``). Items without attributes get them from their text.
     ``images`` (one path per item, "" for none; relative to the working directory): what an image feature
-    table's encoder reads. How each feature table got its rows goes to stderr, one line each (not ``quiet``).
+    table's encoder reads. How each feature table got its rows is logged, one line each (not ``quiet``).
     """
     items = NewItems(list(keys), list(texts), [dict(a) for a in attributes] if attributes is not None else [],
                      [str(i) if i else "" for i in images] if images is not None else [])
     grown, reports = grow_catalogue(run, items, encoder)
     if not quiet:
         for report in reports:
-            print(report.line(), file=sys.stderr)
+            log.info("%s", report.line())
     return grown
 
 
@@ -408,7 +409,7 @@ def grow_catalogue(run: LoadedRun, items: NewItems, encoder: str | None = None) 
         raise DataError(f"new item {missing!r} has neither a text nor an attribute{reads}")
     items = NewItems(list(keys), texts, attributes, items.images)
     inputs, reports = _extend_inputs(run, items, encoder)
-    model = build_model(run.cfg, inputs)  # its random initial weights are all replaced by the carried state
+    model = run.build_model(inputs)  # its random initial weights are all replaced by the carried state
     _carry_state(run.model, model, len(keys))
     model.to(run.device).eval()
     stored = None if ds.item_attributes is None and not any(attributes) else (ds.item_attributes or [{} for _ in ds.item_keys]) + attributes
@@ -416,4 +417,4 @@ def grow_catalogue(run: LoadedRun, items: NewItems, encoder: str | None = None) 
         name=ds.name, item_keys=ds.item_keys + list(keys), item_texts=ds.item_texts + texts, user_keys=ds.user_keys,
         seq_offsets=ds.seq_offsets, seq_items=ds.seq_items, seq_times=ds.seq_times, meta=ds.meta, item_attributes=stored,
     )
-    return LoadedRun(model, run.cfg, extended, run.config, run.device, inputs, zero_shot=run.zero_shot), reports
+    return LoadedRun(model, run.cfg, extended, run.config, run.device, inputs, zero_shot=run.zero_shot, path=run.path), reports

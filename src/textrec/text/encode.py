@@ -30,6 +30,7 @@ import numpy as np
 
 from textrec.errors import DataError, NotFoundError
 from textrec.io import atomic_path, read_json, write_json
+from textrec.log import show_progress
 from textrec.text.augment import word_drop_texts
 from textrec.text.cache import EmbeddingCache, text_hashes
 from textrec.text.encoders import TextEncoder, get_encoder
@@ -84,7 +85,7 @@ def _encode_checked(encoder: TextEncoder, texts: list[str]) -> np.ndarray:
 @contextlib.contextmanager
 def _one_bar(encoder: TextEncoder, total: int, chunk_size: int) -> Iterator:
     """One progress bar over all chunks in place of the encoder's own, which would restart at every chunk."""
-    if total <= chunk_size or not getattr(encoder, "progress", False):
+    if total <= chunk_size or not show_progress(getattr(encoder, "progress", False)):
         yield None
         return
     from tqdm.auto import tqdm

@@ -229,6 +229,8 @@ class HFEncoder:
         import torch
         from tqdm.auto import tqdm
 
+        from textrec.log import show_progress
+
         n = len(texts)
         out = np.zeros((n, self.dim), dtype=np.float32)
         if n == 0:
@@ -239,7 +241,7 @@ class HFEncoder:
         order = np.argsort(-lengths, kind="stable") if self.sort_by_length else np.arange(n)
         pad_id = tokenizer.pad_token_id or 0
         autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
-        with torch.inference_mode(), autocast, tqdm(total=n, unit="text", disable=not self.progress, desc="encoding") as bar:
+        with torch.inference_mode(), autocast, tqdm(total=n, unit="text", disable=not show_progress(self.progress), desc="encoding") as bar:
             for start in range(0, n, self.batch_size):
                 rows = order[start : start + self.batch_size]
                 width = int(lengths[rows].max())

@@ -14,8 +14,8 @@ the dataset since.
 
 from __future__ import annotations
 
+import logging
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -111,8 +111,8 @@ def _load_word_drop(dirs, record, cfg, base_infos, recorded):
     except NotFoundError:
         if cfg.data.word_drop_embeddings:
             raise
-        print(f"note: no word-drop view {name!r} in every source (textrec encode DIR --word-drop 0.15 makes it); "
-              "UniSRec pre-training augments by item drop only", file=sys.stderr)
+        logging.getLogger(__name__).warning(f"note: no word-drop view {name!r} in every source (textrec encode DIR "
+                                            "--word-drop 0.15 makes it); UniSRec pre-training augments by item drop only")
         record["word_drop_embeddings"] = None
         return None
     _same_origin("embeddings", dirs, [_encoder_origin(i) for i in infos])

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import pickle
 import sys
@@ -43,16 +44,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 from tqdm.auto import tqdm
 
 from textrec.config import RunConfig, TrainConfig
 from textrec.data.batching import EvalBatcher, TrainBatcher
 from textrec.errors import CheckpointError, TextrecError
 from textrec.eval.ranking import evaluate
-from textrec.io import atomic_path, checksum_matches, checksummed_path, write_json
+from textrec.io import atomic_path, checksummed_path, write_json
+from textrec.log import show_progress
 from textrec.models.spec import Phase
+from textrec.runs import _first_problem, load_weights, resolve_device, verify_checkpoint  # noqa: F401 (re-exported)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -91,15 +95,6 @@ class FitResult:
             "peak_memory_mb": self.peak_memory_mb,
             **hooks,
         }
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TextrecError(f"train.device={name} but CUDA is not available (use train.device=cpu)")
-    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -174,10 +169,7 @@ class _Logger:
             valid = record.get("valid")
             metric = "" if not valid else "  " + "  ".join(f"{k} {v:.4f}" for k, v in valid.items() if k.endswith("@10"))
             mark = " *" if record.get("improved") else ""
-            tqdm.write(
-                f"epoch {record['epoch']:3d}  loss {record['loss']:.4f}  {record['train_seconds']:.1f}s{metric}{mark}",
-                file=sys.stderr,
-            )
+            log.info(f"epoch {record['epoch']:3d}  loss {record['loss']:.4f}  {record['train_seconds']:.1f}s{metric}{mark}")
 
     def close(self) -> None:
         if self.tb is not None:
@@ -284,7 +276,7 @@ class _Trainer:
         loss_sum, n_batches = torch.zeros((), device=self.device), 0
         batches = self.train.plan()
         opt.zero_grad(set_to_none=True)
-        for i, rows in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}", leave=False, disable=self.quiet, file=sys.stderr)):
+        for i, rows in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}", leave=False, disable=not show_progress(not self.quiet), file=sys.stderr)):
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 loss = step(self.train.batch(rows))
             (loss if tc.grad_accum == 1 else loss / tc.grad_accum).backward()
@@ -350,7 +342,7 @@ def fit(
         result.epoch_hooks = [dict(r) for r in state.get("epoch_hooks", [])]  # absent in states written before hooks reported
         _trim_log(out, trainer.progress.epoch)
         if not quiet:
-            tqdm.write(f"resuming {out} after epoch {trainer.progress.epoch}", file=sys.stderr)
+            log.info(f"resuming {out} after epoch {trainer.progress.epoch}")
     else:
         trainer.enter(0, fresh=True)
         if out is not None:
@@ -443,59 +435,6 @@ def _save_best(trainer: _Trainer) -> None:
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------
-
-
-def verify_checkpoint(path: Path) -> bool | None:
-    """Refuse ``path`` if it is not the file the run wrote; True if verified, None if no checksum was kept."""
-    matches = checksum_matches(path)
-    if matches is False:
-        raise CheckpointError(f"{path} is damaged or was changed after training (checksum mismatch)")
-    return matches
-
-
-def _first_problem(e: Exception) -> str:
-    """The first specific line of an error (load_state_dict lists every mismatched tensor on its own line)."""
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    if not lines:
-        return type(e).__name__
-    more = ""
-    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
-        lines, more = lines[1:], f"; and {len(lines) - 2} more" if len(lines) > 2 else ""
-    line = lines[0].split(". ")[0].rstrip(".")
-    head, _, keys = line.partition(": ")
-    if keys.startswith('"'):  # Missing key(s) in state_dict: "a", "b", ... -> the first three
-        names = [k.strip(' "') for k in keys.split(",")]
-        line = f"{head}: {', '.join(names[:3])}" + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    return line + more
-
-
-def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor in a safetensors file; a file safetensors cannot read is damaged."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{path} is damaged or from another config ({_first_problem(e)})") from None
-
-
-def load_weights(model: torch.nn.Module, path: Path, device) -> bool | None:
-    """Load the weights file ``path`` into ``model``, verified; one-line errors for damaged or foreign files.
-
-    Returns what ``verify_checkpoint`` returns (None: the run kept no checksum for it).
-    """
-    verified = verify_checkpoint(path)
-    own = model.state_dict()
-    for key, shape in weight_shapes(path).items():
-        if key not in own:
-            raise CheckpointError(f"{path} is damaged or from another config (weight {key} does not belong to this model)")
-        if tuple(own[key].shape) != shape:
-            raise CheckpointError(f"{path} is damaged or from another config (weight {key} has shape {shape}, "
-                                  f"this config needs {tuple(own[key].shape)})")
-    try:
-        load_model(model, str(path), device=str(device))
-    except (SafetensorError, OSError, RuntimeError) as e:
-        raise CheckpointError(f"{path} is damaged or from another config ({_first_problem(e)})") from None
-    return verified
 
 
 def _load_state(state_path: Path, device) -> dict:

@@ -18,15 +18,17 @@ another encoder or codes of another quantiser are refused by the zero-shot loade
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 
 from textrec.errors import CheckpointError, DataError
 from textrec.io import read_json
 
 RUN_QUANTIZER = "quantizer.index"
+
+log = logging.getLogger(__name__)
 
 
 def _file_sha1(path: Path) -> str:
@@ -102,8 +104,8 @@ def complete_new_catalogue(run: Path, config: dict, cfg, data_dir: Path, finetun
     if want_codes and quantizer is None and not want_text:
         return  # no quantiser to code the items with: the loader says what is missing
     if (want_text and not have_emb) or (want_codes and name not in have_emb):
-        print(f"note: {data_dir} has no text embeddings {name!r}: encoding its items with {enc['name']} "
-              f"(pooling {enc['pooling']}, max length {enc['max_length']}), as {run} was trained", file=sys.stderr)
+        log.warning(f"note: {data_dir} has no text embeddings {name!r}: encoding its items with {enc['name']} "
+                    f"(pooling {enc['pooling']}, max length {enc['max_length']}), as {run} was trained")
         encode_dataset(data_dir, enc["name"], pooling=enc["pooling"], max_length=enc["max_length"], name=name, progress=False)
     if want_codes:
         found = read_json(data_dir / "embeddings" / f"{name}.json").get("encoder") or {}
@@ -115,17 +117,16 @@ def complete_new_catalogue(run: Path, config: dict, cfg, data_dir: Path, finetun
             return  # the loader says what is missing
         from textrec.quant.codes import quantize_dataset
 
-        print(f"note: {data_dir} has no item codes: coding its items with {run}'s quantiser ({quantizer.name}; the reused "
-              f"index set) as {nc['codes']!r}" + ("; `textrec quantize DIR` fits the target's own (the paper's new index set)"
-                                                  if finetune else ""), file=sys.stderr)
+        log.warning(f"note: {data_dir} has no item codes: coding its items with {run}'s quantiser ({quantizer.name}; the "
+                    f"reused index set) as {nc['codes']!r}" + ("; `textrec quantize DIR` fits the target's own (the paper's "
+                                                               "new index set)" if finetune else ""))
         quantize_dataset(data_dir, embeddings=name, quantizer=quantizer, name=nc["codes"])
 
 
-def trained_inputs(config: dict) -> dict:
-    """The run's ``item_inputs`` with its quantiser named by the recorded sha1, so codes made with the bundled
-    copy match it even where the original file is gone."""
-    rec = dict(config.get("item_inputs") or {})
-    sha1 = (config.get("new_catalogue") or {}).get("quantizer_sha1")
-    if sha1 and rec.get("quantizer"):
-        rec["quantizer"] = f"quantizer:{sha1}"
-    return rec
+def complete_run_catalogue(run_dir: str | Path, data_dir: str | Path) -> None:
+    """``complete_new_catalogue`` for reading ``data_dir`` with the finished run ``run_dir`` (evaluate, recommend):
+    the explicit step before ``textrec.runs.load_run``, which itself never writes."""
+    from textrec.runs import read_run_config
+
+    cfg, config = read_run_config(run_dir)
+    complete_new_catalogue(Path(run_dir), config, cfg, Path(data_dir))

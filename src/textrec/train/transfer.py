@@ -17,23 +17,29 @@ the model's own declaration).
 
 from __future__ import annotations
 
-import sys
+import logging
 import tomllib
 from pathlib import Path
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from textrec import __version__
 from textrec.config import RunConfig, apply_overrides, config_path
 from textrec.data.dataset import Dataset
 from textrec.data.multidomain import domain_of_rows, merge_domains
-from textrec.errors import CheckpointError, ConfigError, TextrecError
+from textrec.errors import ConfigError, TextrecError
+from textrec.runs import (
+    choose_matching_inputs,
+    dataset_record,
+    load_pretrained,  # noqa: F401 (re-exported: its home was this module)
+    read_run_config,
+    resolve_device,
+    writing_run,
+)
 from textrec.train import newcatalogue
 from textrec.train.inputs import build_model, load_item_inputs
-from textrec.train.loop import fit, resolve_device, seed_everything, verify_checkpoint
-from textrec.train.run import RunResult, dataset_record, describe, make_batchers, read_run_config, writing_run
+from textrec.train.loop import fit, seed_everything
+from textrec.train.run import RunResult, describe, make_batchers
+
+log = logging.getLogger(__name__)
 
 
 def pretrain_run(
@@ -101,31 +107,6 @@ def _config_file(config: str | Path) -> tuple[Path, dict]:
         raise ConfigError(f"{path}: invalid TOML ({e})") from None
 
 
-def load_pretrained(model: torch.nn.Module, init_dir: Path) -> list[str]:
-    """Copy every transferable weight of ``init_dir`` into ``model``; return the keys left as initialised."""
-    path = init_dir / "model.safetensors"
-    if not path.exists():
-        raise TextrecError(f"{init_dir}: no model.safetensors to fine-tune from")
-    verified = verify_checkpoint(path)
-    skip = tuple(getattr(model, "CATALOGUE_KEYS", ()))
-    try:
-        state = {k: v for k, v in load_file(str(path)).items() if not k.startswith(skip)}
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{path} is damaged or from another config ({e})") from None
-    own = model.state_dict()
-    bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if bad:
-        raise CheckpointError(f"{path} is damaged or from another config (weight {bad[0]} has shape "
-                              f"{tuple(state[bad[0]].shape)}, this model needs {tuple(own[bad[0]].shape)})")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected:
-        raise CheckpointError(f"{path} is damaged or from another config (weights {unexpected[:3]} do not belong to this model)")
-    if verified is None:
-        print(f"note: {init_dir} records no checksum of model.safetensors (made before textrec kept them); "
-              "its weights are not verified", file=sys.stderr)
-    return [k for k in missing if not k.startswith(skip)]
-
-
 def finetune_run(
     data_dir: str | Path, init_dir: str | Path, cfg: RunConfig, out_dir: str | Path, resume: bool = False, overwrite: bool = False,
     quiet: bool = False,
@@ -133,7 +114,9 @@ def finetune_run(
     """Fine-tune the pre-trained run ``init_dir`` on the dataset at ``data_dir``."""
     data_dir, init_dir, out = Path(data_dir), Path(init_dir), Path(out_dir)
     ds = Dataset.load(data_dir)
-    newcatalogue.complete_new_catalogue(init_dir, read_run_config(init_dir)[1], cfg, data_dir, finetune=True)
+    init_config = read_run_config(init_dir)[1]
+    newcatalogue.complete_new_catalogue(init_dir, init_config, cfg, data_dir, finetune=True)
+    cfg = choose_matching_inputs(cfg, init_config, data_dir)  # of several codes / embeddings, those like the run's
     inputs, record = load_item_inputs(cfg, [data_dir])
     config = {
         "textrec_version": __version__,
@@ -153,7 +136,6 @@ def finetune_run(
         if not quiet:
             describe("fine-tuning", cfg, ds, model, train_b, device, out)
             if fresh:
-                print(f"newly initialised (not in the pre-trained run): {', '.join(sorted({k.split('.')[0] for k in fresh}))}",
-                      file=sys.stderr)
+                log.info(f"newly initialised (not in the pre-trained run): {', '.join(sorted({k.split('.')[0] for k in fresh}))}")
         result = fit(model, train_b, valid_b, test_b, cfg, out, resume=resume, quiet=quiet, phases=phases)
     return RunResult(out, result)

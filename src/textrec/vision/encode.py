@@ -37,6 +37,7 @@ import numpy as np
 
 from textrec.errors import DataError, NotFoundError
 from textrec.io import atomic_path, read_json, write_json
+from textrec.log import show_progress
 from textrec.text.cache import EmbeddingCache
 from textrec.text.encode import check_name, dataset_meta, encode_texts
 from textrec.vision.encoders import CLIPTextEncoder, ImageEncoder, get_image_encoder
@@ -133,7 +134,7 @@ def encode_images(encoder: ImageEncoder, paths: list[Path | None], cache: Embedd
     failed: dict[int, str] = {}  # distinct row -> reason
     workers = max(1, min(4, os.cpu_count() or 1))  # Pillow decodes and resizes without holding the GIL
     with ThreadPoolExecutor(workers) as pool, tqdm(total=todo.size, unit="image", desc="encoding images",
-                                                   disable=not progress or todo.size == 0) as bar:
+                                                   disable=not show_progress(progress) or todo.size == 0) as bar:
         for start in range(0, todo.size, chunk_size):
             rows = todo[start : start + chunk_size]
             got, bad = _encode_distinct(encoder, [paths[have[first[r]]] for r in rows], pool, bar)

@@ -219,9 +219,11 @@ class CLIPTextEncoder:
         import torch
         from tqdm.auto import tqdm
 
+        from textrec.log import show_progress
+
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         tokenizer, model = self.clip.tokenizer(), self.clip.model()
-        with torch.inference_mode(), tqdm(total=len(texts), unit="text", disable=not self.progress, desc="CLIP text") as bar:
+        with torch.inference_mode(), tqdm(total=len(texts), unit="text", disable=not show_progress(self.progress), desc="CLIP text") as bar:
             for start in range(0, len(texts), self.batch_size):
                 batch = tokenizer(list(texts[start : start + self.batch_size]), padding=True, truncation=True,
                                   max_length=self.max_length, return_tensors="pt")

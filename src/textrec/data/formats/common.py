@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gzip
 import io
-import sys
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +58,7 @@ class BadLines:
 
     def report(self) -> dict:
         if self.count:
-            print(f"skipped {self.count} malformed line(s); first: {self.examples[0]}", file=sys.stderr)
+            logging.getLogger(__name__).warning(f"skipped {self.count} malformed line(s); first: {self.examples[0]}")
         return {"skipped_bad_lines": self.count, "bad_line_examples": self.examples}
 
 

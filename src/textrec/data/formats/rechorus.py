@@ -19,7 +19,6 @@ i + 1 = the i-th smallest ``item_id``, the same number when they are 1..n), user
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from textrec.data.dataset import Dataset
 from textrec.data.formats.common import BadLines, PrepareOptions, iter_lines, iter_tsv
 from textrec.data.preprocess import reading
 from textrec.errors import DataError
+from textrec.log import warn
 
 INTER_COLUMNS = ("user_id", "item_id", "time")
 
@@ -130,7 +130,7 @@ def read_rechorus(source: str | Path, opts: PrepareOptions = PrepareOptions()) -
     item_keys = [asin_by_id[rid] for rid in ids]
     no_text = sum(k not in texts for k in item_keys)
     if no_text:
-        print(f"warning: {no_text} item(s) have no row in {root / (name + '.text')}; their text is empty", file=sys.stderr)
+        warn(f"{no_text} item(s) have no row in {root / (name + '.text')}; their text is empty")
     unordered = sum(bool((np.diff(t) < 0).any()) for t in times)
     meta = {
         "source": {"format": "rechorus", "path": str(root.resolve()), "name": name, "time_unit": "s",

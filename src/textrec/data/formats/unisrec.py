@@ -18,7 +18,6 @@ files (as a multiset for train), so the textrec split *is* the published split. 
 
 from __future__ import annotations
 
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 from textrec.data.dataset import Dataset
 from textrec.data.formats.common import BadLines, PrepareOptions, iter_tsv
 from textrec.errors import DataError
+from textrec.log import warn
 
 INTER_HEADER = ("user_id:token", "item_id_list:token_seq", "item_id:token")
 TEXT_HEADER = ("item_id:token", "text:token_seq")
@@ -186,15 +186,15 @@ def _read_texts(path: Path, item_keys: list[str], bad: BadLines, require: bool =
         if require:
             raise DataError(f"{path}: file not found (it holds the item texts; pass --keep-items-without-text "
                             "to prepare the dataset without any text)")
-        print(f"warning: {path} not found: every item text is empty, so `textrec encode` cannot embed them "
-              "(SASRec still trains; text models need `textrec encode --attach`)", file=sys.stderr)
+        warn(f"{path} not found: every item text is empty, so `textrec encode` cannot embed them "
+             "(SASRec still trains; text models need `textrec encode --attach`)")
         return [""] * len(item_keys)
     text_by_key: dict[str, str] = {}
     for _, (key, text) in iter_tsv(path, 2, bad, header=TEXT_HEADER):
         text_by_key[key] = text.strip()
     missing = sum(k not in text_by_key for k in item_keys)
     if missing:
-        print(f"warning: {missing} item(s) have no row in {path}; their text is empty", file=sys.stderr)
+        warn(f"{missing} item(s) have no row in {path}; their text is empty")
     return [text_by_key.get(k, "") for k in item_keys]
 
 
