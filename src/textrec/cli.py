@@ -583,6 +583,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_recommend)
 
+    from textrec.serve.app import add_serve_parser
+    from textrec.serve.export import add_export_parser
+
+    add_serve_parser(sub)  # serve and export live in textrec.serve (parser and handler)
+    add_export_parser(sub)
+
     s = sub.add_parser("demo", help="the whole pipeline end to end on the built-in synthetic world (or --data DIR)")
     s.add_argument("--data", help="a prepared dataset directory to run the demo on instead")
     s.add_argument("--out", default="textrec-demo", help="where datasets and runs go (default ./textrec-demo)")

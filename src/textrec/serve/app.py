@@ -1,0 +1,286 @@
+"""``textrec serve``: the HTTP API and the web page over a ``Service`` (FastAPI + uvicorn, the ``serve`` extra).
+
+Routes (OpenAPI schema at ``/docs``):
+
+* ``POST /recommend`` ``{items: [keys] | user: key, k, exclude_history}`` -> ranked items with scores and texts,
+  and the history keys the catalogue does not know (``unknown``); ``POST /recommend/batch`` ``{requests: [...]}``;
+* ``GET /items/{key}``; ``GET /items?q=&limit=`` (the page's search);
+* ``POST /items`` ``{items: [{key, text?, attributes?}, ...]}`` adds or updates items; ``DELETE /items/{key}``;
+  both refused with ``--read-only``, and guarded by ``X-API-Key`` when an API key file is given;
+* ``GET /healthz``, ``GET /metrics`` (Prometheus text), ``GET /stats``; the page at ``/``.
+
+Every error is JSON ``{"error": "...", "field": "..."}`` with a 4xx status (a 500 says only "internal error" and
+is logged), never a stack trace. Request bodies are bounded (``MAX_BODY_BYTES``), as are histories, k, batches
+and texts (``textrec.serve.service``).
+"""
+
+import argparse
+import hmac
+import logging
+import time
+from pathlib import Path
+from typing import Annotated
+
+from textrec.errors import DataError, NotFoundError, TextrecError
+from textrec.serve.service import (
+    MAX_BATCH, MAX_HISTORY, MAX_K, MAX_NEW_ITEMS, MAX_TEXT, CannotAddError, ReadOnlyError, Service,
+)
+
+log = logging.getLogger("textrec.serve.app")
+
+MAX_BODY_BYTES = 1_000_000
+STATIC = Path(__file__).parent / "static"
+
+
+def _fastapi():
+    try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise TextrecError(f"textrec serve needs the serve extra ({e.name} is missing): pip install 'textrec[serve]'") from None
+
+
+def _field(loc) -> str:
+    """'items[3]' from pydantic's ('body', 'items', 3)."""
+    parts = [p for p in loc if p not in ("body", "query", "path")]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "body"
+
+
+def create_app(service: Service, api_key: str | None = None):  # noqa: C901 (the routes, one closure)
+    """The FastAPI application over ``service``."""
+    _fastapi()
+    from fastapi import Depends, FastAPI, Header, Query, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi.staticfiles import StaticFiles
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+    from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+
+    Key = Annotated[StrictStr, Field(min_length=1, max_length=200)]
+
+    class RecommendRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        items: Annotated[list[Key], Field(min_length=1, max_length=MAX_HISTORY)] | None = None
+        user: Key | None = None
+        k: Annotated[StrictInt, Field(ge=1, le=MAX_K)] = 10
+        exclude_history: StrictBool = True
+
+        @model_validator(mode="after")
+        def one_history(self):
+            if (self.items is None) == (self.user is None):
+                raise ValueError("give exactly one of 'items' (a list of item keys) or 'user'")
+            return self
+
+    class BatchRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        requests: Annotated[list[RecommendRequest], Field(min_length=1, max_length=MAX_BATCH)]
+
+    class ItemIn(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        key: Key
+        text: Annotated[StrictStr, Field(max_length=MAX_TEXT)] | None = None
+        attributes: Annotated[dict[Key, Annotated[StrictStr, Field(max_length=MAX_TEXT)]], Field(max_length=50)] | None = None
+
+        @model_validator(mode="after")
+        def has_content(self):
+            if not (self.text or "").strip() and not self.attributes:
+                raise ValueError("an item needs a non-empty 'text' or 'attributes'")
+            return self
+
+    class ItemsIn(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        items: Annotated[list[ItemIn], Field(min_length=1, max_length=MAX_NEW_ITEMS)]
+
+    registry = CollectorRegistry()
+    requests = Counter("textrec_requests", "HTTP requests by route and status", ["route", "status"], registry=registry)
+    latency = Histogram("textrec_request_seconds", "request latency by route", ["route"], registry=registry,
+                        buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
+    items_gauge = Gauge("textrec_catalogue_items", "items served", registry=registry)
+    added_gauge = Gauge("textrec_catalogue_added_items", "items added while serving (journal)", registry=registry)
+    recall_gauge = Gauge("textrec_index_recall_at_10", "the item index's recall@10 against exact search (1 for exact)", ["kind"],
+                         registry=registry)
+
+    app = FastAPI(title="textrec", description=f"recommendations from the run {service.run_dir.name} ({service.run.cfg.model})",
+                  version="1")
+    app.state.service = service
+
+    def error(status: int, message: str, field: str | None = None):
+        body = {"error": message}
+        if field:
+            body["field"] = field
+        return JSONResponse(body, status_code=status)
+
+    @app.middleware("http")
+    async def bounded_and_measured(request: Request, call_next):
+        started = time.perf_counter()
+        length = request.headers.get("content-length")
+        if request.method in ("POST", "PUT", "PATCH"):
+            if length is None and request.headers.get("transfer-encoding"):
+                response = error(411, "send a Content-Length header (chunked bodies are not accepted)")
+            elif length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+                response = error(413, f"request body over {MAX_BODY_BYTES} bytes", "body")
+            else:
+                response = None
+        else:
+            response = None
+        if response is None:
+            try:
+                response = await call_next(request)
+            except Exception:  # never a stack trace to the client
+                log.exception("internal error on %s %s", request.method, request.url.path)
+                response = error(500, "internal error (logged on the server)")
+        route = request.scope.get("route")
+        name = route.path if route is not None else "other"
+        requests.labels(name, str(response.status_code)).inc()
+        latency.labels(name).observe(time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0]
+        field = _field(first.get("loc", ()))
+        msg = first.get("msg", "invalid")
+        if first.get("type") == "json_invalid":
+            return error(400, f"the body is not valid JSON ({first.get('ctx', {}).get('error', msg)})", "body")
+        return error(422, f"{field}: {msg}", field)
+
+    @app.exception_handler(TextrecError)
+    async def textrec_error(request: Request, exc: TextrecError):
+        status = 404 if isinstance(exc, NotFoundError) else 403 if isinstance(exc, ReadOnlyError) else \
+            409 if isinstance(exc, CannotAddError) else 422
+        return error(status, str(exc))
+
+    def writer(x_api_key: Annotated[str | None, Header()] = None):
+        if api_key is not None and (x_api_key is None or not hmac.compare_digest(x_api_key.encode(), api_key.encode())):
+            raise _Unauthorized()
+
+    class _Unauthorized(Exception):
+        pass
+
+    @app.exception_handler(_Unauthorized)
+    async def unauthorized(request: Request, exc: _Unauthorized):
+        return error(401, "this write needs the API key in the X-API-Key header", "X-API-Key")
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok", "items": len(service.live)}
+
+    @app.get("/stats")
+    def stats():
+        return service.stats_dict()
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics():
+        items_gauge.set(len(service.live))
+        added_gauge.set(len(service.added))
+        if service.index is not None:
+            recall = service.index.recall_at_10
+            recall_gauge.labels(service.index.kind).set(1.0 if recall is None else recall)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/recommend")
+    def recommend(req: RecommendRequest):
+        return service.recommend(req.items, req.user, req.k, req.exclude_history)
+
+    @app.post("/recommend/batch")
+    def recommend_batch(req: BatchRequest):
+        out = []
+        for r in req.requests:
+            try:
+                out.append(service.recommend(r.items, r.user, r.k, r.exclude_history))
+            except NotFoundError as e:
+                out.append({"error": str(e)})
+        return {"results": out}
+
+    @app.get("/items")
+    def search(q: Annotated[str, Query(max_length=200)] = "", limit: Annotated[int, Query(ge=1, le=100)] = 20):
+        return {"items": service.search_items(q, limit)}
+
+    @app.get("/items/{key}")
+    def item(key: str):
+        return service.item(key)
+
+    @app.post("/items", dependencies=[Depends(writer)])
+    def add_items(req: ItemsIn):
+        return service.add_items([it.model_dump(exclude_none=True) for it in req.items])
+
+    @app.delete("/items/{key}", dependencies=[Depends(writer)])
+    def delete_item(key: str):
+        return service.delete_item(key)
+
+    return app
+
+
+def read_api_key(path: str | Path | None) -> str | None:
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: API key file not found")
+    key = path.read_text(encoding="utf-8").strip()
+    if len(key) < 8:
+        raise DataError(f"{path}: the API key must be at least 8 characters")
+    return key
+
+
+# ---- the command line (called from textrec.cli) ---------------------------------------------------
+
+def add_serve_parser(sub) -> None:
+    """The ``serve`` subcommand's arguments."""
+    s = sub.add_parser("serve", help="HTTP API and web page over a trained run (new items added live)")
+    s.add_argument("run")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, default=1, help="worker processes (more than 1 only with --read-only)")
+    s.add_argument("--read-only", action="store_true", help="refuse POST /items and DELETE /items")
+    s.add_argument("--api-key-file", help="a file holding the key that writes must send in X-API-Key")
+    s.add_argument("--index", default="auto", choices=["auto", "exact", "ivf", "hnsw", "pq"],
+                   help="item index: exact below 100k items, faiss IVF above (auto); pq: VQ-Rec scored from its codes")
+    s.add_argument("--journal", help="where added items are kept (default RUN/serve/journal.jsonl)")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    _fastapi()
+    import os
+    import sys
+
+    import uvicorn
+
+    if args.workers < 1:
+        raise TextrecError(f"--workers must be >= 1, not {args.workers}")
+    if args.workers > 1 and not args.read_only:
+        raise TextrecError("--workers above 1 needs --read-only (each worker holds its own catalogue, so writes would not be shared)")
+    api_key = read_api_key(args.api_key_file)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.workers > 1:
+        os.environ.update({"TEXTREC_SERVE_RUN": str(args.run), "TEXTREC_SERVE_INDEX": args.index,
+                           "TEXTREC_SERVE_DEVICE": args.device, "TEXTREC_SERVE_JOURNAL": args.journal or ""})
+        print(f"serving {args.run} on http://{args.host}:{args.port}/ with {args.workers} workers (read-only)", file=sys.stderr)
+        uvicorn.run("textrec.serve.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
+                    log_level="warning")
+        return
+    service = Service(args.run, index_kind=args.index, read_only=args.read_only, journal=args.journal, device=args.device)
+    print(f"serving {args.run} ({service.run.cfg.model}, {len(service.live):,} items, index {service.stats_dict()['index']['kind']}) "
+          f"on http://{args.host}:{args.port}/  (API docs at /docs; added items kept in {service.journal.path})", file=sys.stderr)
+    uvicorn.run(create_app(service, api_key), host=args.host, port=args.port, log_level="warning")
+
+
+def app_from_env():
+    """A read-only app from ``TEXTREC_SERVE_*`` environment variables (one per uvicorn worker)."""
+    import os
+
+    service = Service(os.environ["TEXTREC_SERVE_RUN"], index_kind=os.environ.get("TEXTREC_SERVE_INDEX", "auto"), read_only=True,
+                      journal=os.environ.get("TEXTREC_SERVE_JOURNAL") or None, device=os.environ.get("TEXTREC_SERVE_DEVICE", "cpu"))
+    return create_app(service)
