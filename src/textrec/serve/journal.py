@@ -6,8 +6,8 @@ One JSON object per line, appended with a single ``write`` and ``fsync`` before 
     {"op": "delete", "key": "NEW-1"}
 
 An ``add`` of a key already served is an update (the old version is retired). A record is either whole or,
-after a crash in the middle of a write, a torn last line: replaying drops such a line with a warning and the
-next append starts on a fresh line, so the file never holds half a change. The run's own files are never
+after a crash in the middle of a write, a torn last line (no newline after it): replaying skips such a line
+with a warning and the next append cuts it off first, so the file never holds half a change. The run's own files are never
 written.
 """
 
@@ -56,8 +56,11 @@ class Journal:
             f.seek(0, os.SEEK_END)
             if f.tell() > 0:
                 f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":  # a torn record before: start on a fresh line
-                    data = "\n" + data
+                if f.read(1) != b"\n":  # a torn record at the end: cut it off before appending
+                    f.seek(0)
+                    whole = f.read().rfind(b"\n") + 1
+                    f.truncate(whole)
+                    log.warning("%s: cut off a torn last record (a write that did not finish)", self.path)
             f.write(data.encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
