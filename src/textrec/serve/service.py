@@ -201,7 +201,7 @@ class Service:
         return out
 
     def stats_dict(self) -> dict:
-        return {"run": self.run_dir.name, "model": self.run.cfg.model, "items": len(self.live), "added": len(self.added),
+        return {"run": self.run_dir.name, "model": self.run.cfg.model, "dataset": self.run.dataset.name, "items": len(self.live), "added": len(self.added),
                 "read_only": self.read_only, "can_add_items": self.can_add,
                 "index": self.index.describe() if self.index is not None else {"kind": "model", "items": len(self.live)}}
 

@@ -116,7 +116,7 @@ async function addItem(ev) {
 async function start() {
   try {
     const s = await api("GET", "/stats");
-    $("about").textContent = `${s.model} on ${s.run}: ${s.items.toLocaleString()} items, index ${s.index.kind}` +
+    $("about").textContent = `${s.model} run ${s.run} on ${s.dataset}: ${s.items.toLocaleString()} items, index ${s.index.kind}` +
       (s.read_only ? ", read-only" : "") + (s.can_add_items ? "" : " (this model cannot take new items)");
     if (s.read_only || !s.can_add_items) $("add").disabled = true;
   } catch (e) {
