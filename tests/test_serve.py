@@ -225,3 +225,16 @@ def test_faiss_index_reaches_its_recall_and_honours_changes(kind):
     index.add(np.array([20_001]), vectors=q[None])
     assert index.search(q, 1).ids == [20_001]
     assert 20_001 not in index.search(q, 5, exclude={20_001}).ids
+
+
+def test_an_internal_error_is_json_without_a_stack_trace(runs, tmp_path, monkeypatch):
+    service = Service(runs["vqrec"], journal=tmp_path / "journal.jsonl")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr(service, "recommend", broken)
+    c = TestClient(create_app(service), raise_server_exceptions=False)
+    r = c.post("/recommend", json={"items": ["garden-00001"]})
+    assert r.status_code == 500 and r.json() == {"error": "internal error (logged on the server)"}
+    assert "secret" not in r.text and "Traceback" not in r.text

@@ -16,6 +16,7 @@ and texts (``textrec.serve.service``).
 
 import argparse
 import hmac
+import json
 import logging
 import time
 from pathlib import Path
@@ -114,30 +115,49 @@ def create_app(service: Service, api_key: str | None = None):  # noqa: C901 (the
             body["field"] = field
         return JSONResponse(body, status_code=status)
 
-    @app.middleware("http")
-    async def bounded_and_measured(request: Request, call_next):
-        started = time.perf_counter()
-        length = request.headers.get("content-length")
-        if request.method in ("POST", "PUT", "PATCH"):
-            if length is None and request.headers.get("transfer-encoding"):
-                response = error(411, "send a Content-Length header (chunked bodies are not accepted)")
-            elif length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-                response = error(413, f"request body over {MAX_BODY_BYTES} bytes", "body")
-            else:
-                response = None
-        else:
-            response = None
-        if response is None:
+    async def send_error(send, status: int, message: str, field: str | None = None) -> None:
+        body = json.dumps({"error": message, **({"field": field} if field else {})}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    class Bounded:
+        """Pure ASGI middleware: refuses oversized bodies before they are read; counts and times every request."""
+
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+        async def __call__(self, scope, receive, send):
+            if scope["type"] != "http":
+                return await self.inner(scope, receive, send)
+            started, status = time.perf_counter(), [500]
+            headers = dict(scope.get("headers") or [])
+            length = headers.get(b"content-length")
+
+            async def sending(message):
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
+
             try:
-                response = await call_next(request)
-            except Exception:  # never a stack trace to the client
-                log.exception("internal error on %s %s", request.method, request.url.path)
-                response = error(500, "internal error (logged on the server)")
-        route = request.scope.get("route")
-        name = route.path if route is not None else "other"
-        requests.labels(name, str(response.status_code)).inc()
-        latency.labels(name).observe(time.perf_counter() - started)
-        return response
+                if scope["method"] in ("POST", "PUT", "PATCH") and length is None and b"transfer-encoding" in headers:
+                    await send_error(sending, 411, "send a Content-Length header (chunked bodies are not accepted)")
+                elif length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+                    await send_error(sending, 413, f"request body over {MAX_BODY_BYTES} bytes", "body")
+                else:
+                    await self.inner(scope, receive, sending)
+            finally:
+                route = scope.get("route")
+                name = route.path if route is not None else "other"
+                requests.labels(name, str(status[0])).inc()
+                latency.labels(name).observe(time.perf_counter() - started)
+
+    app.add_middleware(Bounded)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception):  # never a stack trace to the client
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error(500, "internal error (logged on the server)")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
@@ -188,12 +208,13 @@ def create_app(service: Service, api_key: str | None = None):  # noqa: C901 (the
             recall_gauge.labels(service.index.kind).set(1.0 if recall is None else recall)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    # recommendations are a few milliseconds of CPU: answered on the event loop, without a thread hop
     @app.post("/recommend")
-    def recommend(req: RecommendRequest):
+    async def recommend(req: RecommendRequest):
         return service.recommend(req.items, req.user, req.k, req.exclude_history)
 
     @app.post("/recommend/batch")
-    def recommend_batch(req: BatchRequest):
+    async def recommend_batch(req: BatchRequest):
         out = []
         for r in req.requests:
             try:

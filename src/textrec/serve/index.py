@@ -122,11 +122,11 @@ class ItemIndex:
 
         n = len(ids)
         if self.kind == "ivf":
-            nlist = int(max(1, min(4 * np.sqrt(n), n // 39)))  # faiss wants >= 39 training points per cell
+            nlist = int(max(1, min(np.sqrt(n), n // 39)))  # sqrt(n) cells; faiss wants >= 39 training points per cell
             quantizer = faiss.IndexFlatIP(self.dim)
             ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
             rng = np.random.default_rng(seed)
-            train = vectors[rng.choice(n, size=min(n, nlist * 64), replace=False)]
+            train = vectors[rng.choice(n, size=min(n, nlist * 50), replace=False)]
             ivf.cp.seed = seed
             ivf.train(train)
             ivf.add_with_ids(vectors, ids)

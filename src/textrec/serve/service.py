@@ -98,7 +98,8 @@ class Service:
         self.read_only = read_only
         self.index_kind = index_kind
         self.journal = Journal(journal if journal is not None else self.run_dir / "serve" / "journal.jsonl")
-        self.lock = threading.RLock()
+        self.lock = threading.RLock()  # held briefly: reads, and swapping in a grown catalogue
+        self.write_lock = threading.Lock()  # one write at a time; encoding new items happens outside ``lock``
         self.stats = Stats()
         ds = self.run.dataset
         self.keys: list[str] = list(ds.item_keys)  # serve id - 1 -> key
@@ -267,17 +268,18 @@ class Service:
     def add_items(self, items: list[dict]) -> dict:
         """Add or update items ({key, text?, attributes?}); they are recommendable by the next request."""
         self._check_writable()
-        with self.lock:
+        with self.write_lock:
             added = self._apply_add(items)
             self.journal.append({"op": "add", "items": items})
         return {"added": [self._item_dict(sid) for sid in added], "items": len(self.live)}
 
     def delete_item(self, key: str) -> dict:
         self._check_writable()
-        with self.lock:
+        with self.write_lock:
             if key not in self.live:
                 raise NotFoundError(f"unknown item {key!r}")
-            self._apply_delete(key)
+            with self.lock:
+                self._apply_delete(key)
             self.journal.append({"op": "delete", "key": key})
         return {"deleted": key, "items": len(self.live)}
 
@@ -296,8 +298,16 @@ class Service:
             model_keys.append(key)
         new = NewItems(model_keys, [it.get("text") or "" for it in items], [dict(it.get("attributes") or {}) for it in items])
         n_old = self.run.dataset.n_items
-        grown, _ = grow_catalogue(self.run, new)
+        grown, _ = grow_catalogue(self.run, new)  # the slow part (encoding, rebuilding), while reads go on
         texts = grown.dataset.item_texts[n_old:]  # derived from attributes where no text was given
+        if self.index is not None and self.index.kind == "pq":
+            new_rows = {"codes": code_table(grown.model)[0][n_old:]}
+        elif self.index is not None:
+            new_rows = {"vectors": item_table(grown.model)[n_old + 1:]}
+        with self.lock:
+            return self._swap_in(grown, keys, texts, new.attributes, n_old, new_rows if self.index is not None else {})
+
+    def _swap_in(self, grown, keys: list[str], texts: list[str], attributes: list[dict], n_old: int, new_rows: dict) -> list[int]:
         for key in keys:
             if key in self.live:
                 self._apply_delete(key)
@@ -305,16 +315,12 @@ class Service:
         sids = np.arange(start + 1, start + len(keys) + 1, dtype=np.int64)
         self.keys += keys
         self.texts += texts
-        self.attributes += new.attributes
+        self.attributes += attributes
         self.model_ids = np.concatenate([self.model_ids, np.arange(n_old + 1, n_old + len(keys) + 1)])
         self.serve_ids = np.concatenate([self.serve_ids, sids])
         self.run = grown
         if self.index is not None:
-            if self.index.kind == "pq":
-                codes, _ = code_table(self.model)
-                self.index.add(sids, codes=codes[n_old:])
-            else:
-                self.index.add(sids, vectors=item_table(self.model)[n_old + 1:])
+            self.index.add(sids, **new_rows)
         for key, sid in zip(keys, sids.tolist()):
             self.live[key] = sid
             self.added.add(sid)
