@@ -210,8 +210,8 @@ def create_app(service: Service, api_key: str | None = None):  # noqa: C901 (the
 
     # recommendations are a few milliseconds of CPU: answered on the event loop, without a thread hop
     @app.post("/recommend")
-    async def recommend(req: RecommendRequest):
-        return service.recommend(req.items, req.user, req.k, req.exclude_history)
+    async def recommend(req: RecommendRequest):  # plain JSON: FastAPI's generic encoder would cost more than the search
+        return JSONResponse(service.recommend(req.items, req.user, req.k, req.exclude_history))
 
     @app.post("/recommend/batch")
     async def recommend_batch(req: BatchRequest):
@@ -221,7 +221,7 @@ def create_app(service: Service, api_key: str | None = None):  # noqa: C901 (the
                 out.append(service.recommend(r.items, r.user, r.k, r.exclude_history))
             except NotFoundError as e:
                 out.append({"error": str(e)})
-        return {"results": out}
+        return JSONResponse({"results": out})
 
     @app.get("/items")
     def search(q: Annotated[str, Query(max_length=200)] = "", limit: Annotated[int, Query(ge=1, le=100)] = 20):

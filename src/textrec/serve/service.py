@@ -53,7 +53,7 @@ def load_run_for_serving(run_dir: str | Path, device: str = "cpu"):
     return load_run(run_dir, None, device)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sequence_vector(model, history: np.ndarray, max_seq_len: int) -> np.ndarray:
     """(D,) float32 sequence representation after ``history`` (model item ids), as ``all_scores`` computes it."""
     from textrec.data.batching import SeqBatch
@@ -61,8 +61,7 @@ def sequence_vector(model, history: np.ndarray, max_seq_len: int) -> np.ndarray:
     device = next(model.parameters()).device
     hist = torch.as_tensor(np.asarray(history, dtype=np.int64)[-max_seq_len:], device=device)
     batch = SeqBatch(hist[None, :], torch.tensor([hist.numel()], device=device))
-    model.eval()
-    return model.encode(batch).float()[0].cpu().numpy()
+    return model.encode(batch).float()[0].cpu().numpy()  # the model is in eval mode (load_run, grow_catalogue)
 
 
 @torch.no_grad()
@@ -95,6 +94,7 @@ class Service:
                  journal: str | Path | None = None, device: str = "cpu", replay: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.run = load_run_for_serving(run_dir, device)
+        self.run.model.eval()
         self.read_only = read_only
         self.index_kind = index_kind
         self.journal = Journal(journal if journal is not None else self.run_dir / "serve" / "journal.jsonl")
