@@ -238,3 +238,42 @@ def test_an_internal_error_is_json_without_a_stack_trace(runs, tmp_path, monkeyp
     r = c.post("/recommend", json={"items": ["garden-00001"]})
     assert r.status_code == 500 and r.json() == {"error": "internal error (logged on the server)"}
     assert "secret" not in r.text and "Traceback" not in r.text
+
+
+def test_textrec_serve_starts_on_loopback_and_answers(runs, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    key = tmp_path / "key"
+    key.write_text("a-long-enough-key\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.Popen([sys.executable, "-m", "textrec.cli", "serve", str(runs["unisrec"]), "--port", str(port),
+                             "--journal", str(tmp_path / "j.jsonl"), "--api-key-file", str(key)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("textrec serve did not answer /healthz")
+        r = httpx.post(url + "/recommend", json={"items": ["garden-00001"], "k": 5})
+        assert r.status_code == 200 and len(r.json()["recommendations"]) == 5
+        assert httpx.post(url + "/items", json={"items": [{"key": "N", "text": NEW_TEXT}]}).status_code == 401
+        assert httpx.post(url + "/items", json={"items": [{"key": "N", "text": NEW_TEXT}]},
+                          headers={"X-API-Key": "a-long-enough-key"}).status_code == 200
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert f"on http://127.0.0.1:{port}/" in err
