@@ -277,3 +277,33 @@ def test_textrec_serve_starts_on_loopback_and_answers(runs, tmp_path):
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert f"on http://127.0.0.1:{port}/" in err
+
+
+@pytest.mark.parametrize("model", ["missrec", "recformer"])
+def test_every_text_model_serves_and_takes_new_items(tmp_path, model):
+    """MISSRec ranks through the library (its own scorer), Recformer through the index: both as ``recommend()``."""
+    from textrec.cli import main
+    from textrec.data.synthetic import WorldSpec, make_domain
+    from textrec.serve.recommend import item_ids, recommend
+    from textrec.serve.service import load_run_for_serving
+    from textrec.text.encoders import HashingEncoder
+
+    ds = make_domain("garden", WorldSpec(n_items=40, n_users=120, min_len=5, max_len=10, noise=0.1), seed=3)
+    feats = np.zeros((ds.n_items + 1, 16), dtype=np.float32)
+    feats[1:] = HashingEncoder(16).encode(ds.item_texts)
+    ds.features["feat1CLS"] = feats
+    ds.save(tmp_path / "data")
+    extra = {"missrec": ['data.features=["feat1CLS"]', 'model.image_feature=""'], "recformer": ["model.backbone=random", "model.n_layers=1"]}[model]
+    assert main(["train", str(tmp_path / "data"), "--model", model, "--out", str(tmp_path / "run"), "--quiet", *extra,
+                 "model.hidden_size=16", "model.n_heads=2", "model.inner_size=16", "train.epochs=1", "train.batch_size=128",
+                 "train.device=cpu", "train.num_threads=1"]) == 0
+    c = client(tmp_path / "run", tmp_path)
+    history = ds.item_keys[:2]
+    got = c.post("/recommend", json={"items": history, "k": 5}).json()["recommendations"]
+    run = load_run_for_serving(tmp_path / "run")
+    want = recommend(run.model, run.dataset, item_ids(run.dataset, history), k=5, max_seq_len=run.cfg.data.max_seq_len)
+    assert [r["item"] for r in got] == [r.item_key for r in want]
+    assert c.post("/items", json={"items": [{"key": "NEW-1", "text": NEW_TEXT}]}).status_code == 200
+    assert c.delete(f"/items/{got[0]['item']}").status_code == 200
+    full = [r["item"] for r in c.post("/recommend", json={"items": history, "k": 100}).json()["recommendations"]]
+    assert "NEW-1" in full and got[0]["item"] not in full and len(full) == ds.n_items - 2
