@@ -303,7 +303,23 @@ def test_every_text_model_serves_and_takes_new_items(tmp_path, model):
     run = load_run_for_serving(tmp_path / "run")
     want = recommend(run.model, run.dataset, item_ids(run.dataset, history), k=5, max_seq_len=run.cfg.data.max_seq_len)
     assert [r["item"] for r in got] == [r.item_key for r in want]
+    only = c.post("/recommend", json={"items": history, "k": 2, "filter": {"items": [got[2]["item"], got[0]["item"]]}}).json()
+    assert [r["item"] for r in only["recommendations"]] == [got[0]["item"], got[2]["item"]]
     assert c.post("/items", json={"items": [{"key": "NEW-1", "text": NEW_TEXT}]}).status_code == 200
     assert c.delete(f"/items/{got[0]['item']}").status_code == 200
     full = [r["item"] for r in c.post("/recommend", json={"items": history, "k": 100}).json()["recommendations"]]
     assert "NEW-1" in full and got[0]["item"] not in full and len(full) == ds.n_items - 2
+
+
+@pytest.mark.parametrize("index_kind", ["exact", "pq"])
+def test_a_filter_ranks_only_the_given_items_exactly(runs, tmp_path, index_kind):
+    c = client(runs["vqrec"], tmp_path, index_kind=index_kind)
+    history = ["garden-00001", "garden-00002"]
+    full = c.post("/recommend", json={"items": history, "k": 1000}).json()["recommendations"]
+    chosen = [full[40]["item"], full[5]["item"], full[90]["item"], "garden-00001", "no-such-item"]
+    got = c.post("/recommend", json={"items": history, "k": 3, "filter": {"items": chosen}}).json()
+    assert [r["item"] for r in got["recommendations"]] == [full[5]["item"], full[40]["item"], full[90]["item"]]
+    assert [r["score"] for r in got["recommendations"]] == pytest.approx([full[i]["score"] for i in (5, 40, 90)], abs=1e-5)
+    assert got["unknown_candidates"] == ["no-such-item"]  # and the history item is never a candidate
+    r = c.post("/recommend", json={"items": history, "filter": {"items": []}})
+    assert r.status_code == 422 and r.json()["field"] == "filter.items"

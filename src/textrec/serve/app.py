@@ -2,8 +2,9 @@
 
 Routes (OpenAPI schema at ``/docs``):
 
-* ``POST /recommend`` ``{items: [keys] | user: key, k, exclude_history}`` -> ranked items with scores and texts,
-  and the history keys the catalogue does not know (``unknown``); ``POST /recommend/batch`` ``{requests: [...]}``;
+* ``POST /recommend`` ``{items: [keys] | user: key, k, exclude_history, filter: {items: [keys]}?}`` -> ranked items
+  with scores and texts, and the history keys the catalogue does not know (``unknown``); a filter ranks only
+  the given items (scored exactly); ``POST /recommend/batch`` ``{requests: [...]}``;
 * ``GET /items/{key}``; ``GET /items?q=&limit=`` (the page's search);
 * ``POST /items`` ``{items: [{key, text?, attributes?}, ...]}`` adds or updates items; ``DELETE /items/{key}``;
   both refused with ``--read-only``, and guarded by ``X-API-Key`` when an API key file is given;
@@ -24,7 +25,7 @@ from typing import Annotated
 
 from textrec.errors import DataError, NotFoundError, TextrecError
 from textrec.serve.service import (
-    MAX_BATCH, MAX_HISTORY, MAX_K, MAX_NEW_ITEMS, MAX_TEXT, CannotAddError, ReadOnlyError, Service,
+    MAX_BATCH, MAX_CANDIDATES, MAX_HISTORY, MAX_K, MAX_NEW_ITEMS, MAX_TEXT, CannotAddError, ReadOnlyError, Service,
 )
 
 log = logging.getLogger("textrec.serve.app")
@@ -63,12 +64,17 @@ def create_app(service: Service, api_key: str | None = None):  # noqa: C901 (the
 
     Key = Annotated[StrictStr, Field(min_length=1, max_length=200)]
 
+    class Filter(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        items: Annotated[list[Key], Field(min_length=1, max_length=MAX_CANDIDATES)]  # rank only these
+
     class RecommendRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
         items: Annotated[list[Key], Field(min_length=1, max_length=MAX_HISTORY)] | None = None
         user: Key | None = None
         k: Annotated[StrictInt, Field(ge=1, le=MAX_K)] = 10
         exclude_history: StrictBool = True
+        filter: Filter | None = None
 
         @model_validator(mode="after")
         def one_history(self):
@@ -211,14 +217,14 @@ def create_app(service: Service, api_key: str | None = None):  # noqa: C901 (the
     # recommendations are a few milliseconds of CPU: answered on the event loop, without a thread hop
     @app.post("/recommend")
     async def recommend(req: RecommendRequest):  # plain JSON: FastAPI's generic encoder would cost more than the search
-        return JSONResponse(service.recommend(req.items, req.user, req.k, req.exclude_history))
+        return JSONResponse(service.recommend(req.items, req.user, req.k, req.exclude_history, req.filter and req.filter.items))
 
     @app.post("/recommend/batch")
     async def recommend_batch(req: BatchRequest):
         out = []
         for r in req.requests:
             try:
-                out.append(service.recommend(r.items, r.user, r.k, r.exclude_history))
+                out.append(service.recommend(r.items, r.user, r.k, r.exclude_history, r.filter and r.filter.items))
             except NotFoundError as e:
                 out.append({"error": str(e)})
         return JSONResponse({"results": out})

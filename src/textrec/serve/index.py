@@ -223,6 +223,21 @@ class ItemIndex:
                 return self._faiss_search(query, k, exclude)
             return self._exact_search(query, k, exclude)
 
+    def score(self, query: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Exact scores of the live items ``ids`` for ``query`` (-inf for a retired or unknown id)."""
+        query = np.ascontiguousarray(query, dtype=np.float32).reshape(-1)
+        ids = np.asarray(ids, dtype=np.int64)
+        with self._lock:
+            ok = (ids > 0) & (ids < len(self._alive))
+            ok[ok] = self._alive[ids[ok]]
+            safe = np.where(ok, ids, 0)
+            if self.kind == "pq":
+                lut = self._lut_table @ query  # (D, M)
+                scores = lut[np.arange(lut.shape[0]), self._codes[safe]].sum(axis=1) * self._scale[safe]
+            else:
+                scores = self._vectors[safe] @ query
+        return np.where(ok, scores, -np.inf).astype(np.float32)
+
     def _exact_search(self, query: np.ndarray, k: int, exclude) -> SearchResult:
         if self.kind == "pq":
             lut = self._lut_table @ query  # (D, M)

@@ -34,6 +34,7 @@ log = logging.getLogger("textrec.serve")
 MAX_K = 1000
 MAX_HISTORY = 200  # keys in one history (the model reads the last max_seq_len of them)
 MAX_BATCH = 64  # histories in one /recommend/batch
+MAX_CANDIDATES = 10_000  # items in one recommendation's filter
 MAX_NEW_ITEMS = 100  # items in one POST /items
 MAX_TEXT = 10_000  # characters of one item text
 
@@ -223,8 +224,12 @@ class Service:
         return known, unknown
 
     def recommend(self, items: list[str] | None = None, user: str | None = None, k: int = 10,
-                  exclude_history: bool = True) -> dict:
-        """Top-k after a history of item keys (or a known user's), with the keys the catalogue does not know."""
+                  exclude_history: bool = True, only: list[str] | None = None) -> dict:
+        """Top-k after a history of item keys (or a known user's), with the keys the catalogue does not know.
+
+        ``only``: rank just these item keys (e.g. what is in stock), scored exactly; unknown ones are listed in
+        ``unknown_candidates``.
+        """
         if (items is None) == (user is None):
             raise DataError("give exactly one of 'items' or 'user'")
         with self.lock:
@@ -234,7 +239,13 @@ class Service:
                 raise NotFoundError(f"{where}: none of the given items is in the catalogue ({', '.join(map(repr, unknown[:5]))})")
             model_hist = self.model_ids[np.asarray(history) - 1]
             exclude = set(history) if exclude_history else set()
-            if self.index is not None:
+            extra = {}
+            if only is not None:
+                cands = [self.live.get(key) for key in only]
+                extra["unknown_candidates"] = [key for key, sid in zip(only, cands) if sid is None]
+                cands = np.array(sorted({sid for sid in cands if sid is not None} - exclude), dtype=np.int64)
+                ranked = self._rank_candidates(model_hist, cands, k)
+            elif self.index is not None:
                 q = sequence_vector(self.model, model_hist, self.run.cfg.data.max_seq_len)
                 found = self.index.search(q, k, exclude)
                 ranked = list(zip(found.ids, found.scores))
@@ -243,7 +254,22 @@ class Service:
             recs = [{"rank": r + 1, "item": self.keys[sid - 1], "item_id": sid, "score": float(s), "text": self.texts[sid - 1]}
                     for r, (sid, s) in enumerate(ranked)]
             hist = [self.keys[sid - 1] for sid in history]
-        return {"history": hist, "unknown": unknown, "recommendations": recs}
+        return {"history": hist, "unknown": unknown, **extra, "recommendations": recs}
+
+    def _rank_candidates(self, model_hist: np.ndarray, cands: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """The k best of the serve ids ``cands`` (sorted), scored exactly; equal scores in id order."""
+        if len(cands) == 0:
+            return []
+        if self.index is not None:
+            q = sequence_vector(self.model, model_hist, self.run.cfg.data.max_seq_len)
+            scores = self.index.score(q, cands)
+        else:
+            from textrec.serve.recommend import all_scores
+
+            every = all_scores(self.model, model_hist, self.run.cfg.data.max_seq_len, exclude_history=False).cpu().numpy()
+            scores = every[self.model_ids[cands - 1]]
+        order = np.lexsort((cands, -scores))[:k]
+        return [(int(cands[i]), float(scores[i])) for i in order if np.isfinite(scores[i])]
 
     def _library_ranking(self, model_hist: np.ndarray, k: int, exclude_history: bool) -> list[tuple[int, float]]:
         from textrec.serve.recommend import all_scores, ranking
