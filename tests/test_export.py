@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from serve_runs import make_world, train
+
 from textrec.cli import main
 
 ort = pytest.importorskip("onnxruntime")

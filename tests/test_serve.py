@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from serve_runs import make_world, train
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from textrec.serve.app import MAX_BODY_BYTES, create_app  # noqa: E402
-from textrec.serve.service import MAX_HISTORY, Service  # noqa: E402
+from textrec.serve.app import MAX_BODY_BYTES, create_app
+from textrec.serve.service import MAX_HISTORY, Service
 
 NEW_TEXT = "Zorblat orange bamboo birdhouse, vintage style. Garden Outdoor Living. Zorblat."
 

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from serve_runs import make_world, train
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -253,7 +253,7 @@ class ItemIndex:
         return SearchResult(top_i.tolist(), top_s.tolist())
 
     def _faiss_search(self, query: np.ndarray, k: int, exclude) -> SearchResult:
-        excl = set(int(i) for i in exclude)
+        excl = {int(i) for i in exclude}
         fetch = k + len(excl)
         params = None
         if self.kind == "hnsw":
