@@ -102,3 +102,41 @@ def test_page_search_session_recommendations_and_a_new_item(server, tmp_path):
         assert "text" in page.text_content("#add-status")
         assert not errors, errors
         browser.close()
+
+
+def test_page_asks_for_the_api_key_once_for_writes(tmp_path):
+    sync_playwright = _browser_or_skip()
+    import uvicorn
+
+    from textrec.serve.app import create_app
+    from textrec.serve.service import Service
+
+    run = train(make_world(tmp_path), tmp_path / "unisrec", "unisrec", epochs=1)
+    port = _free_port()
+    app = create_app(Service(run, journal=tmp_path / "journal.jsonl"), api_key="page-key-123")
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.05)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM if CHROMIUM.exists() else shutil.which("chromium")),
+                                        args=["--no-sandbox", "--disable-background-networking"])
+            page = browser.new_page()
+            asked = []
+            page.on("dialog", lambda d: (asked.append(d.message), d.accept("page-key-123")))
+            page.goto(f"http://127.0.0.1:{port}")
+            page.fill("#new-key", "NEW-1")
+            page.fill("#new-text", NEW_TEXT)
+            page.click("#add")
+            page.wait_for_selector("#add-status:has-text('added NEW-1')")
+            page.fill("#new-key", "NEW-2")
+            page.fill("#new-text", NEW_TEXT)
+            page.click("#add")
+            page.wait_for_selector("#add-status:has-text('added NEW-2')")
+            assert len(asked) == 1 and "API key" in asked[0]
+            browser.close()
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)

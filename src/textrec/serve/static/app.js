@@ -4,7 +4,7 @@ const session = [];
 const added = new Set();
 const $ = (id) => document.getElementById(id);
 
-async function api(method, path, body) {
+async function api(method, path, body, retried) {
   const opts = { method, headers: {} };
   if (body !== undefined) {
     opts.headers["Content-Type"] = "application/json";
@@ -13,6 +13,13 @@ async function api(method, path, body) {
   const key = sessionStorage.getItem("textrec-api-key");
   if (key) opts.headers["X-API-Key"] = key;
   const res = await fetch(path, opts);
+  if (res.status === 401 && !retried) {  // writes need the server's API key: ask once, keep it for this tab
+    const given = window.prompt("This server needs an API key for changes (X-API-Key):");
+    if (given) {
+      sessionStorage.setItem("textrec-api-key", given.trim());
+      return api(method, path, body, true);
+    }
+  }
   const data = await res.json().catch(() => ({ error: res.statusText }));
   if (!res.ok) throw new Error(data.error || res.statusText);
   return data;
