@@ -24,9 +24,7 @@ from pathlib import Path
 from typing import Annotated
 
 from textrec.errors import DataError, NotFoundError, TextrecError
-from textrec.serve.service import (
-    MAX_BATCH, MAX_CANDIDATES, MAX_HISTORY, MAX_K, MAX_NEW_ITEMS, MAX_TEXT, CannotAddError, ReadOnlyError, Service,
-)
+from textrec.serve.service import CannotAddError, ReadOnlyError, Service
 
 log = logging.getLogger("textrec.serve.app")
 
@@ -52,144 +50,115 @@ def _field(loc) -> str:
     return out or "body"
 
 
-def create_app(service: Service, api_key: str | None = None):
-    """The FastAPI application over ``service``."""
-    _fastapi()
-    from fastapi import Depends, FastAPI, Header, Query, Request
+class Metrics:
+    """The Prometheus metrics of one app (its own registry, so several apps in one process do not clash)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("textrec_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
+        self.latency = Histogram("textrec_request_seconds", "request latency by route", ["route"], registry=r,
+                                 buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
+        self.items = Gauge("textrec_catalogue_items", "items served", registry=r)
+        self.added = Gauge("textrec_catalogue_added_items", "items added while serving (journal)", registry=r)
+        self.recall = Gauge("textrec_index_recall_at_10", "the item index's recall@10 against exact search (1 for exact)",
+                            ["kind"], registry=r)
+
+    def text(self, service: Service) -> bytes:
+        from prometheus_client import generate_latest
+
+        self.items.set(len(service.live))
+        self.added.set(len(service.added))
+        if service.index is not None:
+            recall = service.index.recall_at_10
+            self.recall.labels(service.index.kind).set(1.0 if recall is None else recall)
+        return generate_latest(self.registry)
+
+
+async def _send_error(send, status: int, message: str, field: str | None = None) -> None:
+    body = json.dumps({"error": message, **({"field": field} if field else {})}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BoundedAndMeasured:
+    """Pure ASGI middleware: refuses oversized bodies before they are read; counts and times every request."""
+
+    def __init__(self, inner, metrics: Metrics) -> None:
+        self.inner, self.metrics = inner, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.inner(scope, receive, send)
+        started, status = time.perf_counter(), [500]
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            if scope["method"] in ("POST", "PUT", "PATCH") and length is None and b"transfer-encoding" in headers:
+                await _send_error(sending, 411, "send a Content-Length header (chunked bodies are not accepted)")
+            elif length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+                await _send_error(sending, 413, f"request body over {MAX_BODY_BYTES} bytes", "body")
+            else:
+                await self.inner(scope, receive, sending)
+        finally:
+            route = scope.get("route")
+            name = route.path if route is not None else "other"
+            self.metrics.requests.labels(name, str(status[0])).inc()
+            self.metrics.latency.labels(name).observe(time.perf_counter() - started)
+
+
+class Unauthorized(Exception):
+    """A write without the right API key."""
+
+
+def _error(status: int, message: str, field: str | None = None):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": message, **({"field": field} if field else {})}, status_code=status)
+
+
+def _error_handlers(app) -> None:
+    """Every error as ``{"error", "field"?}`` JSON with its status; a 500 says nothing but that it is logged."""
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse, Response
-    from fastapi.staticfiles import StaticFiles
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-    from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
-
-    Key = Annotated[StrictStr, Field(min_length=1, max_length=200)]
-
-    class Filter(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        items: Annotated[list[Key], Field(min_length=1, max_length=MAX_CANDIDATES)]  # rank only these
-
-    class RecommendRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        items: Annotated[list[Key], Field(min_length=1, max_length=MAX_HISTORY)] | None = None
-        user: Key | None = None
-        k: Annotated[StrictInt, Field(ge=1, le=MAX_K)] = 10
-        exclude_history: StrictBool = True
-        filter: Filter | None = None
-
-        @model_validator(mode="after")
-        def one_history(self):
-            if (self.items is None) == (self.user is None):
-                raise ValueError("give exactly one of 'items' (a list of item keys) or 'user'")
-            return self
-
-    class BatchRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        requests: Annotated[list[RecommendRequest], Field(min_length=1, max_length=MAX_BATCH)]
-
-    class ItemIn(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        key: Key
-        text: Annotated[StrictStr, Field(max_length=MAX_TEXT)] | None = None
-        attributes: Annotated[dict[Key, Annotated[StrictStr, Field(max_length=MAX_TEXT)]], Field(max_length=50)] | None = None
-
-        @model_validator(mode="after")
-        def has_content(self):
-            if not (self.text or "").strip() and not self.attributes:
-                raise ValueError("an item needs a non-empty 'text' or 'attributes'")
-            return self
-
-    class ItemsIn(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        items: Annotated[list[ItemIn], Field(min_length=1, max_length=MAX_NEW_ITEMS)]
-
-    registry = CollectorRegistry()
-    requests = Counter("textrec_requests", "HTTP requests by route and status", ["route", "status"], registry=registry)
-    latency = Histogram("textrec_request_seconds", "request latency by route", ["route"], registry=registry,
-                        buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
-    items_gauge = Gauge("textrec_catalogue_items", "items served", registry=registry)
-    added_gauge = Gauge("textrec_catalogue_added_items", "items added while serving (journal)", registry=registry)
-    recall_gauge = Gauge("textrec_index_recall_at_10", "the item index's recall@10 against exact search (1 for exact)", ["kind"],
-                         registry=registry)
-
-    app = FastAPI(title="textrec", description=f"recommendations from the run {service.run_dir.name} ({service.run.cfg.model})",
-                  version="1")
-    app.state.service = service
-
-    def error(status: int, message: str, field: str | None = None):
-        body = {"error": message}
-        if field:
-            body["field"] = field
-        return JSONResponse(body, status_code=status)
-
-    async def send_error(send, status: int, message: str, field: str | None = None) -> None:
-        body = json.dumps({"error": message, **({"field": field} if field else {})}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-
-    class Bounded:
-        """Pure ASGI middleware: refuses oversized bodies before they are read; counts and times every request."""
-
-        def __init__(self, inner) -> None:
-            self.inner = inner
-
-        async def __call__(self, scope, receive, send):
-            if scope["type"] != "http":
-                return await self.inner(scope, receive, send)
-            started, status = time.perf_counter(), [500]
-            headers = dict(scope.get("headers") or [])
-            length = headers.get(b"content-length")
-
-            async def sending(message):
-                if message["type"] == "http.response.start":
-                    status[0] = message["status"]
-                await send(message)
-
-            try:
-                if scope["method"] in ("POST", "PUT", "PATCH") and length is None and b"transfer-encoding" in headers:
-                    await send_error(sending, 411, "send a Content-Length header (chunked bodies are not accepted)")
-                elif length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-                    await send_error(sending, 413, f"request body over {MAX_BODY_BYTES} bytes", "body")
-                else:
-                    await self.inner(scope, receive, sending)
-            finally:
-                route = scope.get("route")
-                name = route.path if route is not None else "other"
-                requests.labels(name, str(status[0])).inc()
-                latency.labels(name).observe(time.perf_counter() - started)
-
-    app.add_middleware(Bounded)
 
     @app.exception_handler(Exception)
-    async def internal(request: Request, exc: Exception):  # never a stack trace to the client
+    async def internal(request, exc: Exception):  # never a stack trace to the client
         log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error(500, "internal error (logged on the server)")
+        return _error(500, "internal error (logged on the server)")
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError):
+    async def invalid(request, exc: RequestValidationError):
         first = exc.errors()[0]
         field = _field(first.get("loc", ()))
         msg = first.get("msg", "invalid")
         if first.get("type") == "json_invalid":
-            return error(400, f"the body is not valid JSON ({first.get('ctx', {}).get('error', msg)})", "body")
-        return error(422, f"{field}: {msg}", field)
+            return _error(400, f"the body is not valid JSON ({first.get('ctx', {}).get('error', msg)})", "body")
+        return _error(422, f"{field}: {msg}", field)
 
     @app.exception_handler(TextrecError)
-    async def textrec_error(request: Request, exc: TextrecError):
+    async def textrec_error(request, exc: TextrecError):
         status = 404 if isinstance(exc, NotFoundError) else 403 if isinstance(exc, ReadOnlyError) else \
             409 if isinstance(exc, CannotAddError) else 422
-        return error(status, str(exc))
+        return _error(status, str(exc))
 
-    def writer(x_api_key: Annotated[str | None, Header()] = None):
-        if api_key is not None and (x_api_key is None or not hmac.compare_digest(x_api_key.encode(), api_key.encode())):
-            raise _Unauthorized()
+    @app.exception_handler(Unauthorized)
+    async def unauthorized(request, exc: Unauthorized):
+        return _error(401, "this write needs the API key in the X-API-Key header", "X-API-Key")
 
-    class _Unauthorized(Exception):
-        pass
 
-    @app.exception_handler(_Unauthorized)
-    async def unauthorized(request: Request, exc: _Unauthorized):
-        return error(401, "this write needs the API key in the X-API-Key header", "X-API-Key")
+def _page_routes(app, service: Service, metrics: Metrics) -> None:
+    """The page, its files, health, stats and metrics."""
+    from fastapi.responses import FileResponse, Response
+    from fastapi.staticfiles import StaticFiles
+    from prometheus_client import CONTENT_TYPE_LATEST
 
     @app.get("/", include_in_schema=False)
     def page():
@@ -206,25 +175,33 @@ def create_app(service: Service, api_key: str | None = None):
         return service.stats_dict()
 
     @app.get("/metrics", include_in_schema=False)
-    def metrics():
-        items_gauge.set(len(service.live))
-        added_gauge.set(len(service.added))
-        if service.index is not None:
-            recall = service.index.recall_at_10
-            recall_gauge.labels(service.index.kind).set(1.0 if recall is None else recall)
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    def metrics_text():
+        return Response(metrics.text(service), media_type=CONTENT_TYPE_LATEST)
 
-    # recommendations are a few milliseconds of CPU: answered on the event loop, without a thread hop
+
+def _api_routes(app, service: Service, api_key: str | None) -> None:
+    """Recommendations and the catalogue; writes behind the API key when there is one."""
+    from fastapi import Depends, Header, Query
+    from fastapi.responses import JSONResponse
+
+    from textrec.serve.schema import BatchRequest, ItemsIn, RecommendRequest
+
+    def writer(x_api_key: Annotated[str | None, Header()] = None):
+        if api_key is not None and (x_api_key is None or not hmac.compare_digest(x_api_key.encode(), api_key.encode())):
+            raise Unauthorized()
+
+    # recommendations are a few milliseconds of CPU: answered on the event loop, without a thread hop, as plain
+    # JSON (FastAPI's generic encoder would cost more than the search)
     @app.post("/recommend")
-    async def recommend(req: RecommendRequest):  # plain JSON: FastAPI's generic encoder would cost more than the search
-        return JSONResponse(service.recommend(req.items, req.user, req.k, req.exclude_history, req.filter and req.filter.items))
+    async def recommend(req: RecommendRequest):
+        return JSONResponse(service.recommend(req.items, req.user, req.k, req.exclude_history, req.only()))
 
     @app.post("/recommend/batch")
     async def recommend_batch(req: BatchRequest):
         out = []
         for r in req.requests:
             try:
-                out.append(service.recommend(r.items, r.user, r.k, r.exclude_history, r.filter and r.filter.items))
+                out.append(service.recommend(r.items, r.user, r.k, r.exclude_history, r.only()))
             except NotFoundError as e:
                 out.append({"error": str(e)})
         return JSONResponse({"results": out})
@@ -245,6 +222,20 @@ def create_app(service: Service, api_key: str | None = None):
     def delete_item(key: str):
         return service.delete_item(key)
 
+
+def create_app(service: Service, api_key: str | None = None):
+    """The FastAPI application over ``service``; writes need ``api_key`` in ``X-API-Key`` when it is given."""
+    _fastapi()
+    from fastapi import FastAPI
+
+    app = FastAPI(title="textrec", description=f"recommendations from the run {service.run_dir.name} ({service.run.cfg.model})",
+                  version="1")
+    app.state.service = service
+    metrics = Metrics()
+    app.add_middleware(BoundedAndMeasured, metrics=metrics)
+    _error_handlers(app)
+    _page_routes(app, service, metrics)
+    _api_routes(app, service, api_key)
     return app
 
 
