@@ -583,8 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_recommend)
 
-    from textrec.serve.app import add_serve_parser
-    from textrec.serve.export import add_export_parser
+    from textrec.serve.commands import add_export_parser, add_serve_parser
 
     add_serve_parser(sub)  # serve and export live in textrec.serve (parser and handler)
     add_export_parser(sub)

@@ -19,10 +19,8 @@ The graph is traced with torch's TorchScript ONNX exporter (opset 17), so no ext
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,26 +96,3 @@ def export_onnx(run, out_dir: str | Path, keys: list[str] | None = None) -> Expo
         "score": "seq_repr @ items.T; row 0 is padding; item id i is keys[i - 1]", "keys": keys}), encoding="utf-8")
     log.info("exported %s to %s", name, out)
     return ExportResult(out, name, len(keys), int(items.shape[1]), L)
-
-
-def add_export_parser(sub) -> None:
-    s = sub.add_parser("export", help="the sequence encoder as ONNX and the item table as .npy, for another serving stack")
-    s.add_argument("run")
-    s.add_argument("--format", default="onnx", choices=["onnx"])
-    s.add_argument("--out", required=True, help="output directory")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_export)
-
-
-def cmd_export(args: argparse.Namespace) -> None:
-    from textrec.serve.service import load_run_for_serving
-
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        raise TextrecError("textrec export needs onnx: pip install 'textrec[serve]'") from None
-    result = export_onnx(load_run_for_serving(args.run, "cpu"), args.out)
-    if args.json:
-        print(json.dumps(result.to_dict()))
-    print(f"wrote {args.out}/encoder.onnx (history -> {result.dim}-d vector) and items.npy ({result.n_items:,} items + padding)",
-          file=sys.stderr)
