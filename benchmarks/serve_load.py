@@ -12,7 +12,8 @@ Scenarios (each against a fresh server process, each bounded by ``--requests`` a
   reports at build; 1 and 16 clients each.
 
 Each request is ``POST /recommend`` with a real user's history (k=10). Latency is measured by the client
-(request sent -> response read), so it includes HTTP and JSON. The server runs one uvicorn worker with torch
+(request sent -> response read), so it includes HTTP and JSON; ``server_p50_ms`` / ``server_p99_ms`` are the
+server's own time (its ``Server-Timing`` header: from the request reaching the app to the answer being ready). The server runs one uvicorn worker with torch
 and faiss at one thread. Results go to ``benchmarks/results/serve_load.json``.
 
     python benchmarks/serve_load.py                       # the whole benchmark (about 10 minutes on 2 cores)
@@ -123,7 +124,7 @@ def load(url: str, histories: list[list[str]], clients: int, max_requests: int, 
     """``clients`` threads send recommendations until ``max_requests`` are answered or ``seconds`` pass."""
     import httpx
 
-    lat, errors, lock = [], [], threading.Lock()
+    lat, server, errors, lock = [], [], [], threading.Lock()
     count = iter(range(max_requests))
     deadline = time.perf_counter() + seconds
     stop = threading.Event()
@@ -142,8 +143,13 @@ def load(url: str, histories: list[list[str]], clients: int, max_requests: int, 
                     ok = r.status_code == 200 and len(r.json()["recommendations"]) == 10
                 except httpx.HTTPError as e:
                     ok, r = False, e
+                took = time.perf_counter() - t
                 with lock:
-                    (lat if ok else errors).append(time.perf_counter() - t if ok else str(r))
+                    if ok:
+                        lat.append(took)
+                        server.append(float(r.headers["server-timing"].split("dur=")[1]))
+                    else:
+                        errors.append(str(r))
 
     add_lat, add_errors = [], []
 
@@ -174,7 +180,10 @@ def load(url: str, histories: list[list[str]], clients: int, max_requests: int, 
            "req_per_s": round(len(lat) / wall, 1),
            "p50_ms": round(float(np.percentile(ms, 50)), 2) if len(ms) else None,
            "p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None,
-           "mean_ms": round(float(ms.mean()), 2) if len(ms) else None}
+           "mean_ms": round(float(ms.mean()), 2) if len(ms) else None,
+           # inside the server (Server-Timing): from the request's arrival at the app to its answer being ready
+           "server_p50_ms": round(float(np.percentile(server, 50)), 2) if server else None,
+           "server_p99_ms": round(float(np.percentile(server, 99)), 2) if server else None}
     if errors:
         out["first_error"] = errors[0][:200]
     if add_every:

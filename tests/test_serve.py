@@ -144,6 +144,8 @@ def test_metrics_and_health(runs, tmp_path):
     assert "textrec_request_seconds_bucket" in text and "textrec_catalogue_items 120.0" in text
     assert 'textrec_index_recall_at_10{kind="exact"} 1.0' in text
     assert c.get("/healthz").json() == {"status": "ok", "items": 120}
+    timing = c.post("/recommend", json={"items": ["garden-00001"]}).headers["server-timing"]
+    assert timing.startswith("app;dur=") and 0 < float(timing.split("=")[1]) < 10_000
     assert "<title>textrec</title>" in c.get("/").text and c.get("/static/app.js").status_code == 200
 
 

@@ -83,7 +83,8 @@ async def _send_error(send, status: int, message: str, field: str | None = None)
 
 
 class BoundedAndMeasured:
-    """Pure ASGI middleware: refuses oversized bodies before they are read; counts and times every request."""
+    """Pure ASGI middleware: refuses oversized bodies before they are read; counts and times every request, and
+    says how long the server took in a ``Server-Timing: app;dur=<ms>`` header."""
 
     def __init__(self, inner, metrics: Metrics) -> None:
         self.inner, self.metrics = inner, metrics
@@ -96,8 +97,10 @@ class BoundedAndMeasured:
         length = headers.get(b"content-length")
 
         async def sending(message):
-            if message["type"] == "http.response.start":
+            if message["type"] == "http.response.start":  # the answer is ready: its time so far goes in Server-Timing
                 status[0] = message["status"]
+                took = f"app;dur={(time.perf_counter() - started) * 1000:.3f}".encode()
+                message = {**message, "headers": [*message.get("headers", []), (b"server-timing", took)]}
             await send(message)
 
         try:
