@@ -245,7 +245,11 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     run = Path(args.run) if args.run else bench_run(work, args.hidden)
     histories = histories_of(run)
-    results = {"machine": machine(), "run": run.name, "settings": {k: getattr(args, k) for k in
+    import importlib.util
+
+    # uvicorn uses these when they are installed (the serve extra has them): its fast HTTP parser and event loop
+    stack = {name: importlib.util.find_spec(name) is not None for name in ("httptools", "uvloop")}
+    results = {"machine": machine(), "run": run.name, "server_stack": stack, "settings": {k: getattr(args, k) for k in
                ("sizes", "clients", "requests", "seconds", "add_every", "noise", "hidden")}, "scenarios": []}
     scenarios = [("trained", 0, "exact")] + [(f"{n:,} items", n, kind) for n in args.sizes for kind in ("exact", "ivf")]
     for name, pad, kind in scenarios:
