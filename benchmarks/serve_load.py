@@ -13,10 +13,11 @@ Scenarios (each against a fresh server process, each bounded by ``--requests`` a
 
 Each request is ``POST /recommend`` with a real user's history (k=10). Latency is measured by the client
 (request sent -> response read), so it includes HTTP and JSON; ``server_p50_ms`` / ``server_p99_ms`` are the
-server's own time (its ``Server-Timing`` header: from the request reaching the app to the answer being ready). The server runs one uvicorn worker with torch
-and faiss at one thread. Results go to ``benchmarks/results/serve_load.json``.
+server's own time (its ``Server-Timing`` header: from the request reaching the app to the answer being ready).
+The server runs one uvicorn worker with torch and faiss at one thread, on httptools and uvloop when they are
+installed (the ``serve`` extra; recorded as ``server_stack``). Results go to ``benchmarks/results/serve_load.json``.
 
-    python benchmarks/serve_load.py                       # the whole benchmark (about 10 minutes on 2 cores)
+    python benchmarks/serve_load.py                       # the whole benchmark (about 6 minutes on 2 busy cores)
     python benchmarks/serve_load.py --sizes 100000 --requests 200 --seconds 10   # a short one
 """
 
