@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from serve_runs import make_world, train
 
 from textrec.cli import main
+from textrec.data.batching import SeqBatch
+from textrec.models import MODELS
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -50,13 +53,33 @@ def test_onnx_scores_match_textrec(world, tmp_path, capsys, model):
     assert np.abs((vecs[1] @ items.T)[1:] - want).max() < 1e-4
 
 
-def test_missrec_and_recformer_are_refused_with_the_reason():
-    from types import SimpleNamespace
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_registered_model_exports_or_says_why(name, tiny_world, tmp_path):
+    """Exportable models reproduce ``encode`` in onnxruntime; the others are refused with the reason."""
+    import torch
+    from test_models import MAX_SEQ_LEN, SMALL, item_inputs
 
+    from textrec.config import load_config
     from textrec.errors import TextrecError
-    from textrec.serve.export import export_onnx
+    from textrec.serve.export import export_onnx, export_problem
+    from textrec.train.inputs import build_model
 
-    for name, reason in (("missrec", "user-adaptive fusion"), ("recformer", "key-value sentence")):
-        fake = SimpleNamespace(cfg=SimpleNamespace(model=name))
-        with pytest.raises(TextrecError, match=reason):
-            export_onnx(fake, "unused")
+    cfg = load_config(model=name, overrides=SMALL[name] + [f"data.max_seq_len={MAX_SEQ_LEN}"])
+    torch.manual_seed(0)
+    run = SimpleNamespace(model=build_model(cfg, item_inputs(name, tiny_world)).eval(), cfg=cfg, dataset=tiny_world)
+    reasons = {"missrec": "score_items", "recformer": "key-value sentence"}
+    if name in reasons:
+        assert reasons[name] in export_problem(run)
+        with pytest.raises(TextrecError, match=reasons[name]):
+            export_onnx(run, tmp_path / "out")
+        return
+    assert export_problem(run) is None
+    export_onnx(run, tmp_path / "out")
+    assert not run.model.training  # exporting leaves the model as it was
+    session = ort.InferenceSession(str(tmp_path / "out" / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    seq = torch.tensor([[3, 1, 4, 1, 5], [9, 2, 6, 0, 0]])
+    lengths = torch.tensor([5, 3])
+    with torch.no_grad():
+        want = run.model.encode(SeqBatch(seq, lengths)).float().numpy()
+    got = session.run(None, {"item_seq": seq.numpy(), "seq_len": lengths.numpy()})[0]
+    assert np.abs(got - want).max() < 1e-4

@@ -7,10 +7,11 @@ Writes into ``DIR``:
 * ``items.npy``: (n_items + 1, D) float32 item table (row 0 padding), so ``scores = seq_repr @ items.T``;
 * ``items.json``: the item keys in id order (``keys[i - 1]`` is item id ``i``) and how to score.
 
-Which models can be exported: SASRec, UniSRec and VQ-Rec, whose score is the inner product of a sequence
-vector and an item-table row. MISSRec cannot: it scores with its own user-adaptive fusion of the item's
+Which models can be exported (``export_problem``, read from what a model declares): those whose score is the
+inner product of a sequence vector and an item-table row, and whose sequence encoder reads item ids only:
+SASRec, UniSRec and VQ-Rec. MISSRec cannot: it scores with its own user-adaptive fusion of the item's
 modalities (``score_items``), which is no fixed item table. Recformer cannot: its sequence encoder reads each
-item's tokenised key-value sentence, built in Python from the item attributes, so item ids alone are not its
+item's tokenised key-value sentence (item input ``attributes``), built in Python, so item ids alone are not its
 input. Both are refused with that reason.
 
 The graph is traced with torch's TorchScript ONNX exporter (opset 17), so no extra package is needed beyond
@@ -32,13 +33,22 @@ from textrec.errors import TextrecError
 
 log = logging.getLogger("textrec.serve.export")
 
-EXPORTABLE = ("sasrec", "unisrec", "vqrec")
-NOT_EXPORTABLE = {
-    "missrec": "it scores items with its own user-adaptive fusion of their modalities (score_items), not an inner "
-               "product with a fixed item table",
-    "recformer": "its sequence encoder reads each item's tokenised key-value sentence, built in Python from the "
-                 "item attributes, so item ids alone are not its input",
-}
+
+
+def export_problem(run) -> str | None:
+    """Why ``run``'s model cannot be exported (module doc), or None. Read from what the model declares, not its name."""
+    from textrec.models.spec import item_input_kinds
+
+    name = run.cfg.model
+    if hasattr(run.model, "score_items"):
+        return (f"{name} scores items with its own function (score_items, e.g. a user-adaptive fusion of the item's "
+                "modalities), not an inner product with a fixed item table")
+    if "attributes" in item_input_kinds(type(run.model), run.cfg.model_config):
+        return (f"{name}'s sequence encoder reads each item's tokenised key-value sentence, built in Python from the item "
+                "attributes, so item ids alone are not its input")
+    return None
+
+
 OPSET = 17
 
 
@@ -71,10 +81,9 @@ class _Encoder(torch.nn.Module):
 def export_onnx(run, out_dir: str | Path, keys: list[str] | None = None) -> ExportResult:
     """Write ``run``'s (a loaded run) encoder and item table into ``out_dir`` (module doc)."""
     name = run.cfg.model
-    if name in NOT_EXPORTABLE:
-        raise TextrecError(f"{name} cannot be exported to ONNX: {NOT_EXPORTABLE[name]}")
-    if name not in EXPORTABLE:
-        raise TextrecError(f"{name} has no ONNX export (exportable: {', '.join(EXPORTABLE)})")
+    problem = export_problem(run)
+    if problem:
+        raise TextrecError(f"{name} cannot be exported to ONNX: {problem}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = run.model.to("cpu").eval()
@@ -84,11 +93,14 @@ def export_onnx(run, out_dir: str | Path, keys: list[str] | None = None) -> Expo
     example = (torch.tensor([[1, 2, 0], [3, 0, 0]], dtype=torch.long), torch.tensor([2, 1], dtype=torch.long))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            _Encoder(model), example, str(out / "encoder.onnx"), input_names=["item_seq", "seq_len"],
-            output_names=["seq_repr"], opset_version=OPSET, dynamo=False,
-            dynamic_axes={"item_seq": {0: "batch", 1: "seq"}, "seq_len": {0: "batch"}, "seq_repr": {0: "batch"}},
-        )
+        try:
+            torch.onnx.export(  # the wrapper in eval mode: the exporter leaves the module in the wrapper's mode
+                _Encoder(model).eval(), example, str(out / "encoder.onnx"), input_names=["item_seq", "seq_len"],
+                output_names=["seq_repr"], opset_version=OPSET, dynamo=False,
+                dynamic_axes={"item_seq": {0: "batch", 1: "seq"}, "seq_len": {0: "batch"}, "seq_repr": {0: "batch"}},
+            )
+        except (RuntimeError, TypeError, ValueError) as e:  # e.g. an operator the exporter cannot write: one line
+            raise TextrecError(f"{name} could not be traced to ONNX ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     np.save(out / "items.npy", items)
     keys = list(keys if keys is not None else run.dataset.item_keys)
     (out / "items.json").write_text(json.dumps({
