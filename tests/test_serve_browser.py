@@ -117,9 +117,11 @@ def test_page_asks_for_the_api_key_once_for_writes(tmp_path):
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
-    while not srv.started:
+    deadline = time.time() + 20
+    while not srv.started and time.time() < deadline:
         time.sleep(0.05)
     try:
+        assert srv.started, "the server did not start"
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM if CHROMIUM.exists() else shutil.which("chromium")),
                                         args=["--no-sandbox", "--disable-background-networking"])
