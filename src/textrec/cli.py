@@ -572,7 +572,6 @@ def _add_demo(sub, parents) -> None:
     s.set_defaults(func=cmd_demo)
 
 
-
 def _add_plot(sub, parents) -> None:
     s = sub.add_parser("plot", parents=[parents["common"]],
                        help="draw a run's training curves (loss, validation metrics by epoch) to a PNG")
@@ -580,6 +579,7 @@ def _add_plot(sub, parents) -> None:
     s.add_argument("--out", help="PNG to write (default RUN/curves.png)")
     s.add_argument("--metrics", nargs="+", default=["recall@10", "ndcg@10"], help="validation metrics to draw")
     s.set_defaults(func=cmd_plot)
+
 
 def build_parser() -> argparse.ArgumentParser:
     from textrec.models import MODELS  # the registry's keys name the models in --model's help
@@ -593,7 +593,13 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub, parents)
     _add_train(sub, parents, model_names)
     _add_pretrain(sub, parents, model_names)
-    for add in (_add_finetune, _add_evaluate, _add_recommend, _add_demo, _add_plot):
+    for add in (_add_finetune, _add_evaluate, _add_recommend):
+        add(sub, parents)
+    from textrec.serve.commands import add_export_parser, add_serve_parser
+
+    add_serve_parser(sub)  # serve and export live in textrec.serve (parser and handler)
+    add_export_parser(sub)
+    for add in (_add_demo, _add_plot):
         add(sub, parents)
     return p
 
