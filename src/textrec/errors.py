@@ -26,3 +26,10 @@ class NotFoundError(TextrecError):
 
 class CheckpointError(TextrecError):
     """A run's weights or training state that are damaged, were changed after training, or fit another config."""
+
+
+def storage_message(error: OSError) -> str:
+    """``<path>: <reason>`` for a failed read or write (read-only, no space, permission, wrong kind of path)."""
+    paths = [str(f) for f in (error.filename, error.filename2) if f is not None]
+    reason = error.strerror or str(error)
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason

@@ -34,6 +34,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from textrec.data.dataset import check_dataset_hash
 from textrec.errors import DataError, NotFoundError
 from textrec.io import atomic_path, read_json, write_json
 from textrec.quant.pq import ItemQuantizer
@@ -359,9 +360,7 @@ def load_item_codes(data_dir: str | Path, name: str | None = None) -> tuple[np.n
         raise NotFoundError(f"{data_dir}: no item codes named {name!r} (available: {', '.join(names)})")
     path = data_dir / CODES_DIR / f"{name}.npy"
     info = read_json(path.with_suffix(".json")) if path.with_suffix(".json").exists() else {}
-    if info.get("dataset_content_hash") != meta["content_hash"]:
-        raise DataError(f"{path}: made for a different version of this dataset (content hash differs); "
-                        f"re-run `textrec quantize {data_dir}`")
+    check_dataset_hash(info.get("dataset_content_hash", "none recorded"), meta, path)
     codes = np.load(path)
     if codes.ndim != 2 or codes.shape[0] != meta["n_items"] + 1:
         raise DataError(f"{path}: shape {codes.shape}, expected ({meta['n_items'] + 1}, n_codebooks)")

@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from textrec.data.dataset import check_dataset_hash
 from textrec.errors import DataError, NotFoundError
 from textrec.io import atomic_path, read_json, write_json
 from textrec.text.augment import word_drop_texts
@@ -241,11 +242,7 @@ def load_item_embeddings(data_dir: str | Path, name: str | None = None) -> tuple
     path = data_dir / EMBEDDINGS_DIR / f"{name}.npy"
     if path.exists():
         info = read_json(path.with_suffix(".json")) if path.with_suffix(".json").exists() else {}
-        if info.get("dataset_content_hash") != meta["content_hash"]:
-            raise DataError(
-                f"{path}: made for a different version of this dataset (content hash differs); "
-                f"re-run `textrec encode {data_dir}`"
-            )
+        check_dataset_hash(info.get("dataset_content_hash", "none recorded"), meta, path)
     else:
         path = data_dir / "features" / f"{name}.npy"
         info = {"name": name, "kind": "dataset_feature", "source": str(path)}

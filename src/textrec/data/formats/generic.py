@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from textrec.data.dataset import Dataset
-from textrec.data.formats.common import BadLines, PrepareOptions, open_text
+from textrec.data.formats.common import BadLines, PrepareOptions, check_no_nul, open_text
 from textrec.data.preprocess import build_dataset, reading
 from textrec.errors import DataError
 
@@ -62,9 +63,21 @@ class Problems:
             bad(path, line, problem)
 
 
+def _lift_field_size_limit() -> None:
+    """Accept fields of any size, as the Parquet reader does (the csv module refuses fields over 128 KiB)."""
+    limit = sys.maxsize
+    while True:
+        try:
+            csv.field_size_limit(limit)
+            return
+        except OverflowError:  # a C long narrower than Py_ssize_t
+            limit //= 2
+
+
 def read_csv_columns(path: Path, wanted: list[str] | None, optional: tuple[str, ...]) -> tuple[dict[str, list[str]], Problems]:
     """Columns ``wanted`` (all when None) and those of ``optional`` present, as stripped strings."""
     delimiter = _delimiter(path)
+    _lift_field_size_limit()
     lines: list[int] = []
     found: list[tuple[int, str]] = []
     with reading(path), open_text(path) as f:
@@ -72,6 +85,7 @@ def read_csv_columns(path: Path, wanted: list[str] | None, optional: tuple[str, 
         reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
         try:
             header = [h.strip() for h in next(reader, [])]
+            check_no_nul(path, 1, "".join(header))
             if not header:
                 raise DataError(f"{path}: empty file (expected a header line)")
             missing = [c for c in wanted or [] if c not in header]
