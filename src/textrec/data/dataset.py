@@ -46,7 +46,7 @@ def check_dataset_hash(expected: str | None, dataset: "Dataset | dict", where: s
     actual = meta.get("content_hash") or (dataset.content_hash() if isinstance(dataset, Dataset) else None)
     if actual != expected:
         name = meta.get("name", "the dataset")
-        raise DataError(f"{where}: made for dataset content {expected[:12]}, but {name} now has content "
+        raise DataError(f"{where}: made for dataset content hash {expected[:12]}, but {name} now has content hash "
                         f"{str(actual)[:12]} (it was prepared again or changed); re-run the step that made {where}")
 
 
