@@ -306,4 +306,10 @@ def load_config(
             raise ConfigError(f"--model {model} disagrees with model.name = {file_model!r} in {path}")
         d["model"]["name"] = model
     d = apply_overrides(d, list(overrides))
-    return RunConfig.from_dict(d, registry)
+    try:
+        return RunConfig.from_dict(d, registry)
+    except ConfigError as e:  # a bad value from the file: name the file, as a TOML error does
+        keys = [o.partition("=")[0].strip() for o in overrides]
+        if path is None or str(path) in str(e) or any(k and k in str(e) for k in keys):
+            raise
+        raise ConfigError(f"{path}: {e}") from None

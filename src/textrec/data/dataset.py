@@ -238,7 +238,7 @@ class Dataset:
             items = pq.read_table(path / "items.parquet")
             seqs = pq.read_table(path / "sequences.parquet")
         except (OSError, ValueError) as e:
-            raise DataError(f"{path}: cannot read dataset tables ({e})") from None
+            raise DataError(f"{path}: cannot read dataset tables ({' '.join(str(e).split())})") from None
         item_ids = items.column("item_id").to_numpy()
         if not np.array_equal(item_ids, np.arange(1, len(item_ids) + 1)):
             raise DataError(f"{path / 'items.parquet'}: item_id must be 1..n_items in order")

@@ -124,7 +124,7 @@ def read_parquet_columns(path: Path, wanted: list[str] | None, optional: tuple[s
             wanted = wanted + [c for c in optional if c in names]
         table = pq.read_table(path, columns=wanted)
     except (OSError, pa.ArrowException) as e:
-        raise DataError(f"{path}: cannot read Parquet ({e})") from None
+        raise DataError(f"{path}: cannot read Parquet ({' '.join(str(e).split())})") from None
     return {c: table.column(c).combine_chunks() for c in table.column_names}
 
 
