@@ -9,7 +9,14 @@ from __future__ import annotations
 
 
 class TextrecError(Exception):
-    """Base class for errors caused by input (files, configs, ids), not by a bug."""
+    """Base class for errors caused by input (files, configs, ids), not by a bug.
+
+    Its message is always one line: line breaks that came from the input (a header swallowed by an open
+    quote, a library's multi-line message) are shown escaped.
+    """
+
+    def __str__(self) -> str:
+        return super().__str__().replace("\r", "\\r").replace("\n", "\\n")
 
 
 class DataError(TextrecError):

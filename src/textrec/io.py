@@ -129,6 +129,16 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
 
 
 @contextlib.contextmanager
+def writing_files(path: str | os.PathLike, suffixes: tuple[str, ...] = (".json",)) -> Iterator[None]:
+    """``locked(path)``, with the temporaries a killed writer of ``path`` (and of its ``suffixes`` siblings) left removed."""
+    path = Path(path)
+    with locked(path):
+        for p in (path, *(path.with_suffix(s) for s in suffixes)):
+            remove_stale_temporaries(p)
+        yield
+
+
+@contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty temporary directory; on success it replaces ``path``.
 

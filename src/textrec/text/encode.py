@@ -30,7 +30,7 @@ import numpy as np
 
 from textrec.data.dataset import check_dataset_hash
 from textrec.errors import DataError, NotFoundError
-from textrec.io import atomic_path, read_json, write_json
+from textrec.io import atomic_path, read_json, write_json, writing_files
 from textrec.text.augment import word_drop_texts
 from textrec.text.cache import EmbeddingCache, text_hashes
 from textrec.text.encoders import TextEncoder, get_encoder
@@ -171,10 +171,17 @@ def encode_dataset(
     if cache is not False:
         root = None if cache is True else cache
         store = EmbeddingCache(encoder.identity, encoder.pooling, encoder.max_length, encoder.dim, root)
+    out = Path(data_dir) / EMBEDDINGS_DIR / f"{name}.npy"
+    with writing_files(out):  # a second encoder of the same name gets one line; a killed one's temporaries go
+        return _encode_into(out, ds, meta, encoder, texts, store, word_drop, seed, t0)
+
+
+def _encode_into(out: Path, ds, meta: dict, encoder: TextEncoder, texts: list[str], store: EmbeddingCache | None,
+                 word_drop: float, seed: int, t0: float) -> EncodeResult:
     enc = encode_texts(encoder, texts, store)
     table = np.zeros((ds.n_items + 1, encoder.dim), dtype=np.float32)
     table[1:] = enc.vectors
-    out = Path(data_dir) / EMBEDDINGS_DIR / f"{name}.npy"
+    name = out.stem
     _write_npy(out, table)
     seconds = time.perf_counter() - t0
     write_json(out.with_suffix(".json"), {

@@ -108,6 +108,8 @@ def writing_run(out: Path, config: dict, resume: bool, overwrite: bool) -> Itera
     when this start created it): an existing empty directory is left empty, a missing one stays missing.
     """
     with locked(out):  # a second writer of the same run gets a one-line error
+        for tmp in out.glob(".*.tmp") if out.is_dir() else ():
+            tmp.unlink(missing_ok=True)  # a killed writer's: with the lock held no live one owns them
         existed = out.exists()
         prepare_out_dir(out, config, resume, overwrite)
         try:

@@ -60,7 +60,7 @@ def _add_rating(out: Interactions, path: Path, n: int, fields: list[str], bad: B
     user, item, rating, time = (f.strip() for f in fields)
     try:
         out.add(user, item, float(rating), int(float(time)))
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: a timestamp of inf or 1e309
         bad(path, n, f"rating {rating!r} or timestamp {time!r} is not a number")
 
 
