@@ -370,3 +370,62 @@ def test_paths_of_the_wrong_kind_or_encoding_are_one_line(tmp_path, capsys):
     run = tmp_path / "run"
     assert main([str(a) for a in [*train, "--out", run]]) == 0
     one_line_error(capsys, ["recommend", run, "--items", "i1", "--new-items", tmp_path / "raw"], "raw")
+
+
+@pytest.mark.parametrize("writer", ["safetensors", "torch"])
+def test_a_full_disk_reported_by_a_serialiser_is_one_line(tmp_path, capsys, monkeypatch, writer):
+    import textrec.train.loop as loop
+    from safetensors import SafetensorError
+
+    write_csv(tmp_path / "raw")
+    assert prepare(tmp_path / "raw", tmp_path / "data") == 0
+    run = tmp_path / "run"
+    argv = ["train", str(tmp_path / "data"), "--model", "sasrec", "--out", str(run), "--quiet", *TINY]
+    assert main(argv) == 0
+    weights = (run / "model.safetensors").read_bytes()
+    if writer == "safetensors":  # what safetensors raises on a full disk
+        def fail(*args, **kwargs):
+            raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                                  '"No space left on device" })')
+        monkeypatch.setattr(loop, "save_model", fail)
+        expected = "model.safetensors: No space left on device"
+    else:  # what torch.save raises on a full disk
+        def fail(*args, **kwargs):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 512 vs 402")
+        monkeypatch.setattr(loop.torch, "save", fail)
+        expected = "state.pt: write failed"
+    one_line_error(capsys, [*argv, "--resume", "train.epochs=2"] if writer == "torch" else [*argv[:5], str(tmp_path / "run2"),
+                                                                                           *argv[6:]], expected)
+    assert (run / "model.safetensors").read_bytes() == weights
+    assert not (tmp_path / "run2").exists()  # failed before its first epoch was saved: nothing left
+    monkeypatch.undo()
+    assert main([*argv, "--resume", "train.epochs=2"]) == 0
+
+
+def test_an_embedding_cache_that_cannot_be_written_is_a_warning(tmp_path, caplog, monkeypatch):
+    from textrec.text.cache import EmbeddingCache
+
+    write_csv(tmp_path / "raw")
+    assert prepare(tmp_path / "raw", tmp_path / "data") == 0
+
+    def read_only(self, *args):
+        raise OSError(30, "Read-only file system", str(self.dir))
+
+    monkeypatch.setattr(EmbeddingCache, "_write_chunk", read_only)
+    with caplog.at_level(logging.WARNING, logger="textrec"):
+        assert main(["encode", str(tmp_path / "data"), "--encoder", "hashing-16", "--name", "h"]) == 0
+    assert "cannot write the embedding cache" in caplog.text and "Read-only file system" in caplog.text
+    assert (tmp_path / "data" / "embeddings" / "h.npy").exists()
+
+
+def test_encode_is_locked_and_removes_a_killed_encoders_temporaries(tmp_path, capsys):
+    write_csv(tmp_path / "raw")
+    assert prepare(tmp_path / "raw", tmp_path / "data") == 0
+    out = tmp_path / "data" / "embeddings" / "h.npy"
+    argv = ["encode", tmp_path / "data", "--encoder", "hashing-16", "--name", "h", "--no-cache"]
+    with locked(out):
+        one_line_error(capsys, argv, "another textrec command is writing it")
+    stale = out.parent / ".h.npy.abcd_123.tmp"
+    stale.write_bytes(b"half an array")
+    assert main([str(a) for a in argv]) == 0
+    assert not stale.exists() and not list(out.parent.glob(".*"))

@@ -173,6 +173,20 @@ def _atomic_dir_locked(path: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def storage_failure(error: Exception, path: str | os.PathLike) -> Exception:
+    """The ``OSError`` behind a serialiser's failure to write ``path``, else ``error`` itself.
+
+    safetensors reports a full disk as ``SafetensorError(... IoError(Os { code: 28, ... }))`` and torch as
+    ``RuntimeError(... file write failed)``; as ``OSError`` they reach the one-line storage error of the CLI.
+    """
+    code = re.search(r"\bcode: (\d+)", str(error))
+    if code:
+        return OSError(int(code[1]), os.strerror(int(code[1])), str(path))
+    if isinstance(error, RuntimeError) and ("write failed" in str(error) or "unexpected pos" in str(error)):
+        return OSError(None, "write failed (is the disk full?)", str(path))
+    return error
+
+
 CHECKSUMS = "checksums.json"
 
 

@@ -51,7 +51,7 @@ from textrec.config import RunConfig, TrainConfig
 from textrec.data.batching import EvalBatcher, TrainBatcher
 from textrec.errors import CheckpointError, TextrecError
 from textrec.eval.ranking import evaluate
-from textrec.io import atomic_path, checksum_matches, checksummed_path, write_json
+from textrec.io import atomic_path, checksum_matches, checksummed_path, storage_failure, write_json
 from textrec.models.spec import Phase
 
 
@@ -315,7 +315,10 @@ class _Trainer:
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         with checksummed_path(path) as tmp:
-            torch.save(state, tmp)
+            try:
+                torch.save(state, tmp)
+            except RuntimeError as e:  # a full disk: one line naming the file, the last state kept
+                raise storage_failure(e, path) from None
 
 
 def fit(
@@ -437,7 +440,10 @@ def _hook_report(phase: Phase, report) -> dict:
 def _save_best(trainer: _Trainer) -> None:
     if trainer.out is not None:
         with checksummed_path(trainer.out / "model.safetensors") as tmp:
-            save_model(trainer.model, str(tmp))
+            try:
+                save_model(trainer.model, str(tmp))
+            except SafetensorError as e:  # a full disk: one line naming the file, the last weights kept
+                raise storage_failure(e, trainer.out / "model.safetensors") from None
     else:
         trainer.best_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
