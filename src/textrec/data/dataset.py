@@ -227,6 +227,10 @@ class Dataset:
 
         path = Path(path)
         if not path.is_dir():
+            aside = sorted(path.parent.glob(f".{path.name}.*.old/old")) if path.name else []
+            if aside:  # a write killed between moving the old dataset aside and the new one in
+                raise DataError(f"{path}: a write of it was interrupted; the previous version is whole at {aside[0]} "
+                                "(run the write again, which puts it back first, or move it back)")
             raise DataError(f"{path}: no such dataset directory (create one with `textrec prepare`)")
         meta_path = path / "meta.json"
         if not meta_path.exists():
