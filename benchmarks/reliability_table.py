@@ -70,16 +70,19 @@ def render(r: dict) -> str:
              "`textrec: error: <file or key>: <problem>` (exit 2), and nothing a user made was lost. "
              f"Hypothesis runs {r['examples']} damaged cases per reader per test (fixed seeds); "
              f"the whole table took {r['seconds']} s on 2 CPU cores.", "",
-             "| class of case | tried | held | valid result | one-line error | lost |",
-             "|---|---:|---:|---:|---:|---|"]
+             "| class of case | tried | held | valid result | one-line error | failed (traceback or wrong result) | lost |",
+             "|---|---:|---:|---:|---:|---:|---|"]
     e = r["escapes"]
-    lines.append(f"| escapes found by hand (`tests/test_reliability.py`, one test each) | {e['tried']} | {e['held']} | - | - | nothing |")
+    lines.append(f"| escapes found by hand (`tests/test_reliability.py`, one test each) | {e['tried']} | {e['held']} | - | - | "
+                 f"{e['tried'] - e['held']} | nothing |")
     for name, c in r["fuzz"].items():
         held = c.get("valid", 0) + c.get("error", 0)
-        lines.append(f"| fuzzed reader: {name} | {c['tried']:,} | {held:,} | {c.get('valid', 0):,} | {c.get('error', 0):,} | nothing |")
+        lines.append(f"| fuzzed reader: {name} | {c['tried']:,} | {held:,} | {c.get('valid', 0):,} | {c.get('error', 0):,} | "
+                     f"{c['tried'] - held:,} | nothing |")
     for name, c in r["crash"].items():
         where = f", {c['points']} file-system steps" if "points" in c else ""
-        lines.append(f"| killed and rerun: {name}{where} | {c['tried']} | {c.get('held', 0)} | - | - | nothing |")
+        lines.append(f"| killed and rerun: {name}{where} | {c['tried']} | {c.get('held', 0)} | - | - | "
+                     f"{c['tried'] - c.get('held', 0)} | nothing |")
     lines += ["", f"Test outcomes: fuzzing {r['fuzz_tests']['held']} of {r['fuzz_tests']['tried']} tests passed, crash points "
               f"{r['crash_tests']['held']} of {r['crash_tests']['tried']}. A fuzzed case holds when it reads to a dataset that "
               "saves and loads back or is refused on one line naming the file, with no partial or temporary folder; "
