@@ -77,7 +77,8 @@ def render(r: dict) -> str:
                  f"{e['tried'] - e['held']} | nothing |")
     for name, c in r["fuzz"].items():
         held = c.get("valid", 0) + c.get("error", 0)
-        lines.append(f"| fuzzed reader: {name} | {c['tried']:,} | {held:,} | {c.get('valid', 0):,} | {c.get('error', 0):,} | "
+        label = "config: TOML file + key=value overrides" if name == "config" else f"reader: {name}"
+        lines.append(f"| fuzzed {label} | {c['tried']:,} | {held:,} | {c.get('valid', 0):,} | {c.get('error', 0):,} | "
                      f"{c['tried'] - held:,} | nothing |")
     for name, c in r["crash"].items():
         where = f", {c['points']} file-system steps" if "points" in c else ""
