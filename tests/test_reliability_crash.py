@@ -6,7 +6,7 @@ file: the atomic renames, the checksum manifest, the clean-ups) replaced by ``os
 at that instant does: no ``finally``, no clean-up, the kernel drops the locks. The points are drawn with a
 fixed seed among all of a command's steps (``CRASH_POINTS`` per command by default, every one under
 ``-m slow``). After each crash the plain rerun (``prepare --overwrite``, ``encode``, ``quantize``,
-``train --resume``) must succeed and give byte-identical datasets, embeddings and codes, and the same final
+``train`` / ``pretrain`` / ``finetune --resume``) must succeed and give byte-identical datasets, embeddings and codes, and the same final
 metrics for a run, with no temporary file, old copy or lock file left anywhere.
 ``TEXTREC_CRASH_REPORT=FILE`` writes the counts per command (points, tried, held) as JSON for the table in
 docs/RESULTS.md. A last test kills a real ``textrec prepare`` process with SIGKILL at seeded moments.
@@ -96,9 +96,9 @@ def dataset_bytes(path: Path) -> dict:
     return {"meta": meta, **{p.name: p.read_bytes() for p in sorted(path.glob("*.parquet"))}}
 
 
-def points(n_steps: int, seed: int, every: bool) -> list[int]:
+def points(n_steps: int, seed: int, every: bool, limit: int = CRASH_POINTS) -> list[int]:
     all_points = list(range(1, n_steps + 1))
-    return all_points if every else sorted(random.Random(seed).sample(all_points, min(CRASH_POINTS, n_steps)))
+    return all_points if every else sorted(random.Random(seed).sample(all_points, min(limit, n_steps)))
 
 
 @pytest.fixture()
@@ -148,26 +148,48 @@ def _encode_quantize(world: Path, every: bool) -> None:
         COUNTS[what]["points"] = n
 
 
-def _train(world: Path, every: bool) -> None:
-    assert main(["prepare", str(world / "raw"), "--format", "csv", "--out", str(world / "data"), "--k-core", "0"]) == 0
-    run = world / "run"
-    argv = ["train", world / "data", "--model", "sasrec", "--out", run, "--quiet", "--resume", *TINY, "train.epochs=2"]
+def _crash_run(label: str, argv: list, run: Path, world: Path, every: bool, seed: int, limit: int = CRASH_POINTS) -> None:
+    """Kill a training command (``argv`` ends in ``--resume``) at its seeded steps; each rerun ends as the uninterrupted one."""
     n = steps_of(argv, world)
     reference = json.loads((run / "metrics.json").read_text())
-    for k in points(n, 2, every):
-        COUNTS["train"]["tried"] += 1
+    for k in points(n, seed, every, limit):
+        COUNTS[label]["tried"] += 1
         for f in run.iterdir():
             f.unlink() if f.is_file() else None
         assert crash_at(argv, k) == 137
         assert main([str(a) for a in argv]) == 0, f"rerun after a crash at step {k} of {n}"
         got = json.loads((run / "metrics.json").read_text())
-        assert (got["valid"], got["test"], got["best_epoch"]) == (reference["valid"], reference["test"], reference["best_epoch"])
+        assert [got.get(key) for key in ("valid", "test", "best_epoch")] == [reference.get(key) for key in ("valid", "test", "best_epoch")]
         assert not leftovers(world)
-        COUNTS["train"]["held"] += 1
-    COUNTS["train"]["points"] = n
+        COUNTS[label]["held"] += 1
+    COUNTS[label]["points"] = n
 
 
-STEPS_UNDER_TEST = {"prepare": _prepare, "encode+quantize": _encode_quantize, "train": _train}
+def _train(world: Path, every: bool) -> None:
+    assert main(["prepare", str(world / "raw"), "--format", "csv", "--out", str(world / "data"), "--k-core", "0"]) == 0
+    run = world / "run"
+    argv = ["train", world / "data", "--model", "sasrec", "--out", run, "--quiet", "--resume", *TINY, "train.epochs=2"]
+    _crash_run("train", argv, run, world, every, 2)
+
+
+PRETRAIN = ["model.hidden_size=16", "model.inner_size=16", "model.n_experts=2", "train.epochs=2", "train.batch_size=64",
+            "train.device=cpu", "train.num_threads=1"]
+
+
+def _pretrain_finetune(world: Path, every: bool) -> None:
+    for name, seed in (("data", 0), ("target", 1)):
+        write_csv(world / f"raw-{name}", n_users=30, seed=seed)
+        assert main(["prepare", str(world / f"raw-{name}"), "--format", "csv", "--out", str(world / name), "--k-core", "0"]) == 0
+        assert main(["encode", str(world / name), "--encoder", "hashing-32", "--no-cache"]) == 0
+    pre, ft = world / "pre", world / "ft"
+    _crash_run("pretrain", ["pretrain", world / "data", "--model", "unisrec", "--out", pre, "--quiet", "--resume", *PRETRAIN],
+               pre, world, every, 3, limit=1)  # one point each in the default run: two trainings per point
+    _crash_run("finetune", ["finetune", world / "target", "--init", pre, "--out", ft, "--quiet", "--resume", "train.epochs=2"],
+               ft, world, every, 4, limit=1)
+
+
+STEPS_UNDER_TEST = {"prepare": _prepare, "encode+quantize": _encode_quantize, "train": _train,
+                    "pretrain+finetune": _pretrain_finetune}
 
 
 @pytest.mark.parametrize("command", sorted(STEPS_UNDER_TEST))
