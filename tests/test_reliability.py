@@ -429,3 +429,11 @@ def test_encode_is_locked_and_removes_a_killed_encoders_temporaries(tmp_path, ca
     stale.write_bytes(b"half an array")
     assert main([str(a) for a in argv]) == 0
     assert not stale.exists() and not list(out.parent.glob(".*"))
+
+
+def test_a_timestamp_beyond_int64_is_refused_not_wrapped(tmp_path, capsys):
+    raw = write_csv(tmp_path / "raw")
+    lines = (raw / "interactions.csv").read_text().splitlines()
+    lines[1] = lines[1].rsplit(",", 1)[0] + ",1e300"  # found by fuzzing: cast to int64 it became garbage, silently
+    (raw / "interactions.csv").write_text("\n".join(lines) + "\n")
+    one_line_error(capsys, ["prepare", raw, "--format", "csv", "--out", tmp_path / "d", "--k-core", "0"], "1e+300", "out of range")

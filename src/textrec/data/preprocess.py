@@ -125,6 +125,8 @@ def _as_times(times, where) -> np.ndarray:
         raise DataError(f"{where}: timestamps must be numbers, got dtype {times.dtype}")
     if times.dtype.kind == "f" and not np.isfinite(times).all():
         raise DataError(f"{where}: timestamps contain NaN or infinity")
+    if times.dtype.kind == "f" and times.size and np.abs(times).max() >= 2.0**63:  # stored as int64 seconds
+        raise DataError(f"{where}: timestamp {times[np.argmax(np.abs(times))]:g} is out of range (not seconds since 1970?)")
     return times
 
 
