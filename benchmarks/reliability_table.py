@@ -87,7 +87,7 @@ def render(r: dict) -> str:
     lines += ["", f"Test outcomes: fuzzing {r['fuzz_tests']['held']} of {r['fuzz_tests']['tried']} tests passed, crash points "
               f"{r['crash_tests']['held']} of {r['crash_tests']['tried']}. A fuzzed case holds when it reads to a dataset that "
               "saves and loads back or is refused on one line naming the file, with no partial or temporary folder; "
-              "a crash holds when the plain rerun (`prepare --overwrite`, `encode`, `quantize`, `train --resume`) gives "
+              "a crash holds when the plain rerun (`prepare --overwrite`, `encode`, `quantize`, `train`, `pretrain` or `finetune --resume`) gives "
               "byte-identical datasets, embeddings and codes, or the same final metrics, with no temporary, old or lock "
               "file left.", "",
               "```", f"python benchmarks/reliability_table.py --examples {r['examples']}", "```"]
