@@ -84,6 +84,8 @@ def evaluate_run(
     loaded, name = _loaded(run, data, device, overrides)
     ec = loaded.cfg.eval
     ks = tuple(ks) if ks else ec.ks
+    if min(ks) < 1:
+        raise TextrecError(f"--ks must be cut-offs of at least 1, not {min(ks)}")
     mask = mask_history if mask_history is not None else ec.mask_history
     ties = ties or ec.ties
     examples = eval_examples(loaded.dataset, split, loaded.cfg.data.max_seq_len)

@@ -13,13 +13,15 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 from textrec import __version__
-from textrec.errors import TextrecError
+from textrec.errors import TextrecError, storage_message
 
 
 def _print_json(obj) -> None:
@@ -52,10 +54,15 @@ def cmd_prepare(args) -> None:
         drop_items_without_text=not args.keep_items_without_text,
         max_users=args.max_users,
         sample_seed=args.sample_seed,
+        encoding=args.encoding,
     )
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise TextrecError(f"{out} already exists (pass --overwrite to replace it)")
+    if out.exists():
+        from textrec.data.dataset import check_replaceable
+
+        check_replaceable(out)  # before the work: --overwrite replaces only what textrec wrote
     ds = read_dataset(args.source, args.format, opts)
     ds.save(out, overwrite=args.overwrite)
     stats = ds.statistics()
@@ -433,7 +440,9 @@ def _add_prepare(sub, parents) -> None:
     s.add_argument("--max-users", type=int, metavar="N", help="raw formats: keep a seeded sample of N users after the "
                    "k-core, with their whole histories (a corpus sized to the machine)")
     s.add_argument("--sample-seed", type=int, default=0, help="which users --max-users keeps (default 0)")
-    s.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    s.add_argument("--encoding", help="text files' encoding, e.g. latin-1 (default: UTF-8, or UTF-16 with its byte-order "
+                   "mark; bytes that do not decode are an error)")
+    s.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only a directory textrec wrote)")
     s.set_defaults(func=cmd_prepare)
 
 
@@ -662,16 +671,32 @@ def main(argv: list[str] | None = None) -> int:
         extra = [e for e in extra if not ("=" in e and not e.startswith("-"))]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    on_main = threading.current_thread() is threading.main_thread()  # signal handlers can only be set there
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None  # SIGTERM cleans up as Ctrl-C does
     try:
         with _reporting(args):
             args.func(args)
     except (TextrecError, FileExistsError) as e:
         print(f"textrec: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except OSError as e:  # read-only, no space, permission, a path of the wrong kind: one line, no traceback
+        print(f"textrec: error: {storage_message(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
         print("textrec: interrupted (a training run can continue with --resume)", file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is so that the same clean-up runs as for Ctrl-C."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ becomes a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -227,6 +228,8 @@ def _coerce(value, tp, where: str):
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number, not {value!r}")
+        if not math.isfinite(value):  # lr=inf trains to non-finite weights and all-zero metrics with exit 0
+            raise ConfigError(f"{where} must be a finite number, not {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -292,6 +295,8 @@ def load_config(
             d = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
+        except (IsADirectoryError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not a UTF-8 TOML file ({e.strerror if isinstance(e, OSError) else e.reason})") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: invalid TOML ({e})") from None
     if model is not None:
@@ -301,4 +306,10 @@ def load_config(
             raise ConfigError(f"--model {model} disagrees with model.name = {file_model!r} in {path}")
         d["model"]["name"] = model
     d = apply_overrides(d, list(overrides))
-    return RunConfig.from_dict(d, registry)
+    try:
+        return RunConfig.from_dict(d, registry)
+    except ConfigError as e:  # a bad value from the file: name the file, as a TOML error does
+        keys = [o.partition("=")[0].strip() for o in overrides]
+        if path is None or str(path) in str(e) or any(k and k in str(e) for k in keys):
+            raise
+        raise ConfigError(f"{path}: {e}") from None

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 
 class TextrecError(Exception):
-    """Base class for errors caused by input (files, configs, ids), not by a bug."""
+    """Base class for errors caused by input (files, configs, ids), not by a bug.
+
+    Its message is always one line: line breaks that came from the input (a header swallowed by an open
+    quote, a library's multi-line message) are shown escaped.
+    """
+
+    def __str__(self) -> str:
+        return super().__str__().replace("\r", "\\r").replace("\n", "\\n")
 
 
 class DataError(TextrecError):
@@ -26,3 +33,10 @@ class NotFoundError(TextrecError):
 
 class CheckpointError(TextrecError):
     """A run's weights or training state that are damaged, were changed after training, or fit another config."""
+
+
+def storage_message(error: OSError) -> str:
+    """``<path>: <reason>`` for a failed read or write (read-only, no space, permission, wrong kind of path)."""
+    paths = [str(f) for f in (error.filename, error.filename2) if f is not None]
+    reason = error.strerror or str(error)
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason

@@ -4,6 +4,10 @@ Files are written to a temporary name in the same directory and moved into place
 (atomic on POSIX). Directories are built under a temporary name and renamed; an existing directory is
 replaced only after the new one is complete.
 
+A directory being written is locked (``locked``: an ``fcntl`` lock on a hidden ``.<name>.lock`` next to it,
+removed when done), so a second writer gets a one-line error instead of interleaving with the first; the
+lock holder removes the temporary folders a killed writer left behind.
+
 Files that must not change after they are written (a run's checkpoints) are written with
 ``checksummed_path``, which records their sha256 in ``checksums.json`` next to them; ``checksum_matches``
 tells a reader whether a file is still what was written.
@@ -12,9 +16,11 @@ tells a reader whether a file is still what was written.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -67,16 +73,90 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 @contextlib.contextmanager
+def locked(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on writing ``path`` while the block runs; a second writer gets ``TextrecError``.
+
+    The lock is ``flock`` on ``.<name>.lock`` next to ``path``; the holder removes that file before
+    releasing, and a waiter that locked a removed file tries again. The kernel drops the lock of a killed
+    process, so a crash never leaves ``path`` locked.
+    """
+    from textrec.errors import TextrecError
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.parent / f".{path.name}.lock"
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise TextrecError(f"{path}: another textrec command is writing it right now (lock {lock.name}); "
+                               "wait for it to finish") from None
+        try:
+            current = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)  # locked a file its holder removed on release: lock the new one
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary siblings (``.<name>.XXXXXXXX.tmp|.old``) a killed writer of ``path`` left.
+
+    Only safe while holding ``locked(path)``: then no live writer owns them. A writer killed between moving
+    the old ``path`` aside and moving the new one in left ``path`` missing: the old one is put back first.
+    """
+    path = Path(path)
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.[A-Za-z0-9_]{{8}}\.(tmp|old)$")
+    removed = []
+    if path.parent.is_dir():
+        found = sorted(p for p in path.parent.iterdir() if pattern.match(p.name))
+        for p in found:
+            if p.suffix == ".old" and (p / "old").exists() and not path.exists():
+                os.replace(p / "old", path)
+        for p in found:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+@contextlib.contextmanager
+def writing_files(path: str | os.PathLike, suffixes: tuple[str, ...] = (".json",)) -> Iterator[None]:
+    """``locked(path)``, with the temporaries a killed writer of ``path`` (and of its ``suffixes`` siblings) left removed."""
+    path = Path(path)
+    with locked(path):
+        for p in (path, *(path.with_suffix(s) for s in suffixes)):
+            remove_stale_temporaries(p)
+        yield
+
+
+@contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty temporary directory; on success it replaces ``path``.
 
     Raises ``FileExistsError`` up front if ``path`` exists and ``overwrite`` is false, so no work is
-    wasted. On failure the temporary directory is removed and ``path`` is left untouched.
+    wasted. On failure the temporary directory is removed and ``path`` is left untouched. ``path`` is
+    ``locked`` meanwhile, and temporaries of an earlier killed writer are removed first.
     """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists (pass --overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with locked(path):
+        remove_stale_temporaries(path)
+        with _atomic_dir_locked(path) as tmp:
+            yield tmp
+
+
+@contextlib.contextmanager
+def _atomic_dir_locked(path: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
@@ -91,6 +171,20 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def storage_failure(error: Exception, path: str | os.PathLike) -> Exception:
+    """The ``OSError`` behind a serialiser's failure to write ``path``, else ``error`` itself.
+
+    safetensors reports a full disk as ``SafetensorError(... IoError(Os { code: 28, ... }))`` and torch as
+    ``RuntimeError(... file write failed)``; as ``OSError`` they reach the one-line storage error of the CLI.
+    """
+    code = re.search(r"\bcode: (\d+)", str(error))
+    if code:
+        return OSError(int(code[1]), os.strerror(int(code[1])), str(path))
+    if isinstance(error, RuntimeError) and ("write failed" in str(error) or "unexpected pos" in str(error)):
+        return OSError(None, "write failed (is the disk full?)", str(path))
+    return error
 
 
 CHECKSUMS = "checksums.json"

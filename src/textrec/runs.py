@@ -34,9 +34,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model
 
 from textrec.config import RunConfig
-from textrec.data.dataset import Dataset
+from textrec.data.dataset import Dataset, check_dataset_hash
 from textrec.errors import CheckpointError, ConfigError, DataError, NotFoundError, TextrecError
-from textrec.io import checksum_matches, read_json, write_json
+from textrec.io import checksum_matches, locked, read_json, write_json
 from textrec.models import model_class
 from textrec.models.spec import ItemInputs
 from textrec.train.inputs import build_model, load_item_inputs
@@ -87,6 +87,8 @@ def prepare_out_dir(out: Path, config: dict, resume: bool, overwrite: bool) -> N
             if not (out / "config.json").exists():
                 raise TextrecError(f"{out}: cannot resume, it holds no config.json (not a textrec run)")
             saved = read_json(out / "config.json")
+            if "dataset" in saved and "dataset" in config:
+                check_dataset_hash(saved["dataset"].get("content_hash"), config["dataset"], out)
             if _comparable(saved) != _comparable(config):
                 raise TextrecError(f"{out}: cannot resume, its config.json differs from this run's config")
             if config["train"]["epochs"] < saved["train"]["epochs"]:
@@ -111,20 +113,23 @@ def writing_run(out: Path, config: dict, resume: bool, overwrite: bool) -> Itera
     Without ``state.pt`` nothing can be resumed, so the files of this start are removed (and ``out`` itself
     when this start created it): an existing empty directory is left empty, a missing one stays missing.
     """
-    existed = out.exists()
-    prepare_out_dir(out, config, resume, overwrite)
-    try:
-        yield
-    except BaseException:
-        if not (out / "state.pt").exists():
-            for f in ("config.json", *_RUN_FILES):
-                (out / f).unlink(missing_ok=True)
-            for tmp in out.glob(".*.tmp"):
-                tmp.unlink(missing_ok=True)
-            shutil.rmtree(out / "tensorboard", ignore_errors=True)
-            if not existed and not any(out.iterdir()):
-                out.rmdir()
-        raise
+    with locked(out):  # a second writer of the same run gets a one-line error
+        for tmp in out.glob(".*.tmp") if out.is_dir() else ():
+            tmp.unlink(missing_ok=True)  # a killed writer's: with the lock held no live one owns them
+        existed = out.exists()
+        prepare_out_dir(out, config, resume, overwrite)
+        try:
+            yield
+        except BaseException:
+            if not (out / "state.pt").exists():
+                for f in ("config.json", *_RUN_FILES):
+                    (out / f).unlink(missing_ok=True)
+                for tmp in out.glob(".*.tmp"):
+                    tmp.unlink(missing_ok=True)
+                shutil.rmtree(out / "tensorboard", ignore_errors=True)
+                if not existed and not any(out.iterdir()):
+                    out.rmdir()
+            raise
 
 
 # ---- verifying and loading weights ---------------------------------------------------------------
@@ -268,6 +273,8 @@ def load_run(run_dir: str | Path, data_dir: str | Path | None = None, device: st
     ds = Dataset.load(data_path)
     dev = resolve_device(device)
     same_data = data_dir is None or ("dataset" in config and data_path.resolve() == Path(config["dataset"]["path"]).resolve())
+    if same_data:  # re-prepared in place: its ids now name other items than the weights were trained for
+        check_dataset_hash(config["dataset"].get("content_hash"), ds, run)
     if not same_data and not _same_catalogue(ds, config):
         return load_zero_shot(run, cfg, config, ds, data_path, dev, chosen)
     expected = config["dataset"]["n_items"]

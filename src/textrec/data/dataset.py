@@ -32,6 +32,35 @@ FORMAT_VERSION = 1
 MIN_SEQ_LEN = 3  # leave-one-out needs at least one training item, a validation and a test target
 
 
+def check_dataset_hash(expected: str | None, dataset: "Dataset | dict", where: str | Path) -> None:
+    """Refuse ``dataset`` (a ``Dataset`` or its ``meta.json``) when its content hash is not ``expected``.
+
+    ``where`` names what was made for the ``expected`` content (a run, an embeddings file). Re-preparing a
+    dataset in place renumbers its items, so per-item weights or rows made before would silently attach to
+    other items; this turns that into one line naming both hashes. ``expected=None`` (a record written
+    before textrec kept hashes) is accepted.
+    """
+    if expected is None:
+        return
+    meta = dataset.meta if isinstance(dataset, Dataset) else dataset
+    actual = meta.get("content_hash") or (dataset.content_hash() if isinstance(dataset, Dataset) else None)
+    if actual != expected:
+        name = meta.get("name", "the dataset")
+        raise DataError(f"{where}: made for dataset content hash {expected[:12]}, but {name} now has content hash "
+                        f"{str(actual)[:12]} (it was prepared again or changed); re-run the step that made {where}")
+
+
+def is_dataset_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a directory ``Dataset.save`` wrote (it holds a textrec ``meta.json``)."""
+    meta = Path(path) / "meta.json"
+    if not meta.is_file():
+        return False
+    try:
+        return "content_hash" in json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
 @dataclass
 class Dataset:
     """Items and per-user chronological sequences, held as flat (ragged) numpy arrays."""
@@ -149,6 +178,8 @@ class Dataset:
         import pyarrow.parquet as pq
 
         path = Path(path)
+        if overwrite and path.exists():
+            check_replaceable(path)
         with atomic_dir(path, overwrite=overwrite) as tmp:
             items = {
                 "item_id": pa.array(np.arange(1, self.n_items + 1, dtype=np.int32)),
@@ -196,6 +227,10 @@ class Dataset:
 
         path = Path(path)
         if not path.is_dir():
+            aside = sorted(path.parent.glob(f".{path.name}.*.old/old")) if path.name else []
+            if aside:  # a write killed between moving the old dataset aside and the new one in
+                raise DataError(f"{path}: a write of it was interrupted; the previous version is whole at {aside[0]} "
+                                "(run the write again, which puts it back first, or move it back)")
             raise DataError(f"{path}: no such dataset directory (create one with `textrec prepare`)")
         meta_path = path / "meta.json"
         if not meta_path.exists():
@@ -207,7 +242,7 @@ class Dataset:
             items = pq.read_table(path / "items.parquet")
             seqs = pq.read_table(path / "sequences.parquet")
         except (OSError, ValueError) as e:
-            raise DataError(f"{path}: cannot read dataset tables ({e})") from None
+            raise DataError(f"{path}: cannot read dataset tables ({' '.join(str(e).split())})") from None
         item_ids = items.column("item_id").to_numpy()
         if not np.array_equal(item_ids, np.arange(1, len(item_ids) + 1)):
             raise DataError(f"{path / 'items.parquet'}: item_id must be 1..n_items in order")
@@ -223,7 +258,13 @@ class Dataset:
         feats: dict[str, np.ndarray] = {}
         if features and (path / "features").is_dir():
             for f in sorted((path / "features").glob("*.npy")):
-                feats[f.stem] = np.load(f, mmap_mode="r")
+                side = f.with_suffix(".json")  # a table `textrec encode --images` added records what it was made for
+                if side.is_file():
+                    check_dataset_hash(read_json(side).get("dataset_content_hash"), meta, f)
+                try:
+                    feats[f.stem] = np.load(f, mmap_mode="r")
+                except (OSError, ValueError) as e:
+                    raise DataError(f"{f}: cannot read feature table ({e})") from None
         ds = cls(
             name=meta.get("name", path.name),
             item_keys=items.column("item_key").to_pylist(),
@@ -266,3 +307,30 @@ class Dataset:
     def user_index(self) -> dict[str, int]:
         """Map original user key -> user row (0-based)."""
         return {k: i for i, k in enumerate(self.user_keys)}
+
+
+def _is_run_dir(path: Path) -> bool:
+    try:
+        return "textrec_version" in json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
+def check_replaceable(path: str | Path) -> None:
+    """Refuse to replace ``path`` unless textrec wrote it: a dataset or run directory, or an empty one.
+
+    ``--overwrite`` must never delete a folder a user made (or the one a command runs in).
+    """
+    path = Path(path)
+    resolved = path.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise DataError(f"{path}: refusing to replace the current directory or one above it; choose another --out")
+    if not path.is_dir():
+        raise DataError(f"{path}: exists and is not a directory; refusing to replace it (remove it yourself)")
+    if not any(path.iterdir()) or is_dataset_dir(path) or _is_run_dir(path):
+        return
+    if {p.name for p in path.iterdir()} <= {"train", "eval"} and all(is_dataset_dir(p) for p in path.iterdir()):
+        return  # made by `textrec holdout`
+    raise DataError(f"{path}: not a directory textrec wrote (no dataset meta.json); refusing to replace it with "
+                    "--overwrite (remove it yourself or choose another --out)")

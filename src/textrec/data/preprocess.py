@@ -31,10 +31,8 @@ removed by a step goes to ``meta["counts"]``.
 
 from __future__ import annotations
 
-import contextlib
-import zlib
-from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
+import logging
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -45,16 +43,9 @@ from textrec.errors import DataError
 if TYPE_CHECKING:  # a runtime import would be circular: the format readers import this module
     from textrec.data.formats.common import PrepareOptions
 
+log = logging.getLogger("textrec.data.preprocess")
+
 TIE_BREAK = "timestamp, then position in the source file (stable sort)"
-
-
-@contextlib.contextmanager
-def reading(path: str | Path) -> Iterator[None]:
-    """Turn I/O failures while reading ``path`` (unreadable, corrupt or truncated gzip) into ``DataError``."""
-    try:
-        yield
-    except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: cannot read ({e})") from None
 
 
 class KCore(NamedTuple):
@@ -118,6 +109,8 @@ def _as_times(times, where) -> np.ndarray:
         raise DataError(f"{where}: timestamps must be numbers, got dtype {times.dtype}")
     if times.dtype.kind == "f" and not np.isfinite(times).all():
         raise DataError(f"{where}: timestamps contain NaN or infinity")
+    if times.dtype.kind == "f" and times.size and np.abs(times).max() >= 2.0**63:  # stored as int64 seconds
+        raise DataError(f"{where}: timestamp {times[np.argmax(np.abs(times))]:g} is out of range (not seconds since 1970?)")
     return times
 
 
@@ -209,6 +202,28 @@ def _require(cols: dict[str, np.ndarray], step: str, where, counts: dict[str, in
 
 
 
+_DROPS = (  # counter in meta["counts"] -> what it counts, in the order the steps run
+    ("duplicates_removed", "duplicate interactions"),
+    ("below_min_rating_removed", "interactions rated below --min-rating"),
+    ("items_without_text_removed", "interactions of items with no text/metadata"),
+    ("k_core_removed", "interactions outside the k-core"),
+    ("sampled_out_interactions", "interactions of users left out by --max-users"),
+    ("short_user_interactions_removed", f"interactions of users with fewer than {MIN_SEQ_LEN}"),
+)
+
+
+def dropped_summary(counts: Mapping[str, int], duplicate_item_rows: int = 0) -> str:
+    """What preprocessing removed, in words (empty when nothing was): ``textrec prepare`` prints it."""
+    parts = [f"{counts[k]:,} {what}" for k, what in _DROPS if counts.get(k)]
+    if duplicate_item_rows:
+        parts.append(f"{duplicate_item_rows:,} repeated item rows (the first row of an item kept)")
+    if not parts:
+        return ""
+    kept = counts.get("interactions")
+    head = f"kept {kept:,} of {counts['raw_interactions']:,} interactions; dropped " if kept is not None else "dropped "
+    return head + ", ".join(parts) + " (counts in meta.json)"
+
+
 def _n_distinct(codes: np.ndarray) -> int:
     return int(np.count_nonzero(np.bincount(codes))) if codes.size else 0
 
@@ -239,6 +254,9 @@ def _assemble(
     if item_attributes is not None:
         attributes = [dict(item_attributes.get(k, {})) for k in item_keys]
     counts.update(users=int(user_codes.size), items=int(item_codes.size), interactions=int(cols["user"].shape[0]))
+    summary = dropped_summary(counts, source.get("duplicate_item_rows", 0))
+    if summary:
+        log.warning("%s: %s", source.get("path", name), summary)
     meta = {
         "source": source,
         "filters": {

@@ -34,8 +34,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from textrec.data.dataset import check_dataset_hash
 from textrec.errors import DataError, NotFoundError
-from textrec.io import atomic_path, read_json, write_json
+from textrec.io import atomic_path, read_json, write_json, writing_files
 from textrec.quant.pq import ItemQuantizer
 from textrec.text.encode import check_name, dataset_meta, load_item_embeddings
 
@@ -117,6 +118,13 @@ def _write_codes(data_dir: Path, name: str, codes: np.ndarray, quantizer: ItemQu
     table = np.full((meta["n_items"] + 1, quantizer.n_codebooks), PAD_CODE, dtype=dtype)
     table[1:] = codes
     out = data_dir / CODES_DIR / f"{name}.npy"
+    with writing_files(out, (".json", ".index")):
+        return _write_codes_locked(out, meta, table, codes, quantizer, train_ids, info, t0, dtype)
+
+
+def _write_codes_locked(out: Path, meta: dict, table: np.ndarray, codes: np.ndarray, quantizer: ItemQuantizer,
+                        train_ids: np.ndarray, info: dict, t0: float, dtype) -> QuantizeResult:
+    name = out.stem
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         np.save(f, table)
     index_path = quantizer.save(out.with_suffix(".index"), codes[train_ids - 1])
@@ -361,9 +369,7 @@ def load_item_codes(data_dir: str | Path, name: str | None = None) -> tuple[np.n
         raise NotFoundError(f"{data_dir}: no item codes named {name!r} (available: {', '.join(names)})")
     path = data_dir / CODES_DIR / f"{name}.npy"
     info = read_json(path.with_suffix(".json")) if path.with_suffix(".json").exists() else {}
-    if info.get("dataset_content_hash") != meta["content_hash"]:
-        raise DataError(f"{path}: made for a different version of this dataset (content hash differs); "
-                        f"re-run `textrec quantize {data_dir}`")
+    check_dataset_hash(info.get("dataset_content_hash", "none recorded"), meta, path)
     codes = np.load(path)
     if codes.ndim != 2 or codes.shape[0] != meta["n_items"] + 1:
         raise DataError(f"{path}: shape {codes.shape}, expected ({meta['n_items'] + 1}, n_codebooks)")

@@ -11,12 +11,15 @@ Chunks are only ever added, each written to a temporary name and renamed into pl
 writers never clash and a reader never sees half a chunk; when one key holds more than
 ``MAX_CHUNKS`` chunks they are merged into one (the merged chunk is written before the old ones go).
 A hash present in several chunks (two processes encoding the same text) keeps its first vector.
+A cache that cannot be written (read-only, full) is a warning, not an error: encoding goes on without it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import secrets
 import time
@@ -28,6 +31,8 @@ from textrec.errors import DataError
 from textrec.io import atomic_path, read_json, write_json
 
 MAX_CHUNKS = 64
+STALE_SECONDS = 86_400  # a chunk temporary this old belongs to no live writer
+log = logging.getLogger("textrec.text.cache")
 HASH_BYTES = 20  # SHA-1
 
 
@@ -58,6 +63,7 @@ class EmbeddingCache:
         self.dim = int(dim)
         self._rows: dict[bytes, int] | None = None
         self._vectors: list[np.ndarray] = []
+        self._writable = True  # false after a failed write: then vectors are only kept in memory
 
     # ---- reading -----------------------------------------------------------------------------------
     def _chunks(self) -> list[Path]:
@@ -115,13 +121,29 @@ class EmbeddingCache:
         new = np.array([h.tobytes() not in self._rows for h in hashes], dtype=bool)
         if not new.any():
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if not (self.dir / "key.json").exists():
-            write_json(self.dir / "key.json", self.key_info)
-        self._write_chunk(hashes[new], vectors[new])
+        if not self._writable:
+            self._add_rows(hashes[new], vectors[new])
+            return
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if not (self.dir / "key.json").exists():
+                write_json(self.dir / "key.json", self.key_info)
+            self._write_chunk(hashes[new], vectors[new])
+            self._remove_stale_temporaries()
+        except OSError as e:  # read-only or full: the cache only saves time, so encoding goes on without it
+            self._writable = False
+            log.warning("warning: cannot write the embedding cache %s (%s); encoding goes on without caching",
+                        self.dir, e.strerror or e)
         self._add_rows(hashes[new], vectors[new])
-        if len(self._chunks()) > MAX_CHUNKS:
+        if self._writable and len(self._chunks()) > MAX_CHUNKS:
             self.compact()
+
+    def _remove_stale_temporaries(self) -> None:
+        """Chunk temporaries older than a day: left by a killed writer (a live one renames its own in seconds)."""
+        for tmp in self.dir.glob(".chunk-*.tmp"):
+            with contextlib.suppress(OSError):
+                if time.time() - tmp.stat().st_mtime > STALE_SECONDS:
+                    tmp.unlink()
 
     def _write_chunk(self, hashes: np.ndarray, vectors: np.ndarray) -> Path:
         path = self.dir / f"chunk-{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}.npz"

@@ -28,8 +28,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from textrec.data.dataset import check_dataset_hash
 from textrec.errors import DataError, NotFoundError
-from textrec.io import atomic_path, read_json, write_json
+from textrec.io import atomic_path, read_json, write_json, writing_files
 from textrec.log import show_progress
 from textrec.text.augment import word_drop_texts
 from textrec.text.cache import EmbeddingCache, text_hashes
@@ -171,10 +172,17 @@ def encode_dataset(
     if cache is not False:
         root = None if cache is True else cache
         store = EmbeddingCache(encoder.identity, encoder.pooling, encoder.max_length, encoder.dim, root)
+    out = Path(data_dir) / EMBEDDINGS_DIR / f"{name}.npy"
+    with writing_files(out):  # a second encoder of the same name gets one line; a killed one's temporaries go
+        return _encode_into(out, ds, meta, encoder, texts, store, word_drop, seed, t0)
+
+
+def _encode_into(out: Path, ds, meta: dict, encoder: TextEncoder, texts: list[str], store: EmbeddingCache | None,
+                 word_drop: float, seed: int, t0: float) -> EncodeResult:
     enc = encode_texts(encoder, texts, store)
     table = np.zeros((ds.n_items + 1, encoder.dim), dtype=np.float32)
     table[1:] = enc.vectors
-    out = Path(data_dir) / EMBEDDINGS_DIR / f"{name}.npy"
+    name = out.stem
     _write_npy(out, table)
     seconds = time.perf_counter() - t0
     write_json(out.with_suffix(".json"), {
@@ -242,11 +250,7 @@ def load_item_embeddings(data_dir: str | Path, name: str | None = None) -> tuple
     path = data_dir / EMBEDDINGS_DIR / f"{name}.npy"
     if path.exists():
         info = read_json(path.with_suffix(".json")) if path.with_suffix(".json").exists() else {}
-        if info.get("dataset_content_hash") != meta["content_hash"]:
-            raise DataError(
-                f"{path}: made for a different version of this dataset (content hash differs); "
-                f"re-run `textrec encode {data_dir}`"
-            )
+        check_dataset_hash(info.get("dataset_content_hash", "none recorded"), meta, path)
     else:
         path = data_dir / "features" / f"{name}.npy"
         info = {"name": name, "kind": "dataset_feature", "source": str(path)}

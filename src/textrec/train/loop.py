@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_model
 from tqdm.auto import tqdm
 
@@ -51,7 +52,7 @@ from textrec.config import RunConfig, TrainConfig
 from textrec.data.batching import EvalBatcher, TrainBatcher
 from textrec.errors import CheckpointError, TextrecError
 from textrec.eval.ranking import evaluate
-from textrec.io import atomic_path, checksummed_path, write_json
+from textrec.io import atomic_path, checksummed_path, storage_failure, write_json
 from textrec.log import show_progress
 from textrec.models.spec import Phase
 from textrec.runs import _first_problem, load_weights, resolve_device, verify_checkpoint  # noqa: F401 (re-exported)
@@ -307,7 +308,10 @@ class _Trainer:
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         with checksummed_path(path) as tmp:
-            torch.save(state, tmp)
+            try:
+                torch.save(state, tmp)
+            except RuntimeError as e:  # a full disk: one line naming the file, the last state kept
+                raise storage_failure(e, path) from None
 
 
 def fit(
@@ -429,7 +433,10 @@ def _hook_report(phase: Phase, report) -> dict:
 def _save_best(trainer: _Trainer) -> None:
     if trainer.out is not None:
         with checksummed_path(trainer.out / "model.safetensors") as tmp:
-            save_model(trainer.model, str(tmp))
+            try:
+                save_model(trainer.model, str(tmp))
+            except SafetensorError as e:  # a full disk: one line naming the file, the last weights kept
+                raise storage_failure(e, trainer.out / "model.safetensors") from None
     else:
         trainer.best_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 

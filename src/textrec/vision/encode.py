@@ -36,7 +36,7 @@ from typing import NamedTuple
 import numpy as np
 
 from textrec.errors import DataError, NotFoundError
-from textrec.io import atomic_path, read_json, write_json
+from textrec.io import atomic_path, read_json, write_json, writing_files
 from textrec.log import show_progress
 from textrec.text.cache import EmbeddingCache
 from textrec.text.encode import check_name, dataset_meta, encode_texts
@@ -179,7 +179,7 @@ def _target(data_dir: Path, name: str) -> Path:
 def _write_table(out: Path, rows: np.ndarray, present: np.ndarray, info: dict) -> FeatureTable:
     table = np.zeros((len(rows) + 1, rows.shape[1]), dtype=np.float32)
     table[1:][present] = rows[present]
-    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+    with writing_files(out), atomic_path(out) as tmp, open(tmp, "wb") as f:
         np.save(f, table)
     n_present = int((np.abs(table[1:]).sum(axis=1) > 0).sum())
     write_json(out.with_suffix(".json"), {"name": out.stem, "kind": KIND, **info, "dim": int(table.shape[1]),

@@ -42,7 +42,8 @@ from typing import Any, NamedTuple
 
 from textrec.data.dataset import Dataset
 from textrec.data.formats.common import BadLines, PrepareOptions, iter_lines
-from textrec.data.preprocess import build_dataset, reading
+from textrec.data.formats.common import reading
+from textrec.data.preprocess import build_dataset
 from textrec.errors import DataError
 from textrec.text.clean import clean_text, item_text
 

@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from textrec.data.dataset import Dataset
-from textrec.data.formats.common import BadLines, PrepareOptions, open_text
-from textrec.data.preprocess import build_dataset, reading
+from textrec.data.formats.common import BadLines, PrepareOptions, check_no_nul, open_text
+from textrec.data.formats.common import reading
+from textrec.data.preprocess import build_dataset
 from textrec.errors import DataError
 
 EXTENSIONS = (".csv", ".tsv", ".tab", ".csv.gz", ".tsv.gz", ".tab.gz", ".parquet", ".pq")
@@ -62,9 +64,21 @@ class Problems:
             bad(path, line, problem)
 
 
+def _lift_field_size_limit() -> None:
+    """Accept fields of any size, as the Parquet reader does (the csv module refuses fields over 128 KiB)."""
+    limit = sys.maxsize
+    while True:
+        try:
+            csv.field_size_limit(limit)
+            return
+        except OverflowError:  # a C long narrower than Py_ssize_t
+            limit //= 2
+
+
 def read_csv_columns(path: Path, wanted: list[str] | None, optional: tuple[str, ...]) -> tuple[dict[str, list[str]], Problems]:
     """Columns ``wanted`` (all when None) and those of ``optional`` present, as stripped strings."""
     delimiter = _delimiter(path)
+    _lift_field_size_limit()
     lines: list[int] = []
     found: list[tuple[int, str]] = []
     with reading(path), open_text(path) as f:
@@ -72,6 +86,7 @@ def read_csv_columns(path: Path, wanted: list[str] | None, optional: tuple[str, 
         reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
         try:
             header = [h.strip() for h in next(reader, [])]
+            check_no_nul(path, 1, "".join(header))
             if not header:
                 raise DataError(f"{path}: empty file (expected a header line)")
             missing = [c for c in wanted or [] if c not in header]
@@ -110,7 +125,7 @@ def read_parquet_columns(path: Path, wanted: list[str] | None, optional: tuple[s
             wanted = wanted + [c for c in optional if c in names]
         table = pq.read_table(path, columns=wanted)
     except (OSError, pa.ArrowException) as e:
-        raise DataError(f"{path}: cannot read Parquet ({e})") from None
+        raise DataError(f"{path}: cannot read Parquet ({' '.join(str(e).split())})") from None
     return {c: table.column(c).combine_chunks() for c in table.column_names}
 
 

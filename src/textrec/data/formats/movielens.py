@@ -26,8 +26,9 @@ from pathlib import Path
 
 from textrec.data.dataset import Dataset
 from textrec.data.formats.amazon import Interactions, field_attributes
-from textrec.data.formats.common import BadLines, PrepareOptions, iter_lines
-from textrec.data.preprocess import build_dataset, reading
+from textrec.data.formats.common import BadLines, PrepareOptions, check_no_nul, explicit_encoding, iter_lines
+from textrec.data.formats.common import reading
+from textrec.data.preprocess import build_dataset
 from textrec.errors import DataError
 from textrec.text.clean import item_text
 
@@ -47,11 +48,12 @@ def latin1_lines(path: Path) -> Iterator[tuple[int, str]]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     with reading(path), open(path, "rb") as f:
-        encoding = "utf-8-sig" if f.read(3) == codecs.BOM_UTF8 else "latin-1"
-    with reading(path), open(path, encoding=encoding, errors="replace", newline="") as f:
+        encoding = explicit_encoding() or ("utf-8-sig" if f.read(3) == codecs.BOM_UTF8 else "latin-1")
+    with reading(path), open(path, encoding=encoding, errors="strict", newline="") as f:
         for n, line in enumerate(f, 1):
             line = line.rstrip("\r\n")
             if line.strip():
+                check_no_nul(path, n, line)
                 yield n, line
 
 
@@ -59,7 +61,7 @@ def _add_rating(out: Interactions, path: Path, n: int, fields: list[str], bad: B
     user, item, rating, time = (f.strip() for f in fields)
     try:
         out.add(user, item, float(rating), int(float(time)))
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: a timestamp of inf or 1e309
         bad(path, n, f"rating {rating!r} or timestamp {time!r} is not a number")
 
 

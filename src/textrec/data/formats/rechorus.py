@@ -26,7 +26,7 @@ import numpy as np
 
 from textrec.data.dataset import Dataset
 from textrec.data.formats.common import BadLines, PrepareOptions, iter_lines, iter_tsv
-from textrec.data.preprocess import reading
+from textrec.data.formats.common import reading
 from textrec.errors import DataError
 from textrec.log import warn
 

@@ -93,6 +93,9 @@ def _reconstruct(user: str, train_rows, valid_row, test_row, prefix: Path) -> li
     n_train = len(train_rows) + 1  # one train row per target p = 1..n_train-1
     if len(valid_hist) == n_train:  # the valid history is the whole training part
         train_part = list(valid_hist)
+    elif not train_rows:
+        raise DataError(f"{prefix}.valid.inter:{valid_row[0]}: user {user} has a history of {len(valid_hist)} items "
+                        f"but no rows in {prefix.name}.train.inter")
     else:  # it is truncated: chain the prefix rows, shortest first
         by_hist: dict[tuple[str, ...], list[str]] = defaultdict(list)
         for _, _, hist, target in reversed(train_rows):
