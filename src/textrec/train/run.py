@@ -31,7 +31,7 @@ from textrec.data.split import eval_examples, prefix_rows, train_windows
 from textrec.errors import CheckpointError, ConfigError, DataError, NotFoundError, TextrecError
 from textrec.io import read_json, write_json
 from textrec.models import model_class
-from textrec.models.spec import ItemInputs, Phase
+from textrec.models.spec import ItemInputs, Phase, spec_of
 from textrec.train.inputs import build_model, load_item_inputs
 from textrec.train.loop import FitResult, fit, load_weights, resolve_device, seed_everything
 
@@ -54,7 +54,7 @@ class RunResult:
 
 def _comparable(config: dict) -> dict:
     """A config without what may change between an interrupted run and its resumption."""
-    c = {k: v for k, v in config.items() if k not in ("textrec_version", "new_catalogue")}
+    c = {k: v for k, v in config.items() if k not in ("textrec_version", "new_catalogue", "recipe")}
     c.update(_with_defaults(c))
     c["train"] = {k: v for k, v in c.get("train", {}).items() if k != "epochs"}
     return c
@@ -124,17 +124,18 @@ def writing_run(out: Path, config: dict, resume: bool, overwrite: bool) -> Itera
 def resolve_training_rows(cfg: RunConfig, pretraining: bool) -> tuple[str, str]:
     """(rows, batching) for this run: what the config asks, else what the model declares.
 
-    A model whose ``TRAINING_ROWS`` is not ``"windows"`` (not causal) can never train on windows.
+    A model that is not causal (``SPEC.causal``) can never train on windows.
     Pre-training batches are domain-stratified by default; on windows, each keeps at most
     ``data.pretrain_targets_per_row`` targets per epoch (``make_batchers``), so batches span many users at
     the cost of windows rather than of one row per prefix (``data.train_rows=prefixes``, the references'
     pairs: about 40x the tokens on Office + MovieLens, which does not fit a CPU).
     """
-    declared = model_class(cfg.model).TRAINING_ROWS
+    spec = spec_of(model_class(cfg.model))
+    declared = spec.training_rows
     rows = cfg.data.train_rows
     if rows == "auto":
         rows = declared
-    if rows == "windows" and declared != "windows":
+    if rows == "windows" and not spec.causal:
         raise ConfigError(f"model {cfg.model} is not causal, so it cannot train on whole-sequence windows; "
                           f"use data.train_rows={declared} (or auto)")
     batching = cfg.train.batching
@@ -144,9 +145,8 @@ def resolve_training_rows(cfg: RunConfig, pretraining: bool) -> tuple[str, str]:
 
 
 def sampled_cut(cfg: RunConfig, pretraining: bool) -> str:
-    """Which prefix rows a per-user draw picks from: the model's ``sampled_cut(cfg, pretraining)``, else any."""
-    pick = getattr(model_class(cfg.model), "sampled_cut", None)
-    return pick(cfg.model_config, pretraining) if pick is not None else "any"
+    """Which prefix rows a per-user draw picks from: the model's ``SPEC.sampled_cut(cfg, pretraining)``."""
+    return spec_of(model_class(cfg.model)).sampled_cut(cfg.model_config, pretraining)
 
 
 def make_batchers(
@@ -177,6 +177,16 @@ def describe(what: str, cfg: RunConfig, ds: Dataset, model, train_b: TrainBatche
         f"{train_b.total_targets:,} training targets) on {device}, {n_params:,} parameters -> {out}",
         file=sys.stderr,
     )
+    if cfg.recipe:
+        print(f"{cfg.model}'s recipe (under your config and overrides): "
+              + " ".join(f"{k}={_setting(v)}" for k, v in cfg.recipe.items()), file=sys.stderr)
+
+
+def _setting(value) -> str:
+    """A recipe value as it is typed as an override (``eval.extra=[mrr,auc]``)."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(map(_setting, value)) + "]"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def train_run(
@@ -289,7 +299,7 @@ def load_zero_shot(run: Path, cfg: RunConfig, config: dict, ds: Dataset, data_pa
     """The run's model for the catalogue of ``ds``, with no training on it.
 
     Generic over models: the item-side inputs the model declares are read from ``data_path``, the model is
-    built for that catalogue and every weight of the run except its ``CATALOGUE_KEYS`` is loaded (as
+    built for that catalogue and every weight of the run except its ``SPEC.catalogue_keys`` is loaded (as
     fine-tuning does); the catalogue-sized state is then what the model computes from the new items' content
     (a text table, item codes, Recformer's sentences encoded on first use). Refused for a model that scores
     item IDs, one that learned a weight per item (a transductive mode), and inputs of another origin than
@@ -316,7 +326,7 @@ def load_zero_shot(run: Path, cfg: RunConfig, config: dict, ds: Dataset, data_pa
     if problem:
         raise DataError(f"{where}; {problem}")
     model = build_model(cfg, inputs)
-    skip = tuple(getattr(cls, "CATALOGUE_KEYS", ()))
+    skip = spec_of(cls).catalogue_keys
     per_item = [n for n, p in model.named_parameters() if n.startswith(skip) and p.shape[:1] == (inputs.n_items + 1,)]
     if per_item:
         raise TextrecError(f"{where}; {cfg.model} learned a weight per item of its catalogue ({per_item[0]}, a transductive "
@@ -334,7 +344,7 @@ def load_zero_shot(run: Path, cfg: RunConfig, config: dict, ds: Dataset, data_pa
 def _content_models() -> str:
     from textrec.models import MODELS
 
-    return ", ".join(n for n in sorted(MODELS) if model_class(n).ITEM_INPUTS)
+    return ", ".join(n for n in sorted(MODELS) if spec_of(model_class(n)).item_inputs)
 
 
 def _recorded_inputs(recorded: dict | None) -> str:
