@@ -291,7 +291,7 @@ def cmd_pretrain(args) -> None:
     from textrec.config import load_config
     from textrec.train.transfer import pretrain_run
 
-    cfg = load_config(args.config, args.overrides, model=args.model)
+    cfg = load_config(args.config, args.overrides, model=args.model, kind="pretrain")
     result = pretrain_run(args.data, cfg, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
     _report_run(args, cfg.model, result, "pre-training ")
 
