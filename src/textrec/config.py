@@ -198,6 +198,34 @@ def recipe_for(model_cls: type, kind: str) -> dict[str, Any]:
     return {**base, **spec_of(model_cls).recipe.for_kind(kind)}
 
 
+def model_recipes() -> dict[str, dict]:
+    """Every registered model's defaults: ``{"train" | "pretrain" | "finetune": {"section.key": value}, "source": ...,
+    "extra": ...}`` (pre-training includes ``PRETRAIN_DEFAULTS``); a model whose optional package is missing gives
+    ``{"missing": <the one-line reason>}``. What ``textrec info --models`` and ``textrec train --help`` show."""
+    from textrec.errors import NotFoundError
+    from textrec.models import MODELS
+    from textrec.models.spec import spec_of
+
+    out = {}
+    for name, load in MODELS.items():
+        try:
+            cls = load()
+        except NotFoundError as e:
+            out[name] = {"missing": str(e)}
+            continue
+        spec = spec_of(cls)
+        out[name] = {kind: recipe_for(cls, kind) for kind in ("train", "pretrain", "finetune")}
+        out[name].update(source=spec.recipe.source, extra=spec.extra)
+    return out
+
+
+def format_setting(value) -> str:
+    """A setting as it is typed in an override: ``eval.extra=[mrr,auc]``, ``train.amp=false``."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(map(format_setting, value)) + "]"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def with_recipe(d: dict, kind: str, registry: dict | None = None) -> RunConfig:
     """The config of nested dict ``d`` (file values and overrides applied), the model's recipe for runs of ``kind``
     filling every setting ``d`` leaves open; ``RunConfig.recipe`` records what it filled."""

@@ -41,7 +41,7 @@ class IndexParts(NamedTuple):
         return int(self.codebooks.shape[1]).bit_length() - 1
 
 
-def require_faiss(purpose: str = "item codes"):
+def require_faiss(purpose: str = "quantising item codes"):
     """The faiss module, or a one-line error naming the extra that brings it (``textrec.extras``)."""
     from textrec.extras import require
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from textrec import __version__
-from textrec.config import RunConfig
+from textrec.config import RunConfig, format_setting
 from textrec.data.batching import EvalBatcher, TrainBatcher, cut_mask, keep_rows
 from textrec.data.dataset import Dataset
 from textrec.data.split import eval_examples, prefix_rows, train_windows
@@ -179,14 +179,7 @@ def describe(what: str, cfg: RunConfig, ds: Dataset, model, train_b: TrainBatche
     )
     if cfg.recipe:
         print(f"{cfg.model}'s recipe (under your config and overrides): "
-              + " ".join(f"{k}={_setting(v)}" for k, v in cfg.recipe.items()), file=sys.stderr)
-
-
-def _setting(value) -> str:
-    """A recipe value as it is typed as an override (``eval.extra=[mrr,auc]``)."""
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(map(_setting, value)) + "]"
-    return str(value).lower() if isinstance(value, bool) else str(value)
+              + " ".join(f"{k}={format_setting(v)}" for k, v in cfg.recipe.items()), file=sys.stderr)
 
 
 def train_run(
