@@ -25,7 +25,7 @@ Reference: gimpong/MM23-MISSRec @c3167c5 (``missrec.py``, ``model_utils.py``, ``
   softmax(alpha x [s_text, s_image]) with a learned scalar alpha (init 0), computed as its two-modality closed
   form s_v + sigmoid(alpha (s_t - s_v)) (s_t - s_v); transductive: (cos(u, E_id[i]) + 2 x fused) / 3, inductive:
   fused. ``item_embeddings`` rows hold an item's normalised modality vectors, ID vector and presence flags, and
-  ``score_items`` fuses them (the evaluator and recommender call it).
+  ``score_items`` fuses them (``SPEC.score``: the evaluator and recommender call it).
 * ``loss``: cross-entropy over all items of scores / temperature + gamma x Omega, the interest-orthogonality
   regulariser sum_batch ||pooled memory||^2 / D. ``pretrain_loss``: in-batch sequence-item contrast on fused
   scores + lambda x sequence-sequence contrast with an augmented view (item drop with probability
