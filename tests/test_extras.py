@@ -61,3 +61,12 @@ def test_recformer_without_transformers_fails_in_one_line(missing, tiny_dir, tmp
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "pip install 'textrec[text]'" in err and "recformer" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_text_encoding_without_transformers(missing):
+    from textrec.text.encoders import HFEncoder, default_encoder_path
+
+    encoder = HFEncoder(default_encoder_path(), device="cpu")  # nothing is loaded before the first text
+    missing("transformers")
+    with pytest.raises(MissingDependencyError, match=r"text encoding with .* needs the package transformers \(pip install 'textrec\[text\]'\)"):
+        encoder.encode(["a text"])

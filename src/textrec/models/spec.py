@@ -37,7 +37,7 @@ from torch import Tensor, nn
 InputKind = Literal["text_embeddings", "word_drop_embeddings", "codes", "features", "attributes"]
 TrainingRows = Literal["windows", "prefixes", "sampled"]
 PhaseKind = Literal["train", "pretrain", "finetune"]
-ItemStateFill = Literal["inputs", "grow"]  # how a grown catalogue fills a per-item entry (``ITEM_STATE``)
+ItemStateFill = Literal["inputs", "grow"]  # how a grown catalogue fills a per-item entry (``ModelSpec.item_state``)
 
 
 @dataclass
