@@ -27,7 +27,7 @@ from textrec.data.dataset import Dataset
 from textrec.data.split import eval_examples, prefix_rows
 from textrec.data.synthetic import WorldSpec, make_domain
 from textrec.errors import ConfigError, TextrecError
-from textrec.models import MODELS, model_class
+from textrec.models import MODELS
 from textrec.models.spec import Phase, train_all
 from textrec.serve.catalogue import add_items
 from textrec.train.inputs import build_model
