@@ -22,7 +22,7 @@ from textrec.models.layers import (
     last_position,
     next_item_positions,
 )
-from textrec.models.spec import ItemInputs, Phase, train_all
+from textrec.models.spec import ItemInputs, ModelSpec, Phase, train_all
 
 
 # ---- MISSRec-shaped: several feature tables with missing rows, bidirectional, per-epoch re-clustering ----
@@ -37,9 +37,8 @@ class MissDoubleConfig:
 
 class MissDouble(nn.Module):
     Config = MissDoubleConfig
-    ITEM_INPUTS = ("features",)
-    TRAINING_ROWS = "prefixes"  # not causal
-    CATALOGUE_KEYS = ("feature_", "present_", "centroids")
+    SPEC = ModelSpec(item_inputs=("features",), causal=False, training_rows="prefixes",
+                     catalogue_keys=("feature_", "present_", "centroids"))
     built: list = []  # every instance, so a test can inspect the one train_run built
 
     def __init__(self, cfg: MissDoubleConfig, inputs: ItemInputs, max_seq_len: int) -> None:
@@ -123,9 +122,8 @@ class RecDoubleConfig:
 
 class RecDouble(nn.Module):
     Config = RecDoubleConfig
-    ITEM_INPUTS = ("attributes",)
-    TRAINING_ROWS = "sampled"
-    CATALOGUE_KEYS = ("item_tokens", "item_table", "table_frozen")
+    SPEC = ModelSpec(item_inputs=("attributes",), causal=False, training_rows="sampled",
+                     catalogue_keys=("item_tokens", "item_table", "table_frozen"))
     built: list = []
 
     def __init__(self, cfg: RecDoubleConfig, inputs: ItemInputs, max_seq_len: int) -> None:

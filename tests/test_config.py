@@ -23,8 +23,11 @@ def test_overrides_are_typed():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("train.lrr=0.1", "unknown config key train.lrr (valid keys: epochs, batch_size, lr,"),
-        ("model.hidden=3", "unknown config key model.hidden (valid keys: hidden_size,"),
+        ("train.lrr=0.1", "unknown config key train.lrr (did you mean train.lr?); valid keys: epochs, batch_size, lr,"),
+        ("model.hidden=3", "unknown config key model.hidden (did you mean model.hidden_size?); valid keys: hidden_size,"),
+        ("model.zzz=3", "unknown config key model.zzz; valid keys: hidden_size,"),
+        ("train.max_seq_len=3", "unknown config key train.max_seq_len (did you mean data.max_seq_len?)"),
+        ("trian.lr=1", "unknown config section 'trian' in 'trian.lr' (did you mean train?)"),
         ("model.hidden_size=3.5", "model.hidden_size must be an integer, not 3.5"),
         ("model.hidden_size=true", "model.hidden_size must be an integer"),
         ("train.optimizer=sgd", "train.optimizer must be one of adam, adamw, not 'sgd'"),

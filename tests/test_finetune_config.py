@@ -60,7 +60,10 @@ def test_shipped_config_by_short_name(tmp_path):
     assert (model.stage_1_patience, model.stage_2_patience) == (5, 3)  # the shipped file
     assert (cfg.train.lr, cfg.train.batch_size, cfg.train.grad_accum, cfg.train.eval_every) == (5e-5, 16, 8, 3)
     assert cfg.train.warmup_steps == 10 and cfg.eval.extra == ("mrr", "auc")
-    assert finetune_config(init, []).train.lr != 5e-5  # without --config: textrec's defaults, not the file's
+    bare = finetune_config(init, [])  # without --config: Recformer's own recipe, the same reference settings
+    # the recipe steps every 128 rows as the reference's 16 x 8, in batches of 8 x 16 (memory on CPU)
+    assert (bare.train.lr, bare.train.batch_size, bare.train.grad_accum, bare.recipe["train.lr"]) == (5e-5, 8, 16, 5e-5)
+    assert finetune_config(init, ["train.lr=0.001"]).train.lr == 0.001 and "train.lr" not in finetune_config(init, ["train.lr=0.001"]).recipe
 
 
 @pytest.mark.parametrize("config, message", [

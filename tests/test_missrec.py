@@ -17,7 +17,7 @@ from textrec.config import load_config
 from textrec.data.batching import SeqBatch
 from textrec.data.synthetic import WorldSpec, make_domain
 from textrec.models.missrec import MISSRec
-from textrec.models.spec import FeatureTable, ItemInputs
+from textrec.models.spec import FeatureTable, ItemInputs, item_input_kinds
 from textrec.text.encoders import HashingEncoder
 from textrec.train.inputs import build_model
 from textrec.train.loop import fit
@@ -184,10 +184,10 @@ def test_learns_the_planted_pattern_far_above_chance_and_not_from_noise(noise):
 def test_text_only_from_embeddings_and_image_only_are_configurations(tiny_world):
     inputs = item_inputs("missrec", tiny_world)
     text_cfg = load_config(model="missrec", overrides=["model.text_feature=embeddings", 'model.image_feature=""', "model.hidden_size=16"])
-    assert MISSRec.item_inputs_for(text_cfg.model_config) == ("text_embeddings",)
+    assert item_input_kinds(MISSRec, text_cfg.model_config) == ("text_embeddings",)
     text_only = build_model(text_cfg, ItemInputs(n_items=tiny_world.n_items, text_embeddings=inputs.text_embeddings))
     image_cfg = load_config(model="missrec", overrides=['model.text_feature=""', "model.hidden_size=16"])
-    assert MISSRec.item_inputs_for(image_cfg.model_config) == ("features",)
+    assert item_input_kinds(MISSRec, image_cfg.model_config) == ("features",)
     image_only = build_model(image_cfg, ItemInputs(n_items=tiny_world.n_items, features={"feat3CLS": inputs.features["feat3CLS"]}))
     assert text_only.modalities == ("text",) and image_only.modalities == ("image",)
     batch = _batch(tiny_world)

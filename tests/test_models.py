@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import re
+import typing
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,9 +15,11 @@ from safetensors.torch import load_model, save_model
 
 from textrec.config import load_config
 from textrec.data.batching import SeqBatch
-from textrec.models import MODELS
+import textrec
+from textrec.models import MODELS, model_class
 from textrec.text.encoders import HashingEncoder
-from textrec.models.spec import FeatureTable, ItemInputs
+from textrec.models.spec import (FeatureTable, InputKind, ItemInputs, ItemStateFill, ModelSpec, Phase, Recipe, TrainingRows,
+                                 dot_score, item_input_kinds, score, spec_of)
 from textrec.train.inputs import build_model
 
 # Odd sizes (HF's hidden=32/intermediate=37 trick): shape bugs that square sizes hide show up here.
@@ -41,10 +49,8 @@ def item_inputs(name, ds):
 
 
 def scores(model, seq_repr):
-    """(B, n_items + 1) scores as the evaluator computes them (``score_items`` where the model defines it)."""
-    items = model.item_embeddings()
-    score_fn = getattr(model, "score_items", None)
-    return score_fn(seq_repr, items) if score_fn else seq_repr @ items.T
+    """(B, n_items + 1) scores as the evaluator and the recommender compute them (the model's declared rule)."""
+    return score(model, seq_repr, model.item_embeddings())
 
 
 def _model(name, ds, seed=0, extra=()):
@@ -77,7 +83,7 @@ def test_shapes(name, tiny_world):
     items = model.item_embeddings()
     assert items.shape[0] == tiny_world.n_items + 1
     assert seq_repr.shape[0] == 4 and scores(model, seq_repr).shape == (4, tiny_world.n_items + 1)
-    if not hasattr(model, "score_items"):
+    if spec_of(model).score is dot_score:
         assert seq_repr.shape == (4, items.shape[1])
     model.train()
     loss = model.loss(batch)
@@ -88,8 +94,8 @@ def test_shapes(name, tiny_world):
 
 def test_causal_later_items_do_not_change_earlier_outputs(name, tiny_world):
     model = _model(name, tiny_world)
-    if type(model).TRAINING_ROWS != "windows":
-        pytest.skip(f"{name} is not causal (TRAINING_ROWS={type(model).TRAINING_ROWS!r})")
+    if not spec_of(model).causal:
+        pytest.skip(f"{name} is not causal (SPEC.causal is False)")
     batch = _batch(tiny_world, lengths=(9, 9))
     changed = batch.item_seq.clone()
     changed[:, 5:] = (changed[:, 5:] % tiny_world.n_items) + 1  # new items after position 4
@@ -128,3 +134,122 @@ def test_golden_fixed_init_loss(name, tiny_world):
     model = _model(name, tiny_world, seed=0)
     loss = model.loss(_batch(tiny_world, seed=3))
     assert float(loss.detach()) == pytest.approx(GOLDEN_LOSS[name], abs=1e-4)
+
+
+# ---- the declarations (textrec.models.spec.ModelSpec) ---------------------------------------------------
+def _check_spec(name: str, model, world) -> set[str]:
+    """Check every field of the model's ``SPEC``; return the names of the fields checked."""
+    cls, spec = type(model), spec_of(model)
+    cfg = load_config(model=name, overrides=SMALL[name]).model_config
+    kinds, rows, fills = set(typing.get_args(InputKind)), set(typing.get_args(TrainingRows)), set(typing.get_args(ItemStateFill))
+    state = set(model.state_dict()) | {n for n, _ in model.named_buffers()}
+    checked = set()
+
+    def check(field_name: str, ok: bool) -> None:
+        assert ok, f"{name}: SPEC.{field_name} = {getattr(spec, field_name)!r}"
+        checked.add(field_name)
+
+    check("item_inputs", isinstance(spec.item_inputs, tuple) and set(spec.item_inputs) <= kinds - {"word_drop_embeddings"})
+    check("inputs_for_config", spec.inputs_for_config is None or set(spec.inputs_for_config(cfg)) <= set(spec.item_inputs))
+    check("feature_tables", all(isinstance(t, str) and t for t in spec.feature_tables(cfg))
+          and (not spec.feature_tables(cfg) or "features" in item_input_kinds(cls, cfg)))
+    check("pretrain_inputs", isinstance(spec.pretrain_inputs, tuple) and set(spec.pretrain_inputs) <= kinds)
+    check("word_drop_view", (spec.word_drop_view is None) == ("word_drop_embeddings" not in spec.pretrain_inputs)
+          and (spec.word_drop_view is None or spec.word_drop_view("minilm-mean") not in ("", "minilm-mean")))
+    check("causal", isinstance(spec.causal, bool))
+    check("training_rows", spec.training_rows in rows and (spec.training_rows != "windows" or spec.causal))
+    check("sampled_cut", {spec.sampled_cut(cfg, p) for p in (False, True)} <= {"any", "reference"})
+    check("catalogue_keys", isinstance(spec.catalogue_keys, tuple) and all(isinstance(k, str) and k for k in spec.catalogue_keys)
+          and any(k.startswith(spec.catalogue_keys) for k in state))
+    check("item_state", spec.item_state is None or (set(spec.item_state.values()) <= fills
+          and all(any(k.startswith(prefix) for k in state) for prefix in spec.item_state if prefix != "word_drop_table")))
+    config_fields = {f.name for f in dataclasses.fields(cls.Config)}
+    check("architecture_keys", bool(spec.architecture_keys) and set(spec.architecture_keys) <= config_fields)
+    seq_repr = model.encode(_batch(world))
+    check("score", callable(spec.score) and score(model, seq_repr, model.item_embeddings()).shape == (4, model.n_items + 1))
+    ok = isinstance(spec.recipe, Recipe)
+    for kind in ("train", "pretrain", "finetune"):
+        resolved = load_config(model=name, kind=kind)
+        for key, value in spec.recipe.for_kind(kind).items():  # every recipe key is a real setting, and reaches the config
+            section, _, field_name = key.partition(".")
+            got = getattr(getattr(resolved, section), field_name)
+            ok = ok and (list(got) if isinstance(got, tuple) else got) == value and resolved.recipe[key] == value
+    check("recipe", ok)
+    check("extra", spec.extra in ("", "text", "quant", "image"))
+    return checked
+
+
+def test_every_registered_model_makes_every_declaration(name, tiny_world):
+    model = _model(name, tiny_world)
+    assert model_class(name).Config is type(load_config(model=name).model_config)
+    assert _check_spec(name, model, tiny_world) == {f.name for f in dataclasses.fields(ModelSpec)}, "a ModelSpec field is not checked here"
+    phases = model.phases("train")
+    assert phases and all(isinstance(p, Phase) for p in phases)
+
+
+def test_a_misspelt_or_wrong_declaration_fails_when_declared():
+    with pytest.raises(TypeError):
+        ModelSpec(catalog_keys=("x",))  # a typo is no silent default
+    with pytest.raises(ValueError, match="causal"):
+        ModelSpec(training_rows="windows")  # windows need a causal model
+    with pytest.raises(ValueError, match="input kind"):
+        ModelSpec(item_inputs=("text_embedding",))
+    with pytest.raises(ValueError, match="word_drop_view"):
+        ModelSpec(pretrain_inputs=("word_drop_embeddings",))
+    with pytest.raises(ValueError, match="recipe key"):
+        Recipe(train={"batch_size": 16})
+    with pytest.raises(TypeError, match="SPEC"):
+        spec_of(torch.nn.Linear)
+
+
+def test_one_score_rule_for_evaluation_and_recommendation(tiny_world):
+    """A model whose declared rule is not the inner product is ranked by that rule everywhere."""
+    from textrec.data.batching import EvalBatcher
+    from textrec.data.split import eval_examples
+    from textrec.eval.ranking import evaluate
+    from textrec.models.sasrec import SASRec
+    from textrec.serve.recommend import all_scores
+
+    class Negated(SASRec):
+        SPEC = dataclasses.replace(SASRec.SPEC, score=lambda model, u, rows: -(u @ rows.T))
+
+    torch.manual_seed(0)
+    plain = _model("sasrec", tiny_world)
+    negated = Negated(load_config(model="sasrec", overrides=SMALL["sasrec"]).model_config, ItemInputs(n_items=tiny_world.n_items),
+                      MAX_SEQ_LEN)
+    negated.load_state_dict(plain.state_dict())
+    negated.eval()
+    history = np.array([1, 2, 3])
+    a, b = all_scores(plain, history, MAX_SEQ_LEN), all_scores(negated, history, MAX_SEQ_LEN)
+    finite = torch.isfinite(a)
+    torch.testing.assert_close(b[finite], -a[finite])
+    batcher = EvalBatcher(eval_examples(tiny_world, "test", MAX_SEQ_LEN), 64)
+    ranks_plain, ranks_negated = evaluate(plain, batcher).ranks, evaluate(negated, batcher).ranks
+    n = tiny_world.n_items
+    assert not np.array_equal(ranks_plain, ranks_negated)
+    assert np.all((ranks_plain + ranks_negated <= n - 1) | (ranks_negated == n - 1))  # reversed order (ties pessimistic)
+
+
+_DECLARATIONS = re.compile(r"^[A-Z][A-Z0-9_]*$|^(score_items|sampled_cut|item_inputs_for|SPEC)$")
+
+
+def declaration_fallbacks(source: str) -> list[str]:
+    """``getattr(x, "NAME", ...)`` / ``hasattr(x, "NAME")`` reads of declarations (UPPER_CASE members and the old
+    optional methods) in ``source``: the fallbacks ``SPEC`` replaced."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr")
+                and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)
+                and _DECLARATIONS.match(node.args[1].value)):
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_no_declaration_is_read_with_a_getattr_fallback():
+    assert declaration_fallbacks('skip = tuple(getattr(cls, "CATALOGUE_KEYS", ()))')  # the check can fail
+    assert declaration_fallbacks('f = getattr(model, "score_items", None)')
+    assert not declaration_fallbacks('getattr(cfg, "hidden_size")')
+    root = Path(textrec.__file__).parent
+    offending = {str(p.relative_to(root)): hits for p in sorted(root.rglob("*.py")) if p != root / "models" / "spec.py"
+                 for hits in [declaration_fallbacks(p.read_text(encoding="utf-8"))] if hits}
+    assert offending == {}

@@ -469,7 +469,9 @@ def test_a_run_written_before_a_setting_existed_still_resumes(tmp_path):
 
 # ---- 5. learning, two stages through the generic loop ----------------------------------------------
 LEARN = [*TINY, *CPU, "model.hidden_dropout=0", "model.attn_dropout=0", "model.init_std=0.1", "data.max_seq_len=3",
-         "train.batch_size=16", "train.lr=2e-3", "train.epochs=12"]
+         "train.batch_size=16", "train.lr=2e-3", "train.epochs=12",
+         # textrec's generic schedule rather than Recformer's recipe (AdamW, 16 batches per step, 100 warm-up steps)
+         "train.optimizer=adam", "train.grad_accum=1", "train.schedule=constant", "train.warmup_steps=0", "train.eval_every=1"]
 
 
 def _train(tmp_path, noise: float):
@@ -530,7 +532,7 @@ def test_cli_pretrain_finetune_evaluate_recommend(tmp_path, capsys):
                  "--out", str(tmp_path / "pre"), "--quiet", *small, "train.epochs=2"]) == 0
     assert main(["finetune", str(tmp_path / "garden"), "--init", str(tmp_path / "pre"), "--out", str(tmp_path / "ft"), "--quiet",
                  "--json", *CPU, "train.batch_size=16", "data.max_seq_len=4", "train.epochs=4", "model.stage_1_patience=1",
-                 "train.lr=1e-12"]) == 0  # no step changes a ranking: epoch 2 does not improve, so stage 1 ends there
+                 "train.lr=1e-12", "train.eval_every=1"]) == 0  # no step changes a ranking: epoch 2 does not improve, so stage 1 ends there
     result = json.loads(capsys.readouterr().out)
     records = [json.loads(line) for line in (tmp_path / "ft" / "log.jsonl").read_text().splitlines()]
     assert [r["phase"][:7] for r in records] == ["stage 1", "stage 1", "stage 2", "stage 2"]

@@ -25,6 +25,7 @@ from textrec.data.synthetic import WorldSpec, make_domain
 from textrec.errors import DataError
 from textrec.models import layers
 from textrec.models.unisrec import MoEAdaptor
+from textrec.models.spec import spec_of
 from textrec.text.encode import encode_dataset
 from textrec.train.inputs import build_model, load_item_inputs
 from textrec.train.run import load_run, make_batchers, train_run
@@ -195,7 +196,7 @@ def test_transfer_leaves_the_catalogue_keys_behind(name, tiny_world, tmp_path):
     own = {k: v.clone() for k, v in target.state_dict().items()}
     assert load_pretrained(target, tmp_path / "pre") == []
     src, now = source.state_dict(), target.state_dict()
-    catalogue = {k for k in now if k.startswith(type(target).CATALOGUE_KEYS)}
+    catalogue = {k for k in now if k.startswith(spec_of(target).catalogue_keys)}
     assert {"item_id_emb.weight", "text_table" if name == "unisrec" else "code_index"} <= catalogue
     for k in now:
         if k in catalogue:

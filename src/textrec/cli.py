@@ -116,9 +116,42 @@ def _format_stats(stats: dict) -> str:
     return "\n".join(lines)
 
 
+def recipes_text(kinds=("train", "pretrain", "finetune")) -> str:
+    """Each model's recipe, one block per model: what it sets by default, under a user's config and overrides."""
+    from textrec.config import format_setting, model_recipes
+
+    lines = ["model recipes (defaults under your --config and key=value overrides):"]
+    for name, r in model_recipes().items():
+        if "missing" in r:
+            lines.append(f"  {name}: {r['missing']}")
+            continue
+        lines.append(f"  {name}: {r['source']}" + (f" [needs textrec[{r['extra']}]]" if r["extra"] else ""))
+        for kind in kinds:
+            lines.append(f"    {kind:<9}" + (" ".join(f"{k}={format_setting(v)}" for k, v in r[kind].items()) or "(generic defaults)"))
+    return "\n".join(lines)
+
+
+class _HelpWithRecipes(argparse.Action):
+    """``-h`` of ``textrec train``: the usual help, then each model's recipe (imported only when asked)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.print_help()
+        print("\n" + recipes_text(("train",)))
+        parser.exit()
+
+
 def cmd_info(args) -> None:
     from textrec.data.dataset import Dataset
 
+    if args.models:
+        from textrec.config import model_recipes
+
+        return _print_json(model_recipes()) if args.json else print(recipes_text())
+    if args.data is None:
+        raise TextrecError("info needs a dataset directory (or --models)")
     ds = Dataset.load(args.data)
     if args.item is not None:
         return _item_info(ds, args)
@@ -304,7 +337,7 @@ def cmd_pretrain(args) -> None:
     from textrec.config import load_config
     from textrec.train.transfer import pretrain_run
 
-    cfg = load_config(args.config, args.overrides, model=args.model)
+    cfg = load_config(args.config, args.overrides, model=args.model, kind="pretrain")
     result = pretrain_run(args.data, cfg, args.out, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
     _report_run(args, cfg.model, result, "pre-training ")
 
@@ -446,9 +479,11 @@ def _add_prepare(sub, parents) -> None:
     s.set_defaults(func=cmd_prepare)
 
 
+
 def _add_info(sub, parents) -> None:
     s = sub.add_parser("info", parents=[parents["common"]], help="users, items, interactions, sequence and text statistics")
-    s.add_argument("data", help="dataset directory")
+    s.add_argument("data", nargs="?", help="dataset directory")
+    s.add_argument("--models", action="store_true", help="instead: each model's recipe (its default training settings)")
     s.add_argument("--item", metavar="KEY", help="show one item: its text, attributes and key-value sentence")
     s.add_argument("--max-attr-num", type=int, default=3, help="attributes a sentence keeps (with --item; Recformer's default 3)")
     s.set_defaults(func=cmd_info)
@@ -506,9 +541,11 @@ def _add_quantize(sub, parents) -> None:
     s.set_defaults(func=cmd_quantize)
 
 
+
 def _add_train(sub, parents, model_names: str) -> None:
     s = sub.add_parser("train", parents=[parents["common"], parents["training"]],
-                       help="train a model on one dataset, select on validation, report test")
+                       help="train a model on one dataset, select on validation, report test", add_help=False)
+    s.add_argument("-h", "--help", action=_HelpWithRecipes, help="show this help and each model's recipe, then exit")
     s.add_argument("data", help="dataset directory")
     s.add_argument("--model", help=f"model name: one of {model_names}; may come from --config instead")
     s.add_argument("--config", help="TOML config file")

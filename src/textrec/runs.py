@@ -38,7 +38,7 @@ from textrec.data.dataset import Dataset, check_dataset_hash
 from textrec.errors import CheckpointError, ConfigError, DataError, NotFoundError, TextrecError
 from textrec.io import checksum_matches, locked, read_json, write_json
 from textrec.models import model_class
-from textrec.models.spec import ItemInputs
+from textrec.models.spec import ItemInputs, spec_of
 from textrec.train.inputs import build_model, load_item_inputs
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def dataset_record(ds: Dataset, path: Path) -> dict:
 
 def _comparable(config: dict) -> dict:
     """A config without what may change between an interrupted run and its resumption."""
-    c = {k: v for k, v in config.items() if k not in ("textrec_version", "new_catalogue")}
+    c = {k: v for k, v in config.items() if k not in ("textrec_version", "new_catalogue", "recipe")}
     c.update(_with_defaults(c))
     c["train"] = {k: v for k, v in c.get("train", {}).items() if k != "epochs"}
     return c
@@ -204,7 +204,7 @@ def load_pretrained(model: torch.nn.Module, init_dir: Path) -> list[str]:
     if not path.exists():
         raise TextrecError(f"{init_dir}: no model.safetensors to fine-tune from")
     verified = verify_checkpoint(path)
-    skip = tuple(getattr(model, "CATALOGUE_KEYS", ()))
+    skip = spec_of(model).catalogue_keys
     try:
         state = {k: v for k, v in load_file(str(path)).items() if not k.startswith(skip)}
     except (SafetensorError, OSError) as e:
@@ -417,7 +417,7 @@ def load_zero_shot(run: Path, cfg: RunConfig, config: dict, ds: Dataset, data_pa
     """The run's model for the catalogue of ``ds``, with no training on it.
 
     Generic over models: the item-side inputs the model declares are read from ``data_path``, the model is
-    built for that catalogue and every weight of the run except its ``CATALOGUE_KEYS`` is loaded (as
+    built for that catalogue and every weight of the run except its ``SPEC.catalogue_keys`` is loaded (as
     fine-tuning does); the catalogue-sized state is then what the model computes from the new items' content
     (a text table, item codes, Recformer's sentences encoded on first use). Refused for a model that scores
     item IDs, one that learned a weight per item (a transductive mode), and inputs of another origin than
@@ -443,7 +443,7 @@ def load_zero_shot(run: Path, cfg: RunConfig, config: dict, ds: Dataset, data_pa
     if problem:
         raise DataError(f"{where}; {problem}")
     model = build_model(cfg, inputs)
-    skip = tuple(getattr(cls, "CATALOGUE_KEYS", ()))
+    skip = spec_of(cls).catalogue_keys
     per_item = [n for n, p in model.named_parameters() if n.startswith(skip) and p.shape[:1] == (inputs.n_items + 1,)]
     if per_item:
         raise TextrecError(f"{where}; {cfg.model} learned a weight per item of its catalogue ({per_item[0]}, a transductive "
@@ -461,7 +461,7 @@ def load_zero_shot(run: Path, cfg: RunConfig, config: dict, ds: Dataset, data_pa
 def _content_models() -> str:
     from textrec.models import MODELS
 
-    return ", ".join(n for n in sorted(MODELS) if model_class(n).ITEM_INPUTS)
+    return ", ".join(n for n in sorted(MODELS) if spec_of(model_class(n)).item_inputs)
 
 
 def _recorded_inputs(recorded: dict | None) -> str:

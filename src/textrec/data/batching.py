@@ -23,14 +23,14 @@ steps. Ways to group rows:
 (pre-training on whole-sequence windows: a batch of ``batch_size`` targets then spans at least
 ``batch_size / targets_per_row`` users, while each window is still encoded once for all its targets).
 
-``sample_per_user`` keeps one randomly drawn row per user each epoch (models whose ``TRAINING_ROWS`` is
+``sample_per_user`` keeps one randomly drawn row per user each epoch (models whose ``SPEC.training_rows`` is
 ``"sampled"``, e.g. one random target position per user per epoch as Recformer's fine-tuning does). Which
 of a user's prefix rows the draw may pick is the cut rule (``SampledCut``, ``cut_mask``): ``"any"`` prefix,
 or ``"reference"``, Recformer's pre-training pairs: the target position t of a training part of n items is
 drawn from U[(n - 1) // 2, n - 1] (``collator.py`` ``sample_pairs``: ``randint((n - 1) // 2, n - 1)``), so the
 history is at least about half the sequence. textrec's rows always hold at least one history item, so t >= 1
 (the reference also draws t = 0, an empty history, when n <= 2). A model declares its rule with
-``sampled_cut(cfg, pretraining)``; ``textrec.train.run.make_batchers`` keeps only the rows it allows.
+``SPEC.sampled_cut(cfg, pretraining)``; ``textrec.train.run.make_batchers`` keeps only the rows it allows.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ Protocol (the references' RecBole ``mode: full``, REFERENCE_NOTES section 0):
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -38,6 +39,7 @@ from torch import Tensor
 
 from textrec.data.batching import EvalBatcher
 from textrec.eval.metrics import EXTRA, compute_metrics
+from textrec.models.spec import dot_score, score
 
 TIES = ("pessimistic", "random")
 
@@ -106,11 +108,11 @@ def rank_targets(
 
     seq_repr (B, D); ``items`` is the item table (n_items + 1, D) or, to merge its duplicates once per
     evaluation, ``unique_items(item_table)``; targets (B,). ``exclude`` = (row, item) pairs removed from the
-    candidates (never the target). ``score_fn(seq_repr, item_rows)`` overrides the inner product for models
-    whose score is not one; it must return (B, len(item_rows)) scores, each row scored on its own.
+    candidates (never the target). ``score_fn(seq_repr, item_rows)`` overrides the inner product (``evaluate`` passes
+    the model's rule, ``textrec.models.spec.score``); it must return (B, len(item_rows)) scores, each row scored on its own.
     """
     items = items if isinstance(items, UniqueItems) else unique_items(items)
-    score = score_fn or (lambda s, rows: s @ rows.T)
+    score_rows = score_fn or functools.partial(dot_score, None)
     seq_repr = seq_repr.float()
     device, n_batch, n_unique = seq_repr.device, seq_repr.shape[0], items.vectors.shape[0]
     n_items = items.inverse.shape[0]
@@ -121,7 +123,7 @@ def rank_targets(
     def chunk_scores(lo: int) -> Tensor:  # one entry: the first pass's last chunk starts the second pass
         if lo not in cache:
             cache.clear()
-            cache[lo] = score(seq_repr, items.vectors[lo : lo + item_chunk]).float()  # (B, chunk)
+            cache[lo] = score_rows(seq_repr, items.vectors[lo : lo + item_chunk]).float()  # (B, chunk)
         return cache[lo]
 
     # first pass: every target's score, read from the full-batch matrix of its chunk, i.e. the very
@@ -193,7 +195,7 @@ def evaluate(
     # and the score matmuls, and validation would disagree with ``textrec evaluate``
     with torch.autocast(device.type, enabled=False):
         items = unique_items(model.item_embeddings().float())  # from (n_items + 1, D), built once
-        score_fn = getattr(model, "score_items", None)
+        score_fn = functools.partial(score, model)
         for eb in batcher:
             seq_repr = model.encode(eb.batch).float()  # (B, D)
             exclude = _history_pairs(batcher, eb.rows) if mask_history else None

@@ -2,8 +2,7 @@
 
 Every model offers the surface described in ``textrec.models.spec`` (``Recommender`` below is its typing
 Protocol): ``encode(batch) -> (B, D)``, ``item_embeddings() -> (n_items + 1, D)``, ``loss(batch) -> scalar``,
-``phases(kind)``, and the class-level declarations ``Config``, ``ITEM_INPUTS``, ``TRAINING_ROWS`` and
-``CATALOGUE_KEYS``. The loader functions import a model's module only when that model is used, so a model
+``phases(kind)``, and the class-level declarations ``Config`` and ``SPEC`` (one ``ModelSpec``). The loader functions import a model's module only when that model is used, so a model
 that needs a heavy dependency costs nothing to commands that do not use it. Adding a model is its own file
 plus one line here.
 """
@@ -18,12 +17,12 @@ from textrec.errors import NotFoundError
 if TYPE_CHECKING:  # annotations only: the registry itself must not import torch
     from torch import Tensor
 
+    from textrec.models.spec import ModelSpec, PhaseKind
+
 
 class Recommender(Protocol):
     Config: ClassVar[type]
-    ITEM_INPUTS: ClassVar[tuple[str, ...]]
-    TRAINING_ROWS: ClassVar[str]
-    CATALOGUE_KEYS: ClassVar[tuple[str, ...]]
+    SPEC: ClassVar[ModelSpec]  # every declaration (textrec.models.spec)
 
     def encode(self, batch) -> Tensor: ...  # (B, D) sequence representation
 
@@ -31,7 +30,7 @@ class Recommender(Protocol):
 
     def loss(self, batch) -> Tensor: ...  # scalar training loss
 
-    def phases(self, kind: str) -> list: ...  # textrec.models.spec.Phase list for "train" / "pretrain" / "finetune"
+    def phases(self, kind: PhaseKind) -> list: ...  # textrec.models.spec.Phase list for "train" / "pretrain" / "finetune"
 
 
 def _sasrec():
@@ -47,6 +46,9 @@ def _unisrec():
 
 
 def _recformer():
+    from textrec.extras import require
+
+    require("transformers", "model recformer (BERT layers from transformers)")
     from textrec.models.recformer import Recformer
 
     return Recformer

@@ -25,7 +25,7 @@ Reference: gimpong/MM23-MISSRec @c3167c5 (``missrec.py``, ``model_utils.py``, ``
   softmax(alpha x [s_text, s_image]) with a learned scalar alpha (init 0), computed as its two-modality closed
   form s_v + sigmoid(alpha (s_t - s_v)) (s_t - s_v); transductive: (cos(u, E_id[i]) + 2 x fused) / 3, inductive:
   fused. ``item_embeddings`` rows hold an item's normalised modality vectors, ID vector and presence flags, and
-  ``score_items`` fuses them (the evaluator and recommender call it).
+  ``score_items`` fuses them (``SPEC.score``: the evaluator and recommender call it).
 * ``loss``: cross-entropy over all items of scores / temperature + gamma x Omega, the interest-orthogonality
   regulariser sum_batch ||pooled memory||^2 / D. ``pretrain_loss``: in-batch sequence-item contrast on fused
   scores + lambda x sequence-sequence contrast with an augmented view (item drop with probability
@@ -52,7 +52,7 @@ Deliberate differences from the reference:
   Attention projections start N(0, 0.02) (the reference's in-projection keeps Xavier); no dropout inside the
   feed-forward. The reference fine-tunes with batches of 512 (``train.batch_size=512``; textrec: 2048).
 * A sequence without any interest (before the first discovery, or no feature present) attends to one zero token.
-  A grown catalogue (``serve.catalogue``, reading ``ITEM_STATE``) keeps the trained centroids, their number and
+  A grown catalogue (``serve.catalogue``, reading ``SPEC.item_state``) keeps the trained centroids, their number and
   every old row's cluster id, and gives each new present row its nearest trained centroid on loading (no k-means).
 """
 
@@ -71,7 +71,7 @@ from torch import Tensor, nn
 from textrec.data.batching import SeqBatch
 from textrec.models.layers import (FeedForward, TransformerEncoder, check_encoder_config, init_weights, item_drop,
                                    mask_in_batch)
-from textrec.models.spec import FeatureTable, ItemInputs, ItemStateFill, Phase, train_all, train_all_but
+from textrec.models.spec import FeatureTable, InputKind, ItemInputs, ModelSpec, Phase, PhaseKind, Recipe, train_all, train_all_but
 
 
 @dataclass(frozen=True)
@@ -131,24 +131,37 @@ class Discovery(NamedTuple):
         return {"cluster_seconds": self.seconds, "n_interests": self.n_interests, "cluster_points": self.n_points}
 
 
+def item_inputs_for(cfg: MISSRecConfig) -> tuple[InputKind, ...]:
+    """The item inputs a config reads: the text embeddings for ``text_feature="embeddings"``, feature tables for
+    any table named."""
+    kinds: tuple[InputKind, ...] = ("text_embeddings",) if cfg.text_feature == "embeddings" else ()
+    if feature_tables(cfg):
+        kinds += ("features",)
+    return kinds
+
+
+def feature_tables(cfg: MISSRecConfig) -> tuple[str, ...]:
+    """The feature tables a config names (text, image, word-drop view), read when ``data.features`` is empty."""
+    text = cfg.text_feature if cfg.text_feature != "embeddings" else ""
+    return tuple(name for name in (text, cfg.image_feature, cfg.word_drop_feature) if name)
+
+
 def n_interests(n_points: int, ratio: float) -> int:
     return max(1, min(n_points, math.ceil(n_points * ratio)))
 
 
 def kmeans(points: Tensor, k: int, iters: int, seed: int) -> tuple[Tensor, Tensor]:
     """faiss k-means of (P, D) points: (k, D) centroids and (P,) labels in 0..k-1, on ``points``' device."""
-    import faiss
+    from textrec.quant.faiss_io import require_faiss
+    from textrec.quant.pq import faiss_threads
 
+    faiss = require_faiss("MISSRec's interest discovery (k-means)")
     x = np.ascontiguousarray(points.detach().float().cpu().numpy())
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(torch.get_num_threads())  # respect train.num_threads on a shared machine
-    try:
+    with faiss_threads(torch.get_num_threads()):  # respect train.num_threads on a shared machine
         gpu = points.is_cuda and faiss.get_num_gpus() > 0
         km = faiss.Kmeans(x.shape[1], k, niter=iters, seed=seed, min_points_per_centroid=1, gpu=gpu, verbose=False)
         km.train(x)
         _, labels = km.index.search(x, 1)
-    finally:
-        faiss.omp_set_num_threads(threads)
     return torch.from_numpy(km.centroids).to(points.device), torch.from_numpy(labels[:, 0]).long().to(points.device)
 
 
@@ -197,20 +210,24 @@ class DecoderLayer(nn.Module):
 
 class MISSRec(nn.Module):
     Config = MISSRecConfig
-    ITEM_INPUTS = ("features", "text_embeddings")  # the kinds it can read; item_inputs_for(cfg): those a config reads
-    PRETRAIN_INPUTS = ("word_drop_embeddings",)  # with text_feature="embeddings": the word-drop view
-    TRAINING_ROWS = "prefixes"  # not causal
-    CATALOGUE_KEYS = ("feature_", "present_", "interest_", "word_drop_table", "item_id_emb.")
-    # the per-item entries, for a grown catalogue; the interest centroids are not per item, whatever their shape
-    ITEM_STATE: dict[str, ItemStateFill] = {"feature_": "inputs", "present_": "inputs", "word_drop_table": "inputs",
-                                            "interest_of_": "grow", "item_id_emb.": "grow"}
-
-    @staticmethod
-    def item_inputs_for(cfg: MISSRecConfig) -> tuple[str, ...]:
-        kinds = ("text_embeddings",) if cfg.text_feature == "embeddings" else ()
-        if cfg.text_feature not in ("", "embeddings") or cfg.image_feature or cfg.word_drop_feature:
-            kinds += ("features",)
-        return kinds
+    SPEC = ModelSpec(
+        item_inputs=("features", "text_embeddings"),  # the kinds it can read; inputs_for_config: those a config reads
+        inputs_for_config=item_inputs_for,
+        feature_tables=feature_tables,  # without data.features: the tables model.text_feature / image_feature name
+        pretrain_inputs=("word_drop_embeddings",),  # with text_feature="embeddings": the word-drop view
+        word_drop_view=lambda embeddings: f"{embeddings}-wd15",  # as UniSRec's (the reference's .feat2CLS: rate 0.15)
+        causal=False,  # non-causal decoder, interests from the whole history
+        training_rows="prefixes",
+        catalogue_keys=("feature_", "present_", "interest_", "word_drop_table", "item_id_emb."),
+        # the per-item entries, for a grown catalogue; the interest centroids are not per item, whatever their shape
+        item_state={"feature_": "inputs", "present_": "inputs", "word_drop_table": "inputs", "interest_of_": "grow",
+                    "item_id_emb.": "grow"},
+        architecture_keys=("hidden_size", "n_layers", "n_heads", "inner_size"),
+        score=lambda model, seq_repr, item_rows: model.score_items(seq_repr, item_rows),  # fused modality scores
+        recipe=Recipe(train={"train.batch_size": 512}, finetune={"train.batch_size": 512},
+                      source="MISSRec finetune.py: train batch 512 (also from scratch); otherwise the generic defaults"),
+        extra="quant",  # faiss k-means for interest discovery
+    )
 
     def __init__(self, cfg: MISSRecConfig, inputs: ItemInputs, max_seq_len: int) -> None:
         super().__init__()
@@ -429,7 +446,11 @@ class MISSRec(nn.Module):
             points = self.adaptors[m](getattr(self, f"feature_{m}")[rows])  # (P, D)
             getattr(self, f"interest_of_{m}")[rows] = torch.cdist(points, self.interest_centroids[1 : k + 1]).argmin(dim=1) + 1
 
-    def phases(self, kind: str) -> list[Phase]:
+    def phases(self, kind: PhaseKind) -> list[Phase]:
+        if self.cfg.interest_tokens:  # fail before training starts, not at the first epoch's clustering
+            from textrec.quant.faiss_io import require_faiss
+
+            require_faiss("MISSRec's interest discovery (k-means)")
         ratio = self.cfg.pretrain_interest_ratio if kind == "pretrain" else self.cfg.interest_ratio
         hook = (lambda model, epoch: model.discover_interests(ratio).report()) if self.cfg.interest_tokens else None
         if kind == "pretrain":

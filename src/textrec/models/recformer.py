@@ -47,7 +47,7 @@ Deliberate differences from the reference:
 * In-batch pre-training negatives: another row with the same target item, or of the same user, is not a
   negative (``same_target="mask"``, as textrec's UniSRec); ``"keep"`` is the reference's plain
   cross-entropy.
-* Training rows come from the generic batcher (``TRAINING_ROWS = "sampled"``): one random (prefix, next
+* Training rows come from the generic batcher (``SPEC.training_rows = "sampled"``): one random (prefix, next
   item) row per user per epoch, histories of at least one item (the reference also draws the first item,
   an empty history); pre-training draws the target position from U[(n-1)//2, n-1] as the reference
   (``pretrain_cut="reference"``; ``"any"``: every prefix), fine-tuning from any prefix.
@@ -89,7 +89,7 @@ from textrec.data.batching import SeqBatch
 from textrec.data.sentences import tokenize_items
 from textrec.errors import ConfigError, NotFoundError
 from textrec.models.layers import in_batch_contrastive, init_weights
-from textrec.models.spec import ItemInputs, Phase, train_all_but
+from textrec.models.spec import ItemInputs, ModelSpec, Phase, PhaseKind, Recipe, SampledCut, train_all_but
 
 BOS_TYPE, PAD_TYPE = 0, 3  # token types of <s> and padding (key 1, value 2: textrec.data.sentences)
 _ROBERTA_POSITIONS = ("roberta", "longformer", "xlm-roberta", "camembert")  # positions start at padding_idx + 1
@@ -289,6 +289,28 @@ class MLMHead(nn.Module):
 
 
 # ---- the model ---------------------------------------------------------------------------------------
+def sampled_cut(cfg: RecformerConfig, pretraining: bool) -> SampledCut:
+    """The prefixes a per-user draw picks from (``textrec.data.batching.cut_mask``): the reference's second-half cut
+    in pre-training (``pretrain_cut``), any prefix in fine-tuning (reference: t ~ U[0, n-1])."""
+    return cfg.pretrain_cut if pretraining else "any"
+
+
+# the reference's fine-tuning (finetune.sh over finetune.py's defaults) and pre-training (lightning_run.sh) settings,
+# REFERENCE_NOTES section 4 (textrec/configs/recformer-reference.toml spells the fine-tuning ones out). Fine-tuning
+# steps the optimiser every 128 rows as the reference's 16 x 8, in batches of 8 x 16: a batch of 16 512-token rows
+# (MovieLens-100K) peaked at 7.9 GB on CPU; the full softmax makes the two the same gradient
+_FINETUNE = {"train.optimizer": "adamw", "train.lr": 5e-5, "train.weight_decay": 0.0, "train.batch_size": 8,
+             "train.grad_accum": 16, "train.schedule": "linear", "train.warmup_steps": 100, "train.epochs": 128,
+             "train.eval_every": 3, "eval.extra": ["mrr", "auc"]}
+RECIPE = Recipe(
+    train=_FINETUNE,
+    finetune=_FINETUNE,
+    pretrain={"train.optimizer": "adamw", "train.lr": 5e-5, "train.batch_size": 16, "train.grad_accum": 8,
+              "train.schedule": "linear", "train.grad_clip": 1.0},
+    source="Recformer finetune.sh / lightning_run.sh: AdamW 5e-5, 128 rows per step (fine-tuning: 8 x 16), linear schedule",
+)
+
+
 def _with_pad_entry(values, fill) -> Tensor:
     """A flat numpy token table as a tensor with one padding entry appended (every gather index stays valid)."""
     t = torch.from_numpy(values)
@@ -297,15 +319,16 @@ def _with_pad_entry(values, fill) -> Tensor:
 
 class Recformer(nn.Module):
     Config = RecformerConfig
-    ITEM_INPUTS = ("attributes",)
-    TRAINING_ROWS = "sampled"  # one random (prefix, next item) per user per epoch, as the reference
-    CATALOGUE_KEYS = ("item_table",)  # the token tables are rebuilt from the attributes and never saved
-
-    @staticmethod
-    def sampled_cut(cfg: RecformerConfig, pretraining: bool) -> str:
-        """The prefixes a per-user draw picks from (``textrec.data.batching.cut_mask``): the reference's
-        second-half cut in pre-training (``pretrain_cut``), any prefix in fine-tuning (reference: t ~ U[0, n-1])."""
-        return cfg.pretrain_cut if pretraining else "any"
+    SPEC = ModelSpec(
+        item_inputs=("attributes",),
+        causal=False,  # bidirectional attention over the whole history
+        training_rows="sampled",  # one random (prefix, next item) per user per epoch, as the reference
+        sampled_cut=sampled_cut,
+        catalogue_keys=("item_table",),  # the token tables are rebuilt from the attributes and never saved
+        architecture_keys=("hidden_size", "n_layers", "n_heads", "inner_size"),
+        recipe=RECIPE,
+        extra="text",  # transformers
+    )
 
     def __init__(self, cfg: RecformerConfig, inputs: ItemInputs, max_seq_len: int) -> None:
         super().__init__()
@@ -524,7 +547,7 @@ class Recformer(nn.Module):
             frozen.append(self.embeddings.word_embeddings)
         return frozen
 
-    def phases(self, kind: str) -> list[Phase]:
+    def phases(self, kind: PhaseKind) -> list[Phase]:
         if kind == "pretrain":
             return [Phase("pretrain", train_all_but(*self._frozen(True)), loss=self.pretrain_loss,
                           on_epoch_start=lambda m, epoch: m.clear_item_table())]

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from textrec.data.batching import SeqBatch
 from textrec.errors import ConfigError
 from textrec.models.layers import TransformerEncoder, check_encoder_config, init_weights, last_position, next_item_positions
-from textrec.models.spec import ItemInputs, Phase, train_all
+from textrec.models.spec import ItemInputs, ModelSpec, Phase, PhaseKind, Recipe, train_all
 
 
 @dataclass(frozen=True)
@@ -50,9 +50,14 @@ class SASRecConfig:
 
 class SASRec(nn.Module):
     Config = SASRecConfig
-    ITEM_INPUTS = ()  # item IDs only
-    TRAINING_ROWS = "windows"  # causal
-    CATALOGUE_KEYS = ("item_emb.",)  # every item vector belongs to one catalogue
+    SPEC = ModelSpec(
+        item_inputs=(),  # item IDs only
+        causal=True,
+        training_rows="windows",
+        catalogue_keys=("item_emb.",),  # every item vector belongs to one catalogue
+        architecture_keys=("hidden_size", "n_layers", "n_heads", "inner_size"),
+        recipe=Recipe(source="RecBole SASRec (REFERENCE_NOTES section 0): the generic defaults"),
+    )
 
     def __init__(self, cfg: SASRecConfig, inputs: ItemInputs, max_seq_len: int) -> None:
         super().__init__()
@@ -84,7 +89,7 @@ class SASRec(nn.Module):
         logits = h @ self.item_emb.weight[1:].T  # (N, n_items): the padding row is never a candidate
         return F.cross_entropy(logits.float(), targets - 1)
 
-    def phases(self, kind: str) -> list[Phase]:
+    def phases(self, kind: PhaseKind) -> list[Phase]:
         if kind != "train":
             raise ConfigError(f"sasrec scores item IDs: it has no pre-training objective and cannot move to another catalogue")
         return [Phase("train", train_all)]

@@ -61,7 +61,7 @@ from torch import Tensor, nn
 from textrec.data.batching import SeqBatch
 from textrec.models.layers import (TransformerEncoder, check_encoder_config, in_batch_contrastive, init_weights, item_drop,
                                    last_position, next_item_positions, position_users)
-from textrec.models.spec import ItemInputs, Phase, train_all, train_all_but
+from textrec.models.spec import ItemInputs, ModelSpec, Phase, PhaseKind, Recipe, train_all, train_all_but
 
 
 @dataclass(frozen=True)
@@ -118,13 +118,25 @@ class MoEAdaptor(nn.Module):
         return out.reshape(*shape, d_out)
 
 
+def word_drop_view(embeddings: str) -> str:
+    """The word-drop view of text embeddings ``embeddings``: the reference's rate 0.15 (``process_amazon.py
+    --word_drop_ratio 0.15``), named as ``textrec encode DIR --word-drop 0.15`` names it."""
+    return f"{embeddings}-wd15"
+
+
 class UniSRec(nn.Module):
     Config = UniSRecConfig
-    ITEM_INPUTS = ("text_embeddings",)
-    PRETRAIN_INPUTS = ("word_drop_embeddings",)  # optional: without it, augmentation is item drop only
-    TRAINING_ROWS = "windows"  # causal
-    # item-side state that belongs to one catalogue and is not carried to a new domain
-    CATALOGUE_KEYS = ("text_table", "word_drop_table", "item_id_emb.weight")
+    SPEC = ModelSpec(
+        item_inputs=("text_embeddings",),
+        pretrain_inputs=("word_drop_embeddings",),  # optional: without it, augmentation is item drop only
+        word_drop_view=word_drop_view,
+        causal=True,
+        training_rows="windows",
+        # item-side state that belongs to one catalogue and is not carried to a new domain
+        catalogue_keys=("text_table", "word_drop_table", "item_id_emb.weight"),
+        architecture_keys=("hidden_size", "n_layers", "n_heads", "inner_size"),
+        recipe=Recipe(source="UniSRec props (REFERENCE_NOTES section 1): the generic defaults"),
+    )
 
     def __init__(self, cfg: UniSRecConfig, inputs: ItemInputs, max_seq_len: int) -> None:
         super().__init__()
@@ -197,7 +209,7 @@ class UniSRec(nn.Module):
             loss = loss + self.cfg.lambda_ss * self._contrast(seq, aug, last_target, batch.users)
         return loss
 
-    def phases(self, kind: str) -> list[Phase]:
+    def phases(self, kind: PhaseKind) -> list[Phase]:
         if kind == "pretrain":
             return [Phase("pretrain", train_all, loss=self.pretrain_loss)]
         if kind == "finetune" and self.cfg.freeze_encoder:

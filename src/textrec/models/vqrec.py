@@ -67,7 +67,7 @@ from torch import Tensor, nn
 from textrec.data.batching import SeqBatch
 from textrec.models.layers import (TransformerEncoder, check_encoder_config, in_batch_contrastive, init_weights, item_drop,
                                    last_position, next_item_positions, position_users)
-from textrec.models.spec import ItemInputs, Phase, train_all
+from textrec.models.spec import ItemInputs, ModelSpec, Phase, PhaseKind, Recipe, train_all
 
 
 @dataclass(frozen=True)
@@ -125,10 +125,16 @@ def hungarian(log_p: Tensor) -> Tensor:
 
 class VQRec(nn.Module):
     Config = VQRecConfig
-    ITEM_INPUTS = ("codes",)
-    TRAINING_ROWS = "windows"  # causal
-    # item-side state that belongs to one catalogue (or one fine-tuning) and is not carried over
-    CATALOGUE_KEYS = ("code_index", "item_id_emb.weight", "perm_logits", "permuting")
+    SPEC = ModelSpec(
+        item_inputs=("codes",),
+        causal=True,
+        training_rows="windows",
+        # item-side state that belongs to one catalogue (or one fine-tuning) and is not carried over
+        catalogue_keys=("code_index", "item_id_emb.weight", "perm_logits", "permuting"),
+        architecture_keys=("hidden_size", "n_layers", "n_heads", "inner_size"),
+        recipe=Recipe(finetune={"train.lr": 0.003},
+                      source="VQ-Rec README: fine-tuning on Scientific with learning_rate 0.003; otherwise the generic defaults"),
+    )
 
     def __init__(self, cfg: VQRecConfig, inputs: ItemInputs, max_seq_len: int) -> None:
         super().__init__()
@@ -261,7 +267,7 @@ class VQRec(nn.Module):
             log_p = gumbel_sinkhorn(self.perm_logits, self.cfg.gumbel_tau, self.cfg.sinkhorn_iters, noise=False)
             return log_p.argmax(dim=2) if self.cfg.permutation == "reference" else hungarian(log_p)
 
-    def phases(self, kind: str) -> list[Phase]:
+    def phases(self, kind: PhaseKind) -> list[Phase]:
         if kind == "pretrain":
             return [Phase("pretrain", train_all, loss=self.pretrain_loss)]
         if kind == "train":

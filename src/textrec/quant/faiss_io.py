@@ -41,12 +41,11 @@ class IndexParts(NamedTuple):
         return int(self.codebooks.shape[1]).bit_length() - 1
 
 
-def require_faiss():
-    try:
-        import faiss
-    except ImportError:
-        raise DataError("item codes need faiss (pip install 'textrec[quant]' or faiss-cpu)") from None
-    return faiss
+def require_faiss(purpose: str = "quantising item codes"):
+    """The faiss module, or a one-line error naming the extra that brings it (``textrec.extras``)."""
+    from textrec.extras import require
+
+    return require("faiss", purpose)
 
 
 def unpack_codes(packed: np.ndarray, n_codebooks: int, nbits: int) -> np.ndarray:

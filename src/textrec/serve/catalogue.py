@@ -43,7 +43,7 @@ tables: each table the model was built with (``ItemInputs.features``), by its or
 An item may then be given by its image alone, unless the model reads texts (text embeddings, codes,
 attributes). Trained weights carry over. A per-item state entry is rebuilt from the extended inputs (e.g. a
 text table) or keeps its trained rows and grows by zero rows (e.g. an item-ID embedding), as the model's
-``ITEM_STATE`` declares; every other entry is carried exactly as trained, its shape included (MISSRec's interest
+``SPEC.item_state`` declares; every other entry is carried exactly as trained, its shape included (MISSRec's interest
 centroids: the grown catalogue keeps the trained interests, and a new item gets its nearest one). A model that
 declares nothing is read by shape: an entry whose shape changed is per item, a buffer rebuilt, a parameter
 grown (``textrec.models.spec``). No trained state is drawn again, so no seed is needed: the same new items give
@@ -66,7 +66,7 @@ import torch
 from textrec.data.dataset import Dataset
 from textrec.errors import DataError, TextrecError
 from textrec.io import read_json
-from textrec.models.spec import FeatureTable, ItemInputs, item_input_kinds
+from textrec.models.spec import FeatureTable, ItemInputs, item_input_kinds, spec_of
 from textrec.runs import LoadedRun
 
 log = logging.getLogger(__name__)
@@ -332,7 +332,7 @@ def _new_codes(data_dir: Path, codes_name: str, texts: list[str], encoder: str |
 def _item_state_fill(declared: dict[str, str] | None, key: str, same_shape: bool, is_buffer: bool) -> str | None:
     """How the grown model fills state entry ``key``: "inputs", "grow", or None when the entry is not per item.
 
-    ``declared``: the model's ``ITEM_STATE``; without one, the shape rule (``textrec.models.spec``).
+    ``declared``: the model's ``SPEC.item_state``; without one, the shape rule (``textrec.models.spec``).
     """
     if declared is not None:
         return next((fill for prefix, fill in declared.items() if key.startswith(prefix)), None)
@@ -345,7 +345,7 @@ def _carry_state(old_model: torch.nn.Module, new_model: torch.nn.Module, n_new: 
     """Trained weights into the grown model: per-item entries rebuilt or grown, every other one exactly as trained."""
     old_state = old_model.state_dict()
     buffers = {name for name, _ in new_model.named_buffers()}
-    declared = getattr(type(new_model), "ITEM_STATE", None)
+    declared = spec_of(new_model).item_state
     state = {}
     for key, value in new_model.state_dict().items():
         before = old_state[key]
@@ -386,10 +386,10 @@ def add_items(run: LoadedRun, keys: list[str], texts: list[str], encoder: str | 
 
 def grow_catalogue(run: LoadedRun, items: NewItems, encoder: str | None = None) -> tuple[LoadedRun, list[NewFeatureRows]]:
     """``add_items`` for a ``NewItems`` (``read_new_item_table``), with how each feature table got its rows."""
-    if not type(run.model).ITEM_INPUTS:
+    if not spec_of(run.model).item_inputs:
         from textrec.models import MODELS, model_class
 
-        text_models = ", ".join(n for n in sorted(MODELS) if model_class(n).ITEM_INPUTS)
+        text_models = ", ".join(n for n in sorted(MODELS) if spec_of(model_class(n)).item_inputs)
         raise TextrecError(f"{run.cfg.model} scores item IDs and cannot score new items; use a text model ({text_models})")
     ds, keys, attributes = run.dataset, items.keys, items.attributes
     clash = set(keys) & set(ds.item_keys)

@@ -10,7 +10,7 @@ Writes into ``DIR``:
 Which models can be exported (``export_problem``, read from what a model declares): those whose score is the
 inner product of a sequence vector and an item-table row, and whose sequence encoder reads item ids only:
 SASRec, UniSRec and VQ-Rec. MISSRec cannot: it scores with its own user-adaptive fusion of the item's
-modalities (``score_items``), which is no fixed item table. Recformer cannot: its sequence encoder reads each
+modalities (its ``SPEC.score``), which is no fixed item table. Recformer cannot: its sequence encoder reads each
 item's tokenised key-value sentence (item input ``attributes``), built in Python, so item ids alone are not its
 input. Both are refused with that reason.
 
@@ -37,11 +37,11 @@ log = logging.getLogger("textrec.serve.export")
 
 def export_problem(run) -> str | None:
     """Why ``run``'s model cannot be exported (module doc), or None. Read from what the model declares, not its name."""
-    from textrec.models.spec import item_input_kinds
+    from textrec.models.spec import dot_score, item_input_kinds, spec_of
 
     name = run.cfg.model
-    if hasattr(run.model, "score_items"):
-        return (f"{name} scores items with its own function (score_items, e.g. a user-adaptive fusion of the item's "
+    if spec_of(run.model).score is not dot_score:
+        return (f"{name} scores items with its own rule (its SPEC.score, e.g. a user-adaptive fusion of the item's "
                 "modalities), not an inner product with a fixed item table")
     if "attributes" in item_input_kinds(type(run.model), run.cfg.model_config):
         return (f"{name}'s sequence encoder reads each item's tokenised key-value sentence, built in Python from the item "

@@ -16,6 +16,7 @@ import torch
 
 from textrec.data.batching import SeqBatch
 from textrec.errors import NotFoundError, TextrecError
+from textrec.models.spec import score
 
 
 @dataclass
@@ -60,8 +61,7 @@ def all_scores(model, history: np.ndarray, max_seq_len: int = 50, exclude_histor
     model.eval()
     seq_repr = model.encode(batch).float()  # (1, D)
     items = model.item_embeddings().float()
-    score_fn = getattr(model, "score_items", None)
-    scores = (score_fn(seq_repr, items) if score_fn else seq_repr @ items.T)[0]  # (n_items + 1,)
+    scores = score(model, seq_repr, items)[0]  # (n_items + 1,)
     scores[0] = float("-inf")
     if exclude_history:
         scores[torch.as_tensor(np.asarray(history, dtype=np.int64), device=device)] = float("-inf")

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from textrec.errors import DataError, NotFoundError, TextrecError
+from textrec.models.spec import dot_score, spec_of
 from textrec.serve.index import ItemIndex
 from textrec.serve.journal import Journal
 
@@ -122,10 +123,10 @@ class Service:
 
     @property
     def can_add(self) -> bool:
-        return bool(type(self.model).ITEM_INPUTS)
+        return bool(spec_of(self.model).item_inputs)
 
     def _uses_index(self) -> bool:
-        return not hasattr(self.model, "score_items")  # a model with its own scorer ranks through the library
+        return spec_of(self.model).score is dot_score  # a model with its own score rule ranks through the library
 
     def _build_index(self) -> ItemIndex | None:
         if not self._uses_index():
@@ -287,7 +288,7 @@ class Service:
         if not self.can_add:
             from textrec.models import MODELS, model_class
 
-            text_models = ", ".join(n for n in sorted(MODELS) if model_class(n).ITEM_INPUTS)
+            text_models = ", ".join(n for n in sorted(MODELS) if spec_of(model_class(n)).item_inputs)
             raise CannotAddError(f"{self.run.cfg.model} scores the item IDs it was trained on and cannot score new items; "
                                  f"serve a text model ({text_models}) to add items")
 

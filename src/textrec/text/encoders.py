@@ -204,6 +204,9 @@ class HFEncoder:
     def _load(self):
         """(tokenizer, model), loaded on first use so a fully cached run never loads the weights."""
         if self._model is None:
+            from textrec.extras import require
+
+            require("transformers", f"text encoding with {self.folder.name}")
             from transformers import AutoModel, AutoTokenizer
             from transformers.utils import logging as hf_logging
 

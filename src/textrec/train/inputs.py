@@ -1,7 +1,7 @@
 """Item-side inputs of a model, read from dataset directories, and the model builder.
 
-A model never reads a dataset. It declares the kinds of item-side input it needs (``ITEM_INPUTS``, and the
-optional ``PRETRAIN_INPUTS``; see ``textrec.models.spec``); ``load_item_inputs`` reads those kinds from one
+A model never reads a dataset. It declares the kinds of item-side input it needs (``SPEC.item_inputs``, and the
+optional ``SPEC.pretrain_inputs``; see ``textrec.models.spec``); ``load_item_inputs`` reads those kinds from one
 or several dataset directories — several are merged in order, as ``textrec.data.multidomain.merge_domains``
 merges their items — and ``build_model`` passes them to the constructor as one ``ItemInputs``.
 
@@ -25,7 +25,7 @@ from textrec.config import RunConfig
 from textrec.data.multidomain import merge_item_arrays
 from textrec.errors import DataError, NotFoundError
 from textrec.models import model_class
-from textrec.models.spec import FeatureTable, ItemInputs, item_input_kinds
+from textrec.models.spec import FeatureTable, ItemInputs, item_input_kinds, spec_of
 
 _WORD_DROP = re.compile(r"-wd\d+$")
 
@@ -102,10 +102,11 @@ def _load_embeddings(dirs, names, record, cfg, pretraining):
     return torch.from_numpy(merge_item_arrays(list(tables))), infos
 
 
-def _load_word_drop(dirs, record, cfg, base_infos, recorded):
+def _load_word_drop(dirs, record, cfg, view: str, recorded):
+    """The word-drop view: the recorded name, ``data.word_drop_embeddings``, else the model's name for it (``view``)."""
     from textrec.text.encode import load_item_embeddings
 
-    name = (recorded or {}).get("word_drop_embeddings") or cfg.data.word_drop_embeddings or f"{base_infos[0]['name']}-wd15"
+    name = (recorded or {}).get("word_drop_embeddings") or cfg.data.word_drop_embeddings or view
     try:
         tables, infos = zip(*(load_item_embeddings(d, name) for d in dirs))
     except NotFoundError:
@@ -170,7 +171,8 @@ def load_item_inputs(
     """
     dirs = [Path(d) for d in data_dirs]
     cls = model_class(cfg.model)
-    kinds = list(item_input_kinds(cls, cfg.model_config)) + (list(getattr(cls, "PRETRAIN_INPUTS", ())) if pretraining else [])
+    spec = spec_of(cls)
+    kinds = list(item_input_kinds(cls, cfg.model_config)) + (list(spec.pretrain_inputs) if pretraining else [])
     n_items = _total_items(dirs)
     inputs, record = ItemInputs(n_items=n_items), {}
     rec = recorded or {}
@@ -178,12 +180,13 @@ def load_item_inputs(
         names = rec.get("embeddings") or [_embedding_name(d, cfg.data.embeddings) for d in dirs]
         inputs.text_embeddings, infos = _load_embeddings(dirs, _per_dir(names, dirs), record, cfg, pretraining)
         if "word_drop_embeddings" in kinds:
-            inputs.word_drop_embeddings = _load_word_drop(dirs, record, cfg, infos, recorded)
+            inputs.word_drop_embeddings = _load_word_drop(dirs, record, cfg, spec.word_drop_view(infos[0]["name"]), recorded)
     if "codes" in kinds:
         names = rec.get("codes") or [cfg.data.codes or None for _ in dirs]
         inputs.codes, inputs.codebook_size = _load_codes(dirs, _per_dir(names, dirs), record)
     if "features" in kinds:
-        inputs.features = _load_features(dirs, tuple(rec.get("features") or cfg.data.features), record)
+        names = tuple(rec.get("features") or cfg.data.features or spec.feature_tables(cfg.model_config))
+        inputs.features = _load_features(dirs, names, record)
     if "attributes" in kinds:
         inputs.attributes = _load_attributes(dirs)
     return inputs, record

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from textrec import __version__
-from textrec.config import RunConfig
+from textrec.config import RunConfig, format_setting
 from textrec.data.batching import EvalBatcher, TrainBatcher, cut_mask, keep_rows
 from textrec.data.dataset import Dataset
 from textrec.data.split import eval_examples, prefix_rows, train_windows
 from textrec.errors import ConfigError
 from textrec.models import model_class
-from textrec.models.spec import Phase
+from textrec.models.spec import Phase, spec_of
 from textrec.runs import (  # noqa: F401 (load_run, LoadedRun, ... re-exported: their home was this module)
     LoadedRun,
     dataset_record,
@@ -48,17 +48,18 @@ class RunResult:
 def resolve_training_rows(cfg: RunConfig, pretraining: bool) -> tuple[str, str]:
     """(rows, batching) for this run: what the config asks, else what the model declares.
 
-    A model whose ``TRAINING_ROWS`` is not ``"windows"`` (not causal) can never train on windows.
+    A model that is not causal (``SPEC.causal``) can never train on windows.
     Pre-training batches are domain-stratified by default; on windows, each keeps at most
     ``data.pretrain_targets_per_row`` targets per epoch (``make_batchers``), so batches span many users at
     the cost of windows rather than of one row per prefix (``data.train_rows=prefixes``, the references'
     pairs: about 40x the tokens on Office + MovieLens, which does not fit a CPU).
     """
-    declared = model_class(cfg.model).TRAINING_ROWS
+    spec = spec_of(model_class(cfg.model))
+    declared = spec.training_rows
     rows = cfg.data.train_rows
     if rows == "auto":
         rows = declared
-    if rows == "windows" and declared != "windows":
+    if rows == "windows" and not spec.causal:
         raise ConfigError(f"model {cfg.model} is not causal, so it cannot train on whole-sequence windows; "
                           f"use data.train_rows={declared} (or auto)")
     batching = cfg.train.batching
@@ -68,9 +69,8 @@ def resolve_training_rows(cfg: RunConfig, pretraining: bool) -> tuple[str, str]:
 
 
 def sampled_cut(cfg: RunConfig, pretraining: bool) -> str:
-    """Which prefix rows a per-user draw picks from: the model's ``sampled_cut(cfg, pretraining)``, else any."""
-    pick = getattr(model_class(cfg.model), "sampled_cut", None)
-    return pick(cfg.model_config, pretraining) if pick is not None else "any"
+    """Which prefix rows a per-user draw picks from: the model's ``SPEC.sampled_cut(cfg, pretraining)``."""
+    return spec_of(model_class(cfg.model)).sampled_cut(cfg.model_config, pretraining)
 
 
 def make_batchers(
@@ -100,6 +100,9 @@ def describe(what: str, cfg: RunConfig, ds: Dataset, model, train_b: TrainBatche
         f"{what} {cfg.model} on {ds.name} ({ds.n_users:,} users, {ds.n_items:,} items, "
         f"{train_b.total_targets:,} training targets) on {device}, {n_params:,} parameters -> {out}"
     )
+    if cfg.recipe:
+        log.info(f"{cfg.model}'s recipe (under your config and overrides): "
+                 + " ".join(f"{k}={format_setting(v)}" for k, v in cfg.recipe.items()))
 
 
 def train_run(

@@ -10,7 +10,7 @@ keeps the best epoch with the usual patience; ``train.patience`` larger than ``t
 fixed-length behaviour.
 
 ``finetune_run`` builds the model for the target dataset (its own text embeddings or codes), loads every
-pre-trained weight except the catalogue-specific ones (the model's ``CATALOGUE_KEYS``), and trains through
+pre-trained weight except the catalogue-specific ones (the model's ``SPEC.catalogue_keys``), and trains through
 the model's ``phases("finetune")`` (e.g. VQ-Rec's permutation phase; what ``freeze_encoder`` freezes is
 the model's own declaration).
 """
@@ -22,10 +22,12 @@ import tomllib
 from pathlib import Path
 
 from textrec import __version__
-from textrec.config import RunConfig, apply_overrides, config_path
+from textrec.config import RunConfig, apply_overrides, config_path, with_recipe
 from textrec.data.dataset import Dataset
 from textrec.data.multidomain import domain_of_rows, merge_domains
 from textrec.errors import ConfigError, TextrecError
+from textrec.models import model_class
+from textrec.models.spec import spec_of
 from textrec.runs import (
     choose_matching_inputs,
     dataset_record,
@@ -74,8 +76,8 @@ def pretrain_run(
 
 
 def finetune_config(init_dir: str | Path, overrides: list[str], config: str | Path | None = None) -> RunConfig:
-    """The pre-trained run's model config with default data/train/eval settings, then the values of the ``config``
-    file (TOML, or a shipped config's short name such as ``recformer-reference``), then ``overrides``.
+    """The pre-trained run's model config with default data/train/eval settings and the model's fine-tuning recipe,
+    then the values of the ``config`` file (TOML, or a shipped config's short name such as ``recformer-reference``), then ``overrides``.
 
     Pre-training settings (epochs, batch size, ...) are not inherited; the model architecture must not change,
     nor the model (a ``model.name`` in the file must be the pre-trained run's).
@@ -89,9 +91,9 @@ def finetune_config(init_dir: str | Path, overrides: list[str], config: str | Pa
             raise ConfigError(f"{path}: model.name = {named!r}, but {init_dir} is a pre-trained {init_cfg.model} run")
         for section, table in values.items():
             d[section] = {**d.get(section, {}), **table} if isinstance(table, dict) else table
-    cfg = RunConfig.from_dict(apply_overrides(d, overrides))
-    for key in ("hidden_size", "n_layers", "n_heads", "inner_size"):
-        if getattr(cfg.model_config, key, None) != getattr(init_cfg.model_config, key, None):
+    cfg = with_recipe(apply_overrides(d, overrides), "finetune")
+    for key in spec_of(model_class(cfg.model)).architecture_keys:
+        if getattr(cfg.model_config, key) != getattr(init_cfg.model_config, key):
             raise TextrecError(f"model.{key} cannot change when fine-tuning (the pre-trained weights have {getattr(init_cfg.model_config, key)})")
     return cfg
 

@@ -228,10 +228,9 @@ def encode_dataset_images(
     """
     from textrec.data.dataset import Dataset
 
-    from importlib.util import find_spec
+    from textrec.extras import require
 
-    if find_spec("PIL") is None:
-        raise NotFoundError("image features need the package Pillow (pip install 'textrec[image]')")
+    require("PIL", "image features")
     t0 = time.perf_counter()
     data_dir = Path(data_dir)
     meta = dataset_meta(data_dir)

@@ -141,10 +141,9 @@ class CLIPModelFolder:
     def __init__(self, path: str | Path, device: str = "auto") -> None:
         from textrec.text.encoders import weights_digest
 
-        from importlib.util import find_spec
+        from textrec.extras import require
 
-        if find_spec("transformers") is None:
-            raise NotFoundError("a CLIP folder needs the package transformers (pip install 'textrec[text]')")
+        require("transformers", "a CLIP folder")
         folder = Path(path).expanduser()
         if not folder.is_dir():
             raise NotFoundError(f"{folder}: no such model folder; image encoders: {IMAGE_ENCODER_CHOICES}")
