@@ -105,6 +105,11 @@ def writing_run(out: Path, config: dict, resume: bool, overwrite: bool) -> Itera
     Without ``state.pt`` nothing can be resumed, so the files of this start are removed (and ``out`` itself
     when this start created it): an existing empty directory is left empty, a missing one stays missing.
     """
+    from textrec.train import distributed
+
+    if not distributed.is_writer():  # under torchrun only rank 0 writes (and cleans up)
+        yield
+        return
     existed = out.exists()
     prepare_out_dir(out, config, resume, overwrite)
     try:
@@ -171,6 +176,12 @@ def make_batchers(
 
 
 def describe(what: str, cfg: RunConfig, ds: Dataset, model, train_b: TrainBatcher, device, out: Path) -> None:
+    from textrec.train.distributed import is_writer, world_size
+
+    if not is_writer():
+        return
+    if world_size() > 1:
+        device = f"{world_size()} processes on {device.type}"
     n_params = sum(p.numel() for p in model.parameters())
     print(
         f"{what} {cfg.model} on {ds.name} ({ds.n_users:,} users, {ds.n_items:,} items, "

@@ -30,7 +30,7 @@ from textrec.config import RunConfig, apply_overrides, config_path
 from textrec.data.dataset import Dataset
 from textrec.data.multidomain import domain_of_rows, merge_domains
 from textrec.errors import CheckpointError, ConfigError, TextrecError
-from textrec.train import newcatalogue
+from textrec.train import distributed, newcatalogue
 from textrec.train.inputs import build_model, load_item_inputs
 from textrec.train.loop import fit, resolve_device, seed_everything, verify_checkpoint
 from textrec.train.run import RunResult, dataset_record, describe, make_batchers, read_run_config, writing_run
@@ -60,7 +60,8 @@ def pretrain_run(
     phases = model.phases("pretrain")
     train_b, valid_b, _ = make_batchers(merged, cfg, device, pretraining=True, domains=domain_of_rows(datasets))
     with writing_run(out, config, resume, overwrite):
-        newcatalogue.bundle_quantizer(config["new_catalogue"], out)  # a self-contained checkpoint: its quantiser inside
+        if distributed.is_writer():
+            newcatalogue.bundle_quantizer(config["new_catalogue"], out)  # a self-contained checkpoint: its quantiser inside
         if not quiet:
             describe("pre-training", cfg, merged, model, train_b, device, out)
         result = fit(model, train_b, valid_b, None, cfg, out, resume=resume, quiet=quiet, phases=phases)
