@@ -10,7 +10,8 @@ gradient of the single-process loss over the global batch:
   contrastive loss over the global batch) then receives exactly its single-process gradient after DDP's average.
 * ``global_mean(values)``: the mean of per-row values over the global batch, expressed as this rank's share
   (``sum(values) * world / n_global``), so that DDP's average over ranks is the global mean. Use it for a
-  loss that is a mean over this rank's rows (a full-softmax cross-entropy) when the shards differ in size.
+  loss that is a mean over this rank's rows (a full-softmax cross-entropy) when the shards differ in size;
+  ``global_sum(value)`` for a term that sums over this rank's rows (MISSRec's interest regulariser).
 
 Models import this file, never the training code. Nothing here starts a process group: without one (one
 process) every helper is the identity or the plain reduction.
@@ -75,6 +76,11 @@ def gather_with_grad(x: Tensor | None) -> Tensor | None:
     if not (x.is_floating_point() and x.requires_grad):
         return _gather_padded(x, _all_sizes(x.shape[0], x.device))
     return _GatherWithGrad.apply(x)
+
+
+def global_sum(value: Tensor) -> Tensor:
+    """A sum over this rank's rows as this rank's share of the sum over the global batch (DDP averages ranks)."""
+    return value * world_size()
 
 
 def global_mean(values: Tensor) -> Tensor:

@@ -37,6 +37,7 @@ import atexit
 import contextlib
 import datetime
 import os
+import re
 import signal
 import warnings
 from collections.abc import Callable, Iterator
@@ -85,6 +86,7 @@ def setup(device: torch.device) -> torch.device:
 
 
 def _interrupt(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the cleanup and the one-line message are not cut short
     raise KeyboardInterrupt
 
 
@@ -94,13 +96,21 @@ def _destroy() -> None:
             dist.destroy_process_group()
 
 
+_PEER_FAILURE = ("gloo", "NCCL", "Connection reset", "Connection closed", "c10d")  # a collective failed: a rank is gone
+
+
 @contextlib.contextmanager
 def failures() -> Iterator[None]:
     """A collective that fails (another rank died or was stopped) -> one line ``TextrecError``."""
     try:
         yield
-    except dist.DistError as e:
+    except (dist.DistError, RuntimeError) as e:
+        if world_size() == 1 or not (isinstance(e, dist.DistError) or any(w in str(e) for w in _PEER_FAILURE)):
+            raise
+        if launched():
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun stops the survivors: let this one clean up and say why
         first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        first = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". ")[0]  # gloo: "[file.cc:537] Read error ...: Connection reset by peer. ..."
         raise TextrecError(f"rank {rank()} of {world_size()}: another process of the distributed run failed or stopped "
                            f"({first[:200]}); continue it with --resume") from None
 
