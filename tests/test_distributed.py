@@ -4,7 +4,8 @@ Each test launches real ``torchrun`` processes (``python -m torch.distributed.ru
 and compares against one process with the same global batch. Tolerances: with dropout off (and no random
 augmentation) the two runs differ only in floating-point summation order, so per-epoch losses agree to a
 relative 1e-5 and validation / test metrics to 1e-6 (the same ranks; ``TIGHT``). Models whose training
-draws noise per row (UniSRec's gate noise) are a different random draw, checked to a relative 2% on the loss.
+draws noise per row (UniSRec's gate noise) are a different random draw, checked to a relative 2% on the loss
+and 0.1 on each metric (30 of the world's 300 users).
 
 Every launch costs several seconds of process start and rendezvous, so only the SASRec comparison runs by
 default (about 30 s on a busy 2-core machine); the other models, the two loopback nodes and the killed rank
@@ -130,7 +131,7 @@ def test_contrastive_pretraining_gathers_negatives_across_processes(world, tmp_p
     ("recformer", ["model.backbone=random", "model.hidden_size=32", "model.n_heads=2", "model.inner_size=37", "model.n_layers=2",
                    "train.batch_size=64"], dict(loss_rel=1e-5, metric_abs=2e-3)),  # item table re-encoded on every rank
     ("unisrec", ["model.hidden_size=32", "model.inner_size=32", "model.adaptor_dropout=0", "train.batch_size=256"],
-     dict(loss_rel=0.02, metric_abs=0.05)),  # the MoE gate noise is drawn per rank: another random draw
+     dict(loss_rel=0.02, metric_abs=0.1)),  # the MoE gate noise is drawn per rank: another random draw (300 test users)
 ])
 def test_every_model_trains_in_two_processes_as_in_one(world, tmp_path, model, overrides, tol):
     args = ["train", str(world), "--model", model, *overrides, "model.hidden_dropout=0", "model.attn_dropout=0", "train.epochs=3",
@@ -196,7 +197,7 @@ def test_killing_a_rank_fails_cleanly_and_resume_completes_the_run(sasrec_pair, 
     p = _torchrun(["--standalone", "--nproc-per-node", "2"], [*args, "--out", str(run)])
     victim = _rank_pid(p, 1)
     end = time.monotonic() + 120
-    while not ((run / "log.jsonl").exists() and (run / "log.jsonl").read_text().strip()):  # one epoch finished
+    while not (run / "state.pt").exists():  # one epoch finished and saved
         assert p.poll() is None and time.monotonic() < end, "the run ended before a rank could be killed"
         time.sleep(0.01)
     os.kill(victim, signal.SIGKILL)

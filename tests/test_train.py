@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -107,3 +108,56 @@ def test_amp_cpu_autocasts_only_the_training_forward(tiny_dir, tmp_path, monkeyp
     fit = train_run(tiny_dir, _cfg("train.epochs=2", f"train.amp_cpu={str(amp_cpu).lower()}"), tmp_path / "run", quiet=True).fit
     assert seen == {"train": {amp_cpu}, "eval": {False}}
     assert fit.test["recall@10"] > 0
+
+
+# ---- distributed helpers in one process (tests/test_distributed.py launches torchrun) ---------------
+
+
+def test_collective_helpers_are_the_single_process_operations():
+    from textrec.collective import gather_with_grad, global_mean, global_sum
+
+    x = torch.randn(5, 3, requires_grad=True)
+    assert gather_with_grad(x) is x and gather_with_grad(None) is None
+    assert torch.equal(global_mean(x), x.sum() / x.numel()) and torch.equal(global_sum(x), x)
+    empty = global_mean(torch.zeros(0, requires_grad=True))
+    assert float(empty.detach()) == 0.0 and empty.requires_grad  # a shard with no targets adds nothing, on the graph
+
+
+def test_a_state_of_another_number_of_processes_is_refused():
+    from textrec.train import distributed
+
+    state = {"torch": torch.get_rng_state()}
+    distributed.set_rng_states([state], torch.device("cpu"))
+    with pytest.raises(TextrecError, match="run of 2 process"):
+        distributed.set_rng_states([state, state], torch.device("cpu"))
+
+
+def test_threads_bound_torch_and_openmp_together(monkeypatch):
+    from textrec import threads
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    try:
+        assert threads.prepare(3) == 3
+        assert torch.get_num_threads() == 3 and os.environ["OMP_NUM_THREADS"] == "3"
+        assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+        monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert threads.prepare() == max(1, threads.available_cores() // 2)  # torchrun's processes share the cores
+        assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # a user's choice stays
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_cli_threads_option_sets_the_pool(tiny_dir, tmp_path, monkeypatch):
+    from textrec.cli import main
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    try:
+        assert main(["info", str(tiny_dir), "--json", "--threads", "2"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
