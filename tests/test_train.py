@@ -161,3 +161,22 @@ def test_cli_threads_option_sets_the_pool(tiny_dir, tmp_path, monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_synthetic_corpus_has_long_tails_and_a_topic_signal():
+    import numpy as np
+
+    from textrec.data.synthetic import CorpusSpec, make_corpus
+
+    spec = CorpusSpec(n_users=3000, n_items=2000, n_topics=20)
+    ds = make_corpus(spec, seed=3)
+    lengths = np.diff(ds.seq_offsets)
+    assert ds.n_users == 3000 and ds.n_items == 2000 and lengths.min() >= spec.min_len and lengths.max() <= spec.max_len
+    assert np.median(lengths) == spec.median_len and lengths.max() > 4 * spec.median_len  # short typical users, a long tail
+    counts = np.sort(np.bincount(ds.seq_items, minlength=ds.n_items + 1)[1:])[::-1]
+    assert counts[:20].sum() / counts.sum() > 10 * 20 / ds.n_items  # the top 1% of items far above their uniform share
+    topic = np.array([int(t.split("Topic ")[1].split(".")[0]) for t in ds.item_texts])
+    first, second = ds.seq_items[ds.seq_offsets[:-1]] - 1, ds.seq_items[ds.seq_offsets[:-1] + 1] - 1
+    assert (topic[first] == topic[second]).mean() > 0.3  # chance: 1 / 20
+    again = make_corpus(spec, seed=3)
+    assert np.array_equal(again.seq_items, ds.seq_items) and not np.array_equal(make_corpus(spec, seed=4).seq_items, ds.seq_items)
