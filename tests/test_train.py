@@ -180,3 +180,18 @@ def test_synthetic_corpus_has_long_tails_and_a_topic_signal():
     assert (topic[first] == topic[second]).mean() > 0.3  # chance: 1 / 20
     again = make_corpus(spec, seed=3)
     assert np.array_equal(again.seq_items, ds.seq_items) and not np.array_equal(make_corpus(spec, seed=4).seq_items, ds.seq_items)
+
+
+def test_snapshot_sees_what_a_hook_replaced_or_wrote():
+    """What ``sync_changed`` would broadcast from rank 0 after an epoch hook: the changed tensors, not the rest."""
+    from textrec.train import distributed
+
+    model = torch.nn.Linear(3, 2)
+    model.register_buffer("table", torch.zeros(4, 3))
+    model.register_buffer("centroids", torch.zeros(2, 3))
+    before = distributed.snapshot(model)
+    assert distributed.changed(model, before) == []
+    with torch.no_grad():
+        model.centroids[1] = 1.0  # written in place
+    model.bias = torch.nn.Parameter(torch.ones(2))  # replaced
+    assert sorted(distributed.changed(model, before)) == ["bias", "centroids"]

@@ -17,8 +17,9 @@ What the loop (``textrec.train.loop``) does with it, and why the result is the s
   at each phase entry with the optimiser, since phases change which parameters train. The losses express
   their means over the global batch with ``textrec.collective`` (``global_mean``, ``gather_with_grad`` for
   in-batch negatives), so the averaged gradient is the single-process gradient over the global batch;
-* epoch hooks that rebuild catalogue state (MISSRec's k-means, Recformer's item table) run on every rank,
-  then every buffer is broadcast from rank 0 (``sync_buffers``), so all ranks hold rank 0's result;
+* epoch hooks that rebuild catalogue state (MISSRec's k-means, Recformer's item table) and a phase's ``enter``
+  (VQ-Rec baking its permutation) run on every rank, then whatever they changed is broadcast from rank 0
+  (``sync_changed``), so all ranks hold rank 0's result;
 * validation ranks each example against the whole catalogue, exactly as in one process, with the
   examples' batches split over ranks and the ranks summed (``evaluate``); the early-stopping decision is
   rank 0's, broadcast;
@@ -52,7 +53,8 @@ from textrec.data.batching import EvalBatcher, SeqBatch
 from textrec.errors import TextrecError
 
 __all__ = ["PhaseLoss", "barrier", "broadcast_flag", "evaluate", "failures", "is_writer", "launched", "mean_over_ranks",
-           "rank", "rng_states", "seed_rank", "set_rng_states", "setup", "shard", "sync_buffers", "world_size", "wrap"]
+           "rank", "changed", "rng_states", "seed_rank", "set_rng_states", "setup", "shard", "snapshot", "sync_changed", "world_size",
+           "wrap"]
 
 
 def launched() -> bool:
@@ -146,7 +148,7 @@ def wrap(model: nn.Module, loss: Callable) -> Callable:
 
     Built after the phase set ``requires_grad`` (DDP synchronises exactly the parameters that train then).
     Parameters a batch does not reach (a modality absent from it) are allowed; buffers are not broadcast
-    on every step (catalogue-sized tables would be), ``sync_buffers`` does it where they change.
+    on every step (catalogue-sized tables would be); ``sync_changed`` sends what an epoch hook changed.
     """
     if world_size() == 1:
         return loss
@@ -183,13 +185,34 @@ def mean_over_ranks(value: float, device: torch.device) -> float:
     return float(t) / world_size()
 
 
-def sync_buffers(model: nn.Module) -> None:
-    """Every buffer (and parameter) of ``model`` as rank 0 holds it."""
+def _tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [*model.named_parameters(), *model.named_buffers()]
+
+
+def snapshot(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """Which tensor object each parameter and buffer is, and its in-place version: what ``sync_changed`` compares."""
+    return {name: (id(t), t._version) for name, t in _tensors(model)}
+
+
+def changed(model: nn.Module, before: dict[str, tuple[int, int]]) -> list[str]:
+    """Names of the parameters and buffers replaced or written in place since ``snapshot`` gave ``before``."""
+    return [name for name, t in _tensors(model) if before.get(name) != (id(t), t._version)]
+
+
+def sync_changed(model: nn.Module, before: dict[str, tuple[int, int]]) -> None:
+    """The parameters and buffers changed since ``before`` (replaced or written in place) as rank 0 holds them.
+
+    After an epoch hook or a phase's ``enter`` that ran on every rank: k-means seeded from each rank's own
+    generator, a noisy permutation sample, may differ per rank; every rank continues with rank 0's result.
+    Unchanged catalogue tables (text embeddings, feature tables) are not sent.
+    """
     if world_size() == 1:
         return
+    names = set(changed(model, before))
     with torch.no_grad():
-        for t in [*model.parameters(), *model.buffers()]:
-            dist.broadcast(t.data, 0)
+        for name, t in _tensors(model):
+            if name in names:
+                dist.broadcast(t.data, 0)
 
 
 def broadcast_flag(value: bool, device: torch.device) -> bool:

@@ -234,8 +234,9 @@ class _Trainer:
             if ph.reload_best and pr.best_epoch > 0:
                 self.restore_best()
             if ph.enter is not None:
+                before = distributed.snapshot(self.model)
                 ph.enter(self.model)
-                distributed.sync_buffers(self.model)
+                distributed.sync_changed(self.model, before)  # what enter changed, as rank 0 has it
             pr.phase, pr.phase_epochs, pr.bad_evals = index, 0, 0
         self._steps.clear()  # the DDP wrapper is rebuilt with the optimiser: phases change what trains
         if ph.optimizer == "rebuild" or self.optimizer is None:
@@ -288,9 +289,11 @@ class _Trainer:
     def train_epoch(self, epoch: int) -> tuple[float, dict]:
         """One epoch of the current phase: (mean loss, what the phase's epoch hook reported)."""
         ph, pr, tc = self.phases[self.progress.phase], self.progress, self.tc
-        report = _hook_report(ph, ph.on_epoch_start(self.model, epoch)) if ph.on_epoch_start is not None else {}
+        report = {}
         if ph.on_epoch_start is not None:
-            distributed.sync_buffers(self.model)  # every rank holds rank 0's rebuilt catalogue state
+            before = distributed.snapshot(self.model)
+            report = _hook_report(ph, ph.on_epoch_start(self.model, epoch))
+            distributed.sync_changed(self.model, before)  # every rank holds rank 0's rebuilt catalogue state
         self.model.train()
         step, opt = self.step_fn(), self.optimizer
         params = [p for p in self.model.parameters() if p.requires_grad]
