@@ -9,6 +9,9 @@ to ``model.safetensors``; a phase ends after its fixed number of epochs or after
 without improvement (counted from the phase's start; ``max_epochs`` may cap such a phase), and the run ends
 with its last phase or at ``train.epochs``. The best weights are restored and the test split is evaluated once.
 
+Under ``torchrun`` the same loop runs in every process (``textrec.train.distributed``): each rank trains on its
+slice of every global batch through DDP, validation is split over the ranks, and only rank 0 writes.
+
 A run directory holds::
 
     config.json        the resolved config (written by the caller, see ``textrec.train.run``)
