@@ -142,8 +142,10 @@ def test_every_model_trains_in_two_processes_as_in_one(world, tmp_path, model, o
 
 
 @pytest.mark.slow
-def test_unisrec_and_missrec_pretrain_and_finetune_in_two_processes(world, tmp_path):
+def test_pretrain_and_finetune_in_two_processes(world, tmp_path):
+    """UniSRec, MISSRec, and VQ-Rec whose fine-tuning enters a permutation phase and bakes it (broadcast from rank 0)."""
     for model, extra in (("unisrec", ["model.hidden_size=32", "model.inner_size=32", "train.batch_size=256"]),
+                         ("vqrec", ["model.hidden_size=32", "model.inner_size=32", "model.permute_epochs=1", "train.batch_size=256"]),
                          ("missrec", ["model.text_feature=embeddings", "model.image_feature=", "model.hidden_size=16",
                                       "model.n_heads=2", "model.inner_size=16", "train.batch_size=128"])):
         pre, fine = tmp_path / f"{model}-pre", tmp_path / f"{model}-fine"
