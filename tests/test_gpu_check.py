@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow  # about 45 s on a busy 2-core machine, most of it process starts
+@pytest.mark.slow  # 20-45 s on a busy 2-core machine, most of it process starts
 def test_cpu_fallback_measures_every_step(tmp_path):
     out = tmp_path / "check.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
