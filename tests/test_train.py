@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -107,3 +108,90 @@ def test_amp_cpu_autocasts_only_the_training_forward(tiny_dir, tmp_path, monkeyp
     fit = train_run(tiny_dir, _cfg("train.epochs=2", f"train.amp_cpu={str(amp_cpu).lower()}"), tmp_path / "run", quiet=True).fit
     assert seen == {"train": {amp_cpu}, "eval": {False}}
     assert fit.test["recall@10"] > 0
+
+
+# ---- distributed helpers in one process (tests/test_distributed.py launches torchrun) ---------------
+
+
+def test_collective_helpers_are_the_single_process_operations():
+    from textrec.collective import gather_with_grad, global_mean, global_sum
+
+    x = torch.randn(5, 3, requires_grad=True)
+    assert gather_with_grad(x) is x and gather_with_grad(None) is None
+    assert torch.equal(global_mean(x), x.sum() / x.numel()) and torch.equal(global_sum(x), x)
+    empty = global_mean(torch.zeros(0, requires_grad=True))
+    assert float(empty.detach()) == 0.0 and empty.requires_grad  # a shard with no targets adds nothing, on the graph
+
+
+def test_a_state_of_another_number_of_processes_is_refused():
+    from textrec.train import distributed
+
+    state = {"torch": torch.get_rng_state()}
+    distributed.set_rng_states([state], torch.device("cpu"))
+    with pytest.raises(TextrecError, match="run of 2 process"):
+        distributed.set_rng_states([state, state], torch.device("cpu"))
+
+
+def test_threads_bound_torch_and_openmp_together(monkeypatch):
+    from textrec import threads
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    try:
+        assert threads.prepare(3) == 3
+        assert torch.get_num_threads() == 3 and os.environ["OMP_NUM_THREADS"] == "3"
+        assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+        monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert threads.prepare() == max(1, threads.available_cores() // 2)  # torchrun's processes share the cores
+        assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # a user's choice stays
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_cli_threads_option_sets_the_pool(tiny_dir, tmp_path, monkeypatch):
+    from textrec.cli import main
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    try:
+        assert main(["info", str(tiny_dir), "--json", "--threads", "2"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_synthetic_corpus_has_long_tails_and_a_topic_signal():
+    import numpy as np
+
+    from textrec.data.synthetic import CorpusSpec, make_corpus
+
+    spec = CorpusSpec(n_users=3000, n_items=2000, n_topics=20)
+    ds = make_corpus(spec, seed=3)
+    lengths = np.diff(ds.seq_offsets)
+    assert ds.n_users == 3000 and ds.n_items == 2000 and lengths.min() >= spec.min_len and lengths.max() <= spec.max_len
+    assert np.median(lengths) == spec.median_len and lengths.max() > 4 * spec.median_len  # short typical users, a long tail
+    counts = np.sort(np.bincount(ds.seq_items, minlength=ds.n_items + 1)[1:])[::-1]
+    assert counts[:20].sum() / counts.sum() > 10 * 20 / ds.n_items  # the top 1% of items far above their uniform share
+    topic = np.array([int(t.split("Topic ")[1].split(".")[0]) for t in ds.item_texts])
+    first, second = ds.seq_items[ds.seq_offsets[:-1]] - 1, ds.seq_items[ds.seq_offsets[:-1] + 1] - 1
+    assert (topic[first] == topic[second]).mean() > 0.3  # chance: 1 / 20
+    again = make_corpus(spec, seed=3)
+    assert np.array_equal(again.seq_items, ds.seq_items) and not np.array_equal(make_corpus(spec, seed=4).seq_items, ds.seq_items)
+
+
+def test_snapshot_sees_what_a_hook_replaced_or_wrote():
+    """What ``sync_changed`` would broadcast from rank 0 after an epoch hook: the changed tensors, not the rest."""
+    from textrec.train import distributed
+
+    model = torch.nn.Linear(3, 2)
+    model.register_buffer("table", torch.zeros(4, 3))
+    model.register_buffer("centroids", torch.zeros(2, 3))
+    before = distributed.snapshot(model)
+    assert distributed.changed(model, before) == []
+    with torch.no_grad():
+        model.centroids[1] = 1.0  # written in place
+    model.bias = torch.nn.Parameter(torch.ones(2))  # replaced
+    assert sorted(distributed.changed(model, before)) == ["bias", "centroids"]

@@ -307,6 +307,8 @@ def _report_run(args, model: str, result, what: str = "") -> None:
     from textrec.report import metrics_table
 
     fit = result.fit
+    if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 alone reports
+        return
     if args.json:
         _print_json({"run": str(result.out_dir), **fit.to_dict()})
         return
@@ -647,7 +649,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
     for add in (_add_demo, _add_plot):
         add(sub, parents)
+    for s in sub.choices.values():
+        _add_threads(s)
     return p
+
+
+def _add_threads(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--threads", type=int, metavar="N", help="CPU threads for torch and faiss together (default: "
+                   "OMP_NUM_THREADS, else the available cores shared among torchrun's processes on this machine)")
 
 
 class _StderrHandler(logging.Handler):
@@ -700,6 +709,11 @@ def _reporting(args) -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from textrec import threads
+
+    early = argparse.ArgumentParser(add_help=False)  # before torch and faiss load: they read OpenMP settings once
+    early.add_argument("--threads", type=int)
+    threads.prepare(early.parse_known_args(argv)[0].threads)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may come anywhere after the subcommand; argparse only collects the first run

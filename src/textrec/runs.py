@@ -113,6 +113,11 @@ def writing_run(out: Path, config: dict, resume: bool, overwrite: bool) -> Itera
     Without ``state.pt`` nothing can be resumed, so the files of this start are removed (and ``out`` itself
     when this start created it): an existing empty directory is left empty, a missing one stays missing.
     """
+    from textrec.collective import rank
+
+    if rank() != 0:  # under torchrun only rank 0 writes (and cleans up)
+        yield
+        return
     with locked(out):  # a second writer of the same run gets a one-line error
         for tmp in out.glob(".*.tmp") if out.is_dir() else ():
             tmp.unlink(missing_ok=True)  # a killed writer's: with the lock held no live one owns them

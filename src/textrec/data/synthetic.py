@@ -115,3 +115,76 @@ def make_domain(domain: str, spec: WorldSpec = WorldSpec(), seed: int = 0) -> Da
 def make_world(domains: tuple[str, ...] = ("tools", "kitchen", "garden"), spec: WorldSpec = WorldSpec(), seed: int = 0) -> dict[str, Dataset]:
     """Several domains sharing the attribute vocabulary and the user rule."""
     return {d: make_domain(d, spec, seed) for d in domains}
+
+
+# ---- large corpora -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """A corpus of any size with the shape of real interaction data (``make_corpus``).
+
+    Sequence lengths are log-normal (median ``median_len``, spread ``len_sigma``), clipped to
+    [``min_len``, ``max_len``]: most users are short, a few are long, as in the Amazon 5-core sets (median
+    about 6, a long tail). Item popularity is Zipf-like: the item of popularity rank r is drawn with weight
+    1 / r^``zipf``.
+    Each user keeps one of ``n_topics`` topics; a step picks, with probability ``topic_share``, an item of that
+    topic (by its popularity inside the topic), else any item (by global popularity): a learnable signal.
+    """
+
+    n_users: int = 100_000
+    n_items: int = 50_000
+    median_len: float = 6.0
+    len_sigma: float = 0.8
+    min_len: int = 5
+    max_len: int = 200
+    zipf: float = 1.0
+    n_topics: int = 200
+    topic_share: float = 0.7
+
+
+def _zipf_draw(rng: np.random.Generator, n: int | np.ndarray, size: int, exponent: float) -> np.ndarray:
+    """``size`` draws of a rank in 0..n-1 with weight 1 / (rank + 1)^exponent (inverse CDF, vectorised);
+    ``n`` may be one bound per draw."""
+    n = np.broadcast_to(np.asarray(n, dtype=np.int64), (size,))
+    cdf = np.cumsum(1.0 / np.arange(1, int(n.max()) + 1, dtype=np.float64) ** exponent)
+    return np.minimum(np.searchsorted(cdf, rng.random(size) * cdf[n - 1], side="right"), n - 1)
+
+
+def make_corpus(spec: CorpusSpec = CorpusSpec(), seed: int = 0, name: str = "synthetic-corpus") -> Dataset:
+    """A ``Dataset`` of ``spec.n_users`` users and ``spec.n_items`` items (``CorpusSpec``), built vectorised:
+    a million users take seconds and memory of a few bytes per interaction beyond the item texts."""
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(np.rint(rng.lognormal(np.log(spec.median_len), spec.len_sigma, spec.n_users)),
+                      spec.min_len, spec.max_len).astype(np.int64)
+    total = int(lengths.sum())
+    topic_of_item = rng.integers(spec.n_topics, size=spec.n_items)
+    popularity = rng.permutation(spec.n_items)  # popularity rank -> item index
+    # every topic's items in global popularity order, so a Zipf draw inside a topic favours its popular items
+    ordered_topics = topic_of_item[popularity]
+    by_topic = np.argsort(ordered_topics, kind="stable")
+    topic_start = np.searchsorted(ordered_topics[by_topic], np.arange(spec.n_topics + 1))
+    user_topic = rng.integers(spec.n_topics, size=spec.n_users)
+    step_topic = np.repeat(user_topic, lengths)
+    items = popularity[_zipf_draw(rng, spec.n_items, total, spec.zipf)]  # global draws
+    own = rng.random(total) < spec.topic_share
+    sizes = (topic_start[1:] - topic_start[:-1])[step_topic]
+    own &= sizes > 0
+    if own.any():
+        local = _zipf_draw(rng, sizes[own], int(own.sum()), spec.zipf)  # Zipf over each topic's own items
+        items[own] = popularity[by_topic[topic_start[step_topic[own]] + local]]
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    times = np.arange(total, dtype=np.int64) - np.repeat(offsets[:-1], lengths)
+    kinds = [k for _, (_, ks) in DOMAINS.items() for k in ks]
+    words = rng.integers([len(COLORS), len(MATERIALS), len(STYLES), len(kinds)], size=(spec.n_items, 4))
+    texts = [f"{COLORS[c]} {MATERIALS[m]} {kinds[k]}, {STYLES[s]} style. Topic {t}. " for (c, m, s, k), t in zip(words.tolist(), topic_of_item.tolist())]
+    return Dataset(
+        name=name,
+        item_keys=[f"i{i}" for i in range(spec.n_items)],
+        item_texts=texts,
+        user_keys=[f"u{u}" for u in range(spec.n_users)],
+        seq_offsets=offsets,
+        seq_items=(items + 1).astype(np.int32),
+        seq_times=times * 86400 + 1_600_000_000,
+        meta={"source": {"format": "synthetic-corpus", "seed": seed, **spec.__dict__}},
+    )

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from textrec.collective import gather_with_grad
+
 
 class MultiHeadSelfAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, attn_dropout: float, hidden_dropout: float, eps: float) -> None:
@@ -144,8 +146,10 @@ def in_batch_contrastive(
     code does, given logit 0 so each still adds exp(0) = 1 to the denominator (``"reference"``).
     ``extra`` (N, D): one more negative per row (VQ-Rec's semi-synthetic item). ``groups`` (N,): the user
     each row comes from; another row of the same user is never a negative (its target is that user's
-    own item, not a contrast).
+    own item, not a contrast). Under torchrun the rows of every rank are gathered (``gather_with_grad``): the
+    loss is the single-process loss over the global batch.
     """
+    query, keys, key_ids, extra, groups = (gather_with_grad(t) for t in (query, keys, key_ids, extra, groups))  # all ranks' rows
     q = F.normalize(query, dim=-1)
     logits = mask_in_batch(q @ F.normalize(keys, dim=-1).T / temperature, key_ids, same_target, groups)  # (N, N)
     if extra is not None:

@@ -68,6 +68,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from textrec.collective import gather_with_grad, global_mean, global_sum
 from textrec.data.batching import SeqBatch
 from textrec.models.layers import (FeedForward, TransformerEncoder, check_encoder_config, init_weights, item_drop,
                                    mask_in_batch)
@@ -384,20 +385,21 @@ class MISSRec(nn.Module):
         enc = self.sequence(batch.item_seq, batch.seq_len, tables=tables)
         ids = torch.arange(1, self.n_items + 1, device=batch.item_seq.device)
         logits = self.score_items(enc.seq, self.item_rows(ids, tables)) / self.cfg.temperature  # (B, n_items)
-        return F.cross_entropy(logits.float(), self._last_targets(batch) - 1) + self.cfg.gamma * enc.omega
+        return global_mean(F.cross_entropy(logits.float(), self._last_targets(batch) - 1, reduction="none")) + self.cfg.gamma * global_sum(enc.omega)
 
     def pretrain_loss(self, batch: SeqBatch) -> Tensor:
         """L_si + lambda_ss * L_ss + gamma * (Omega + Omega_aug) over a (multi-domain) batch of prefix rows."""
         enc = self.sequence(batch.item_seq, batch.seq_len)
         targets = self._last_targets(batch)
-        logits = self.score_items(enc.seq, self.item_rows(targets)) / self.cfg.temperature  # (B, B)
-        loss, omega = in_batch_loss(logits, targets, batch.users, self.cfg.same_target), enc.omega
+        seq, rows, targets, users = (gather_with_grad(t) for t in (enc.seq, self.item_rows(targets), targets, batch.users))  # all ranks
+        logits = self.score_items(seq, rows) / self.cfg.temperature  # (B, B)
+        loss, omega = in_batch_loss(logits, targets, users, self.cfg.same_target), enc.omega
         if self.cfg.lambda_ss > 0:
             aug = self.sequence(*self.augment(batch.item_seq, batch.seq_len))
-            loss = loss + self.cfg.lambda_ss * in_batch_loss(enc.seq @ aug.seq.T / self.cfg.temperature, targets, batch.users,
+            loss = loss + self.cfg.lambda_ss * in_batch_loss(seq @ gather_with_grad(aug.seq).T / self.cfg.temperature, targets, users,
                                                              self.cfg.same_target)
             omega = omega + aug.omega
-        return loss + self.cfg.gamma * omega
+        return loss + self.cfg.gamma * global_sum(omega)
 
     def augment(self, item_seq: Tensor, seq_len: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Item drop (all modalities and interests of the dropped sequence) or the word-drop text view; one per batch."""

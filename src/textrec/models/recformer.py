@@ -85,6 +85,7 @@ from transformers import AutoConfig, AutoTokenizer, BertConfig
 from transformers.models.bert.modeling_bert import (BertAttention, BertEmbeddings, BertIntermediate, BertOutput,
                                                     BertPredictionHeadTransform)
 
+from textrec.collective import gather_with_grad, global_mean, world_size
 from textrec.data.batching import SeqBatch
 from textrec.data.sentences import tokenize_items
 from textrec.errors import ConfigError, NotFoundError
@@ -505,7 +506,7 @@ class Recformer(nn.Module):
         items = self._ready_item_table()[1:]  # (n_items, D), no gradient: re-encoded per epoch or fixed
         target = batch.targets.gather(1, (batch.seq_len - 1)[:, None]).squeeze(1)  # (B,)
         logits = self.encode(batch) @ items.T / self.cfg.temperature
-        return F.cross_entropy(logits.float(), target - 1)
+        return global_mean(F.cross_entropy(logits.float(), target - 1, reduction="none"))
 
     def pretrain_loss(self, batch: SeqBatch) -> Tensor:
         """In-batch contrastive loss of (prefix, next item) + mlm_weight x whole-word MLM on both sides."""
@@ -515,8 +516,9 @@ class Recformer(nn.Module):
         if self.cfg.same_target == "mask":
             loss = in_batch_contrastive(seq, item, target, self.cfg.temperature, "mask", groups=batch.users)
         else:
+            seq, item = gather_with_grad(seq), gather_with_grad(item)  # all ranks' rows
             logits = F.normalize(seq, dim=-1) @ F.normalize(item, dim=-1).T / self.cfg.temperature
-            loss = F.cross_entropy(logits.float(), torch.arange(len(target), device=target.device))
+            loss = F.cross_entropy(logits.float(), torch.arange(len(seq), device=target.device))
         if self.cfg.mlm_weight > 0:
             loss = loss + self.cfg.mlm_weight * (self.mlm_loss(seq_tok) + self.mlm_loss(item_tok))
         return loss
@@ -535,10 +537,10 @@ class Recformer(nn.Module):
     def mlm_loss(self, tok: Tokens) -> Tensor:
         masked, chosen = self.mask_words(tok)
         h = self.hidden(tok._replace(ids=masked))[chosen]  # (M, D)
-        if h.shape[0] == 0:
+        if h.shape[0] == 0 and world_size() == 1:
             return h.sum()  # no word drawn in this batch: zero, still on the graph
         logits = self.lm_head(h, self.embeddings.word_embeddings.weight)  # (M, vocab)
-        return F.cross_entropy(logits.float(), tok.ids[chosen])
+        return global_mean(F.cross_entropy(logits.float(), tok.ids[chosen], reduction="none"))  # over every rank's words
 
     # ---- phases --------------------------------------------------------------------------------------
     def _frozen(self, pretraining: bool) -> list[nn.Module]:

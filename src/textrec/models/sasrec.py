@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from textrec.collective import global_mean
 from textrec.data.batching import SeqBatch
 from textrec.errors import ConfigError
 from textrec.models.layers import TransformerEncoder, check_encoder_config, init_weights, last_position, next_item_positions
@@ -87,7 +88,7 @@ class SASRec(nn.Module):
     def loss(self, batch: SeqBatch) -> Tensor:
         h, targets = next_item_positions(self.hidden(batch.item_seq), batch.targets)  # (N, D), (N,)
         logits = h @ self.item_emb.weight[1:].T  # (N, n_items): the padding row is never a candidate
-        return F.cross_entropy(logits.float(), targets - 1)
+        return global_mean(F.cross_entropy(logits.float(), targets - 1, reduction="none"))
 
     def phases(self, kind: PhaseKind) -> list[Phase]:
         if kind != "train":

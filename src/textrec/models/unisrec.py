@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from textrec.collective import global_mean
 from textrec.data.batching import SeqBatch
 from textrec.models.layers import (TransformerEncoder, check_encoder_config, in_batch_contrastive, init_weights, item_drop,
                                    last_position, next_item_positions, position_users)
@@ -191,7 +192,7 @@ class UniSRec(nn.Module):
         h, targets = next_item_positions(self.hidden(batch.item_seq), batch.targets)  # (N, D), (N,)
         items = self.item_embeddings()[1:]  # (n_items, D)
         logits = F.normalize(h, dim=-1) @ items.T / self.cfg.temperature
-        return F.cross_entropy(logits.float(), targets - 1)
+        return global_mean(F.cross_entropy(logits.float(), targets - 1, reduction="none"))
 
     def _contrast(self, query: Tensor, keys: Tensor, key_ids: Tensor, groups: Tensor | None = None) -> Tensor:
         return in_batch_contrastive(query, keys, key_ids, self.cfg.temperature, self.cfg.same_target, groups=groups)

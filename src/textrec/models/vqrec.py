@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from textrec.collective import global_mean
 from textrec.data.batching import SeqBatch
 from textrec.models.layers import (TransformerEncoder, check_encoder_config, in_batch_contrastive, init_weights, item_drop,
                                    last_position, next_item_positions, position_users)
@@ -218,7 +219,7 @@ class VQRec(nn.Module):
         ids = torch.arange(1, self.n_items + 1, device=h.device)
         items = F.normalize(self.item_vectors(ids, table), dim=-1)  # (n_items, h)
         logits = F.normalize(h, dim=-1) @ items.T / self.cfg.temperature
-        return F.cross_entropy(logits.float(), targets - 1)
+        return global_mean(F.cross_entropy(logits.float(), targets - 1, reduction="none"))
 
     def _fake_index(self, targets: Tensor) -> Tensor:
         """Semi-synthetic codes (Eq. 7): each code replaced w.p. rho by a uniform code of its sub-space."""

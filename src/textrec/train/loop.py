@@ -9,6 +9,9 @@ to ``model.safetensors``; a phase ends after its fixed number of epochs or after
 without improvement (counted from the phase's start; ``max_epochs`` may cap such a phase), and the run ends
 with its last phase or at ``train.epochs``. The best weights are restored and the test split is evaluated once.
 
+Under ``torchrun`` the same loop runs in every process (``textrec.train.distributed``): each rank trains on its
+slice of every global batch through DDP, validation is split over the ranks, and only rank 0 writes.
+
 A run directory holds::
 
     config.json        the resolved config (written by the caller, see ``textrec.train.run``)
@@ -51,11 +54,12 @@ from tqdm.auto import tqdm
 from textrec.config import RunConfig, TrainConfig
 from textrec.data.batching import EvalBatcher, TrainBatcher
 from textrec.errors import CheckpointError, TextrecError
-from textrec.eval.ranking import evaluate
 from textrec.io import atomic_path, checksummed_path, storage_failure, write_json
 from textrec.log import show_progress
 from textrec.models.spec import Phase
-from textrec.runs import _first_problem, load_weights, resolve_device, verify_checkpoint  # noqa: F401 (re-exported)
+from textrec.runs import _first_problem, load_weights, verify_checkpoint  # noqa: F401 (re-exported)
+from textrec.runs import resolve_device as _resolve_device
+from textrec.train import distributed
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,7 @@ class FitResult:
     eval_seconds: list[float] = field(default_factory=list)  # per validation pass
     test_eval_seconds: float = 0.0
     peak_memory_mb: float | None = None
+    processes: int = 1  # data-parallel processes (torchrun), see textrec.train.distributed
 
     def hook_means(self) -> dict[str, float]:
         """Mean of every number the epoch hooks reported, over the epochs that reported it."""
@@ -94,8 +99,15 @@ class FitResult:
             "test_eval_seconds": self.test_eval_seconds,
             "train_seconds_total": sum(self.train_seconds),
             "peak_memory_mb": self.peak_memory_mb,
+            **({"processes": self.processes} if self.processes > 1 else {}),
             **hooks,
         }
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device ``train.device`` names (``textrec.runs.resolve_device``); under torchrun this process joins the
+    process group and gets its GPU (``textrec.train.distributed.setup``)."""
+    return distributed.setup(_resolve_device(name))
 
 
 def seed_everything(seed: int) -> None:
@@ -202,6 +214,7 @@ class _Trainer:
         on = self.tc.amp and (self.device.type == "cuda" or (self.device.type == "cpu" and self.tc.amp_cpu))
         self.amp_dtype = torch.bfloat16 if on else None
         self.progress = _Progress()
+        self.writer = distributed.is_writer()  # only rank 0 writes the run's files
         self.optimizer: torch.optim.Optimizer | None = None
         self.best_state: dict | None = None
         self._steps: dict[int, Callable] = {}
@@ -222,8 +235,11 @@ class _Trainer:
             if ph.reload_best and pr.best_epoch > 0:
                 self.restore_best()
             if ph.enter is not None:
+                before = distributed.snapshot(self.model)
                 ph.enter(self.model)
+                distributed.sync_changed(self.model, before)  # what enter changed, as rank 0 has it
             pr.phase, pr.phase_epochs, pr.bad_evals = index, 0, 0
+        self._steps.clear()  # the DDP wrapper is rebuilt with the optimiser: phases change what trains
         if ph.optimizer == "rebuild" or self.optimizer is None:
             ph.trainable(self.model)
             self.optimizer = make_optimizer(self.model, self.tc)
@@ -249,12 +265,16 @@ class _Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.phases[pr.phase].trainable(self.model)
         self.train.generator.set_state(state["batch_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if self.device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        if "rank_rngs" in state:  # a distributed run: every rank's generators
+            distributed.set_rng_states(state["rank_rngs"], self.device)
+        else:
+            distributed.set_rng_states([{"torch": state["torch_rng"], **({"cuda": state["cuda_rng"]} if "cuda_rng" in state else {})}],
+                                       self.device)
+        self._steps.clear()
 
     def restore_best(self) -> None:
         if self.out is not None:
+            distributed.barrier()  # rank 0 wrote the file every rank reads
             load_weights(self.model, self.out / "model.safetensors", self.device)
         elif self.best_state is not None:
             self.model.load_state_dict(self.best_state)
@@ -263,14 +283,18 @@ class _Trainer:
     def step_fn(self) -> Callable:
         index = self.progress.phase
         if index not in self._steps:
-            fn = self.phases[index].loss or self.model.loss
+            fn = distributed.wrap(self.model, self.phases[index].loss or self.model.loss)
             self._steps[index] = torch.compile(fn, dynamic=True) if self.tc.compile else fn
         return self._steps[index]
 
     def train_epoch(self, epoch: int) -> tuple[float, dict]:
         """One epoch of the current phase: (mean loss, what the phase's epoch hook reported)."""
         ph, pr, tc = self.phases[self.progress.phase], self.progress, self.tc
-        report = _hook_report(ph, ph.on_epoch_start(self.model, epoch)) if ph.on_epoch_start is not None else {}
+        report = {}
+        if ph.on_epoch_start is not None:
+            before = distributed.snapshot(self.model)
+            report = _hook_report(ph, ph.on_epoch_start(self.model, epoch))
+            distributed.sync_changed(self.model, before)  # every rank holds rank 0's rebuilt catalogue state
         self.model.train()
         step, opt = self.step_fn(), self.optimizer
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -279,7 +303,7 @@ class _Trainer:
         opt.zero_grad(set_to_none=True)
         for i, rows in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}", leave=False, disable=not show_progress(not self.quiet), file=sys.stderr)):
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                loss = step(self.train.batch(rows))
+                loss = step(distributed.shard(self.train.batch(rows)))
             (loss if tc.grad_accum == 1 else loss / tc.grad_accum).backward()
             if (i + 1) % tc.grad_accum == 0 or i + 1 == len(batches):
                 if tc.grad_clip > 0:
@@ -292,9 +316,12 @@ class _Trainer:
                 pr.opt_steps += 1
             loss_sum += loss.detach().float()
             n_batches += 1
-        return float(loss_sum) / max(n_batches, 1), report
+        return distributed.mean_over_ranks(float(loss_sum) / max(n_batches, 1), self.device), report
 
     def save_state(self, path: Path, result: FitResult) -> None:
+        rngs = distributed.rng_states(self.device)  # a collective: every rank takes part, rank 0 writes
+        if not self.writer:
+            return
         state = {
             "train_seconds": result.train_seconds,  # so that a resumed run reports the whole run's timings
             "eval_seconds": result.eval_seconds,
@@ -307,6 +334,8 @@ class _Trainer:
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        if len(rngs) > 1:
+            state["rank_rngs"] = rngs
         with checksummed_path(path) as tmp:
             try:
                 torch.save(state, tmp)
@@ -326,15 +355,25 @@ def fit(
     phases: list[Phase] | None = None,
 ) -> FitResult:
     """Train ``model`` through ``phases`` (default: its ``"train"`` phases) with early stopping on validation."""
-    tc, ec = cfg.train, cfg.eval
+    tc = cfg.train
     out = Path(out_dir) if out_dir is not None else None
     if tc.num_threads > 0:
         torch.set_num_threads(tc.num_threads)
     phases = list(phases if phases is not None else model.phases("train"))
     if not phases:
         raise TextrecError("the model declares no training phases")
+    distributed.seed_rank(tc.seed)
+    quiet = quiet or not distributed.is_writer()
     trainer = _Trainer(model, train, cfg, out, phases, quiet)
-    result = FitResult(best_epoch=0, epochs_run=0, valid={}, test=None)
+    result = FitResult(best_epoch=0, epochs_run=0, valid={}, test=None, processes=distributed.world_size())
+    with distributed.failures():
+        _fit(trainer, train, valid, test, result, resume)
+    return result
+
+
+def _fit(trainer: _Trainer, train: TrainBatcher, valid: EvalBatcher, test: EvalBatcher | None, result: FitResult, resume: bool) -> None:
+    model, cfg, out, quiet = trainer.model, trainer.cfg, trainer.out, trainer.quiet
+    ec = cfg.eval
     state_path = out / "state.pt" if out else None
     if resume and state_path is not None and state_path.exists():
         state = _load_state(state_path, train.device)
@@ -344,14 +383,15 @@ def fit(
             raise CheckpointError(f"{state_path} is damaged or from another config ({_first_problem(e)})") from None
         result.train_seconds, result.eval_seconds = list(state["train_seconds"]), list(state["eval_seconds"])
         result.epoch_hooks = [dict(r) for r in state.get("epoch_hooks", [])]  # absent in states written before hooks reported
-        _trim_log(out, trainer.progress.epoch)
+        if trainer.writer:
+            _trim_log(out, trainer.progress.epoch)
         if not quiet:
             log.info(f"resuming {out} after epoch {trainer.progress.epoch}")
     else:
         trainer.enter(0, fresh=True)
-        if out is not None:
+        if out is not None and trainer.writer:
             (out / "log.jsonl").unlink(missing_ok=True)
-    if out is not None:
+    if out is not None and trainer.writer:
         _remove_temp_files(out)
     _run_epochs(trainer, valid, result, state_path)
     pr = trainer.progress
@@ -365,18 +405,17 @@ def fit(
         ev = _evaluate(model, test, ec)
         result.test, result.test_eval_seconds = ev.metrics, ev.seconds
     result.peak_memory_mb = _peak_memory_mb(train.device)
-    if out is not None:
+    if out is not None and trainer.writer:
         write_json(out / "metrics.json", result.to_dict())
-    return result
 
 
 def _evaluate(model, batcher: EvalBatcher, ec):
-    return evaluate(model, batcher, ec.ks, ec.mask_history, ec.item_chunk, ties=ec.ties, extra=ec.extra)
+    return distributed.evaluate(model, batcher, ec.ks, ec.mask_history, ec.item_chunk, ties=ec.ties, extra=ec.extra)
 
 
 def _run_epochs(trainer: _Trainer, valid: EvalBatcher, result: FitResult, state_path: Path | None) -> None:
     tc, ec, pr = trainer.tc, trainer.cfg.eval, trainer.progress
-    logger = _Logger(trainer.out, tc.tensorboard, trainer.quiet)
+    logger = _Logger(trainer.out if trainer.writer else None, tc.tensorboard and trainer.writer, trainer.quiet)
     while pr.epoch < tc.epochs:
         if trainer.phase_done():
             if pr.phase + 1 == len(trainer.phases):
@@ -399,7 +438,7 @@ def _run_epochs(trainer: _Trainer, valid: EvalBatcher, result: FitResult, state_
             result.eval_seconds.append(ev.seconds)
             record.update(valid=ev.metrics, eval_seconds=ev.seconds)
             score = ev.metrics[ec.select_metric]
-            if score > pr.best_score:
+            if distributed.broadcast_flag(score > pr.best_score, trainer.device):  # rank 0 decides for all
                 pr.best_score, pr.best_epoch, pr.bad_evals = score, pr.epoch, 0
                 record["improved"] = True
                 _save_best(trainer)
@@ -432,6 +471,8 @@ def _hook_report(phase: Phase, report) -> dict:
 
 def _save_best(trainer: _Trainer) -> None:
     if trainer.out is not None:
+        if not trainer.writer:
+            return
         with checksummed_path(trainer.out / "model.safetensors") as tmp:
             try:
                 save_model(trainer.model, str(tmp))

@@ -29,12 +29,11 @@ from textrec.runs import (  # noqa: F401 (load_run, LoadedRun, ... re-exported: 
     load_run,
     prepare_out_dir,
     read_run_config,
-    resolve_device,
     trained_on,
     writing_run,
 )
 from textrec.train.inputs import build_model, load_item_inputs
-from textrec.train.loop import FitResult, fit, seed_everything
+from textrec.train.loop import FitResult, fit, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +94,12 @@ def make_batchers(
 
 
 def describe(what: str, cfg: RunConfig, ds: Dataset, model, train_b: TrainBatcher, device, out: Path) -> None:
+    from textrec.train.distributed import is_writer, world_size
+
+    if not is_writer():
+        return
+    if world_size() > 1:
+        device = f"{world_size()} processes on {device.type}"
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
         f"{what} {cfg.model} on {ds.name} ({ds.n_users:,} users, {ds.n_items:,} items, "

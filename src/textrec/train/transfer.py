@@ -33,12 +33,11 @@ from textrec.runs import (
     dataset_record,
     load_pretrained,  # noqa: F401 (re-exported: its home was this module)
     read_run_config,
-    resolve_device,
     writing_run,
 )
-from textrec.train import newcatalogue
+from textrec.train import distributed, newcatalogue
 from textrec.train.inputs import build_model, load_item_inputs
-from textrec.train.loop import fit, seed_everything
+from textrec.train.loop import fit, resolve_device, seed_everything
 from textrec.train.run import RunResult, describe, make_batchers
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,8 @@ def pretrain_run(
     phases = model.phases("pretrain")
     train_b, valid_b, _ = make_batchers(merged, cfg, device, pretraining=True, domains=domain_of_rows(datasets))
     with writing_run(out, config, resume, overwrite):
-        newcatalogue.bundle_quantizer(config["new_catalogue"], out)  # a self-contained checkpoint: its quantiser inside
+        if distributed.is_writer():
+            newcatalogue.bundle_quantizer(config["new_catalogue"], out)  # a self-contained checkpoint: its quantiser inside
         if not quiet:
             describe("pre-training", cfg, merged, model, train_b, device, out)
         result = fit(model, train_b, valid_b, None, cfg, out, resume=resume, quiet=quiet, phases=phases)
