@@ -186,3 +186,36 @@ def test_no_second_validation_pass_and_stage_1_validated_every_k_epochs(tmp_path
     assert again == pytest.approx(result.valid, abs=1e-6)
     with pytest.raises(Exception, match="stage_1_eval_every"):
         load_config(model="recformer", overrides=[*TINY, "model.stage_1_eval_every=-1"])
+
+
+def test_fine_tuning_rows_include_an_empty_history_as_the_reference(tmp_path):
+    """The reference draws the target position t ~ U[0, n-1] of a training part of n items: t = 0 is the first
+    item with no history (<s> alone). Default: kept; ``model.empty_history=false``: histories of one item at least."""
+    from textrec.data.dataset import Dataset
+    from textrec.data.split import prefix_rows
+    from textrec.train.run import make_batchers
+
+    ds = Dataset.from_sequences("toy", [f"i{i}" for i in range(1, 8)], [f"item {i}" for i in range(1, 8)], ["a", "b"],
+                                [[1, 2, 3, 4, 5], [6, 7, 1, 2]])
+    rows = prefix_rows(ds, 4, empty_history=True)  # training parts [1, 2, 3] and [6, 7]
+    assert rows.lengths.tolist() == [0, 1, 2, 0, 1]
+    assert rows.targets[:, 0].tolist() == [1, 2, 0, 6, 7] and rows.targets[2, 1] == 3
+    assert rows.inputs[0].tolist() == [0, 0, 0, 0]
+    assert prefix_rows(ds, 4).lengths.tolist() == [1, 2, 1]  # without: the rows before the option
+    attrs = [{"title": f"item {i}"} for i in range(1, 8)]
+    for flag, n_rows in (([], 5), (["model.empty_history=false"], 3)):
+        cfg = load_config(model="recformer", overrides=[*TINY, "train.batch_size=2", "data.max_seq_len=4", *flag])
+        train_b, _, _ = make_batchers(ds, cfg, "cpu")
+        assert train_b.n_rows == n_rows
+    model = build(attrs, "model.hidden_dropout=0", "model.attn_dropout=0")
+    empty = train_b.__class__(rows, 5, "cpu", seed=0, sample_per_user=False)
+    batch = empty.batch(torch.tensor([0, 3]))  # two empty histories: <s> alone, targets in column 0
+    assert batch.item_seq.shape == (2, 1) and batch.seq_len.tolist() == [0, 0]
+    assert torch.equal(model.sequence_tokens(batch.item_seq, batch.seq_len).ids[:, 0], torch.full((2,), model.bos_id))
+    with torch.no_grad():
+        loss = model.loss(batch)
+        seq = model.encode(batch)
+    items = model.item_embeddings()[1:]
+    want = F.cross_entropy(seq @ items.T / 0.05, torch.tensor([0, 5]))  # items 1 and 6
+    assert float(loss) == pytest.approx(float(want), abs=1e-5)
+    assert torch.allclose(seq[0], seq[1])  # no history: the same representation

@@ -199,7 +199,7 @@ class TrainBatcher:
 
     def batch(self, rows: Tensor) -> SeqBatch:
         """The batch of training rows ``rows`` (CPU indices), trimmed to its longest row."""
-        width = int(self.lengths[rows].max())
+        width = max(1, int(self.lengths[rows].max()))  # rows with an empty history keep their target in column 0
         rows_d = rows.to(self.device)
         targets = self.targets[rows_d, :width]
         if self.targets_per_row > 0 and width > self.targets_per_row:

@@ -48,9 +48,10 @@ Deliberate differences from the reference:
   negative (``same_target="mask"``, as textrec's UniSRec); ``"keep"`` is the reference's plain
   cross-entropy.
 * Training rows come from the generic batcher (``TRAINING_ROWS = "sampled"``): one random (prefix, next
-  item) row per user per epoch, histories of at least one item (the reference also draws the first item,
-  an empty history); pre-training draws the target position from U[(n-1)//2, n-1] as the reference
-  (``pretrain_cut="reference"``; ``"any"``: every prefix), fine-tuning from any prefix.
+  item) row per user per epoch. Fine-tuning draws from any prefix, the first item with an empty history
+  (``<s>`` alone) included as the reference (``empty_history=false``: histories of at least one item, as rows
+  measured before the option); pre-training draws the target position from U[(n-1)//2, n-1] as the reference
+  (``pretrain_cut="reference"``; ``"any"``: every prefix).
 * Item-table rows that were never encoded are encoded when the table is first used: a model built for a new
   catalogue, and one grown by new items (``textrec.serve.catalogue`` rebuilds item-sized buffers, so the
   whole table is then re-encoded with the final weights, not only the new rows). During pre-training the
@@ -132,6 +133,8 @@ class RecformerConfig:
     # 0: stage 1 ends only by its patience (reference); k: also after k epochs, so that a run shorter than the
     # reference's reaches stage 2 (the learning-rate schedule still spans the whole run: stage 2 keeps the optimiser)
     stage_1_max_epochs: int = 0
+    # fine-tuning rows also draw each user's first item with an empty history (<s> alone), as the reference (t ~ U[0, n-1])
+    empty_history: bool = True
     stage_1_eval_every: int = 0  # 0: train.eval_every; k: stage 1 validates every k epochs (reference: 3), stage 2 as train.eval_every
     encode_tokens: int = 8192  # tokens per forward pass when encoding the catalogue or evaluating (bounds memory)
 
@@ -322,6 +325,12 @@ class Recformer(nn.Module):
         """The prefixes a per-user draw picks from (``textrec.data.batching.cut_mask``): the reference's
         second-half cut in pre-training (``pretrain_cut``), any prefix in fine-tuning (reference: t ~ U[0, n-1])."""
         return cfg.pretrain_cut if pretraining else "any"
+
+    @staticmethod
+    def empty_history_rows(cfg: RecformerConfig, pretraining: bool) -> bool:
+        """Whether training rows include each user's first item with an empty history (``<s>`` alone): in
+        fine-tuning as the reference (``empty_history``), never in pre-training (its pairs cut in the second half)."""
+        return cfg.empty_history and not pretraining
 
     def __init__(self, cfg: RecformerConfig, inputs: ItemInputs, max_seq_len: int) -> None:
         super().__init__()
@@ -523,7 +532,8 @@ class Recformer(nn.Module):
     def loss(self, batch: SeqBatch) -> Tensor:
         """Cross-entropy over all items of cos(sequence, fixed item table) / temperature (reference fine-tuning)."""
         items = self._ready_item_table()[1:]  # (n_items, D), no gradient: re-encoded per epoch or fixed
-        target = batch.targets.gather(1, (batch.seq_len - 1)[:, None]).squeeze(1)  # (B,)
+        # (an empty history keeps its target in column 0)
+        target = batch.targets.gather(1, (batch.seq_len - 1).clamp(min=0)[:, None]).squeeze(1)  # (B,)
         seq = self.encode(batch)  # (B, D)
         with torch.autocast(seq.device.type, enabled=False):  # one small matmul: fp32 even under autocast (bf16 errs up to 0.08)
             logits = seq.float() @ items.float().T / self.cfg.temperature

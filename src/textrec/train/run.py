@@ -159,7 +159,8 @@ def make_batchers(
     """
     L = cfg.data.max_seq_len
     rows_kind, batching = resolve_training_rows(cfg, pretraining)
-    rows = train_windows(ds, L, cfg.data.long_sequences) if rows_kind == "windows" else prefix_rows(ds, L)
+    empty = getattr(model_class(cfg.model), "empty_history_rows", lambda c, p: False)(cfg.model_config, pretraining)
+    rows = train_windows(ds, L, cfg.data.long_sequences) if rows_kind == "windows" else prefix_rows(ds, L, empty)
     if rows_kind == "sampled":  # the rows the per-user draw may pick, as the model declares (e.g. Recformer's cut)
         rows = keep_rows(rows, cut_mask(rows, L, sampled_cut(cfg, pretraining)))
     row_domains = None if domains is None else domains[rows.users]
