@@ -137,6 +137,9 @@ def main() -> None:
     p.add_argument("--name", help="a suffix of the row's key, for a row whose overrides differ from another's with the same setting")
     p.add_argument("--resume", action="store_true", help="keep the finished runs of an interrupted invocation and continue an "
                                                          "interrupted training run from its last epoch")
+    p.add_argument("--random-ties", action="store_true",
+                   help="also evaluate each finished run's test split with ties in random order (`--ties random`), "
+                        "recording its metrics and how many targets tie with another item")
     p.add_argument("--render-only", action="store_true", help="rewrite the RESULTS.md section from the saved JSON")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="extra textrec config overrides (named in the table)")
     args = p.parse_args()
@@ -174,15 +177,21 @@ def main() -> None:
     from _common import _shorten_path
 
     argv = [_shorten_path(a) for a in sys.argv if a != "--resume"]  # no machine paths in the committed script line
+    from textrec.config import load_config
+
     info = {"setting": setting, "users": n_users, "sample_seed": args.sample_seed, "overrides": overrides,
-            "test_all_users": cfg["test_all_users"] and n_users is not None}
+            "test_all_users": cfg["test_all_users"] and n_users is not None,
+            # rows made before the option existed drew histories of at least one item
+            "empty_history": load_config("recformer-reference", overrides).model_config.empty_history}
 
     budget = history_fit(sci, overrides)  # what the token budget holds of a test history
     fit_key = f"{budget['max_token_num']}/{budget['max_attr_num']}/{budget['max_attr_length']}"
+    twins = token_ties(sci, overrides)  # items token-identical to another at this attribute budget
+    twins_key = f"{twins['max_attr_num']}x{twins['max_attr_length']}"
 
     def save():
         result = save_result(results, {"section": section, "machine": machine(), "info": info, "runs": runs, "commands": cmds,
-                                       "argv": argv, "facts": {"history_fit": {fit_key: budget}}})  # merged with rows another process wrote
+                                       "argv": argv, "facts": {"history_fit": {fit_key: budget}, "token_ties": {twins_key: twins}}})  # merged with rows another process wrote
         md = render(result)
         if write_docs:
             update_results(section, md)
@@ -228,6 +237,10 @@ def main() -> None:
             full = textrec("evaluate", out, "--data", sci, "--split", "test", log=log)
             res["test_sample"], res["test"] = res["test"], {k: v for k, v in full.items() if "@" in k}
             res["test_all_users_seconds"] = full["seconds"]
+        if args.random_ties:  # ties in a uniformly random order instead of all ranked above the target
+            rnd = textrec("evaluate", out, "--data", sci, "--split", "test", "--ties", "random", log=log)
+            res["test_random_ties"] = {k: v for k, v in rnd.items() if "@" in k}
+            res["targets_with_ties"] = rnd["targets_with_ties"]
         runs.setdefault(key, []).append(res)
         print(f"{key} seed {seed}: {json.dumps(res['test'])}", file=sys.stderr)
         save()
@@ -261,6 +274,31 @@ def history_fit(sci: Path, overrides: list[str]) -> dict:
             "histories_whole": float((fits == sizes).mean())}
 
 
+def token_ties(sci: Path, overrides: list[str]) -> dict:
+    """Items whose token rows are identical to another item's at the setting's attribute budget (they get identical
+    vectors, and a tie ranks above the target under the table's pessimistic rule), and how many test targets are such
+    items: in any group, and in groups of 10 or more (which can rank 10th at best)."""
+    from collections import Counter
+
+    from textrec.config import load_config
+    from textrec.data.dataset import Dataset
+    from textrec.data.sentences import item_attributes, tokenize_items
+    from textrec.models.recformer import _tokenizer, backbone_config
+
+    mc = load_config("recformer-reference", overrides).model_config
+    ds = Dataset.load(sci)
+    _, folder, _ = backbone_config(mc)
+    t = tokenize_items(item_attributes(ds), _tokenizer(str(folder)), mc.max_attr_num, mc.max_attr_length)
+    keys = [None] + [(t.token_ids[a:b].tobytes(), t.token_types[a:b].tobytes()) for a, b in zip(t.offsets[1:-1], t.offsets[2:])]
+    size = Counter(keys[1:])
+    group = np.array([0] + [size[k] for k in keys[1:]])  # (n_items + 1,) size of each item's group of identical rows
+    targets = np.asarray([ds.sequence(u)[-1] for u in range(ds.n_users)])
+    return {"max_attr_num": mc.max_attr_num, "max_attr_length": mc.max_attr_length,
+            "items_with_a_twin": int((group[1:] > 1).sum()), "largest_group": int(group.max()),
+            "test_targets_with_a_twin": int((group[targets] > 1).sum()),
+            "test_targets_in_groups_of_10_or_more": int((group[targets] >= 10).sum()), "test_targets": int(targets.size)}
+
+
 def minilm_zero_shot(sci: Path, overrides: list[str]) -> dict:
     """Recformer built from MiniLM exactly as fine-tuning starts it (new token-type and item-position tables at their seeded
     random initialisation), never trained: every test user's item ranked over the whole catalogue."""
@@ -287,7 +325,11 @@ def minilm_zero_shot(sci: Path, overrides: list[str]) -> dict:
     ds = Dataset.load(sci)
     batcher = EvalBatcher(eval_examples(ds, "test", cfg.data.max_seq_len), cfg.eval.batch_size, device)
     res = evaluate(model, batcher, cfg.eval.ks, cfg.eval.mask_history, cfg.eval.item_chunk)
+    from textrec.eval.metrics import compute_metrics
+
+    random_ties = compute_metrics(res.ranks, cfg.eval.ks, ties=res.ties)  # the same ranking, ties in random order
     return {"kind": "zeroshot-minilm", "run": "-", "test": {k: v for k, v in res.metrics.items() if "@" in k},
+            "test_random_ties": {k: v for k, v in random_ties.items() if "@" in k}, "targets_with_ties": int((res.ties > 0).sum()),
             "test_seconds": time.perf_counter() - start, "seed": cfg.train.seed,
             "token_budgets": {"max_token_num": cfg.model_config.max_token_num, "max_attr_length": cfg.model_config.max_attr_length},
             "pooling": cfg.model_config.pooling, "new_tables": cfg.model_config.new_tables}
@@ -326,6 +368,15 @@ def _knobs(overrides: list[str]) -> str:
             + (f", stage 1 at most {cfg.model_config.stage_1_max_epochs} epochs" if cfg.model_config.stage_1_max_epochs else ""))
 
 
+def _ties_note(x: dict) -> str:
+    """The row's test metrics with ties in random order and its tied targets, where it recorded them."""
+    if "test_random_ties" not in x:
+        return ""
+    t = x["test_random_ties"]
+    return (f"; with ties in random order (`--ties random`) R@10 {fmt(t['recall@10'])} / N@10 {fmt(t['ndcg@10'])}, "
+            f"{x['targets_with_ties']:,} test targets tied with at least one other item")
+
+
 def _stages(rs: list[dict]) -> str:
     """How many epochs each seed spent in stage 2 (item table fixed), where the rows recorded it."""
     second = [x["epochs_run"] - x["seconds"]["stage_1_epochs"] for x in rs if "stage_1_epochs" in x.get("seconds", {})]
@@ -357,7 +408,7 @@ def render(r: dict) -> str:
                             f"item-position tables {start}, seed {z['seed']}; "
                             f"{z['token_budgets']['max_token_num']} tokens, attributes of {z['token_budgets']['max_attr_length']}"
                             f"{_model_notes(z.get('pooling', 'bos'))}), "
-                            "never trained; test ranked over Scientific's 4,385 items")
+                            "never trained; test ranked over Scientific's 4,385 items" + _ties_note(z))
             continue
         if rs[0].get("kind") == "zeroshot":
             z = rs[0]
@@ -373,7 +424,8 @@ def render(r: dict) -> str:
         info = rs[0].get("setting", r["info"])
         reduced |= info["setting"] != "full"
         users = f"{info['setting']}: {info['users']:,} sampled users" if info["users"] else f"{info['setting']}: all 8,442 users"
-        tested = (", test on all 8,442" if info["test_all_users"] else "") + _knobs(info["overrides"])
+        tested = ((", test on all 8,442" if info["test_all_users"] else "") + _knobs(info["overrides"])
+                  + (", empty histories drawn" if info.get("empty_history") else ""))
 
         def sec(k: str, rs: list = rs) -> str:
             values = [x["seconds"][k] for x in rs]
@@ -391,6 +443,8 @@ def render(r: dict) -> str:
                         + (f" (from `{init}`)" if init else "")
                         + (f"; timed with {', '.join(sorted(measured))}" if measured else "") + _stages(rs))
         for x in rs:
+            if "test_random_ties" in x:
+                settings.append(f"  test with ties in random order (seed {Path(x['run']).name.rsplit('-', 1)[-1]})" + _ties_note(x))
             if x.get("curve"):
                 settings.append(f"  validation R@10 / N@10 by epoch (seed {Path(x['run']).name.rsplit('-', 1)[-1]}): "
                                 + ", ".join(f"{int(e)}: {fmt(r)} / {fmt(n)}" for e, r, n in x["curve"]))
@@ -423,8 +477,16 @@ def render(r: dict) -> str:
           f"{b['items_whole']:.1f} most recent items whole (the next one cut) of {b['history_items']:.1f} on average; "
           f"{b['histories_whole']:.0%} of test histories fit whole."
           for b in (r.get("facts") or {}).get("history_fit", {}).values()),
+        *(f"Attributes of {t['max_attr_length']} tokens: {t['items_with_a_twin']} of Scientific's 4,385 items are token-identical "
+          f"to another item (largest group {t['largest_group']}); {t['test_targets_with_a_twin']:,} of the {t['test_targets']:,} test "
+          f"targets are such items, {t['test_targets_in_groups_of_10_or_more']} of them in groups of 10 or more (identical vectors: "
+          "under the table's pessimistic ties such a target ranks 10th at best)."
+          for t in sorted((r.get("facts") or {}).get("token_ties", {}).values(), key=lambda t: t["max_attr_length"])),
         ("Seconds per epoch (medians over a run's epochs): training alone (the epoch's `train_seconds` less its re-encoding), the re-encoding of the whole "
-        "catalogue at the start of each stage-1 epoch (`item_encode_seconds`), and one validation pass."),
+        "catalogue at the start of each stage-1 epoch (`item_encode_seconds`), and one validation pass. Training rows: one "
+        "(history, next item) row per user and epoch; rows marked \"empty histories drawn\" also draw the first item with "
+        "no history as the reference (`model.empty_history`, the default since it was added), the others drew histories of "
+        "one item at least."),
         "",
         "Commands (first seed; `$WORK` = benchmarks/.work; the user sample is written by the script):",
         "",
