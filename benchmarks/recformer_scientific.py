@@ -444,7 +444,7 @@ def render(r: dict) -> str:
                         + (f"; timed with {', '.join(sorted(measured))}" if measured else "") + _stages(rs))
         for x in rs:
             if "test_random_ties" in x:
-                settings.append(f"  test with ties in random order (seed {Path(x['run']).name.rsplit('-', 1)[-1]})" + _ties_note(x))
+                settings.append(f"  test (seed {Path(x['run']).name.rsplit('-', 1)[-1]})" + _ties_note(x).removeprefix(";"))
             if x.get("curve"):
                 settings.append(f"  validation R@10 / N@10 by epoch (seed {Path(x['run']).name.rsplit('-', 1)[-1]}): "
                                 + ", ".join(f"{int(e)}: {fmt(r)} / {fmt(n)}" for e, r, n in x["curve"]))
