@@ -467,19 +467,24 @@ class Recformer(nn.Module):
         longest row, so that padding is not computed (the rows' outputs do not depend on it); a batch that
         fits one pass is encoded as it is."""
         B, W = tok.ids.shape
-        budget = self.cfg.encode_tokens
-        if B * W <= budget:
+        if B * W <= self.cfg.encode_tokens:
             return F.normalize(self.pool(tok), dim=-1)
-        n_real = tok.real.sum(dim=1)  # (B,) tokens of each row, <s> included
+        groups = self.token_groups(tok.real.sum(dim=1))
+        parts = [self.pool(Tokens(*(t[rows, :width] for t in tok))) for rows, width in groups]
+        order = torch.cat([rows for rows, _ in groups])
+        return F.normalize(torch.cat(parts)[torch.argsort(order)], dim=-1)
+
+    def token_groups(self, n_real: Tensor) -> list[tuple[Tensor, int]]:
+        """(rows, width) groups of rows with ``n_real`` tokens each, fewest tokens first: the next row joins a group
+        while the group's rows x its width fit ``encode_tokens`` (a longer row alone makes its own group)."""
         order = torch.argsort(n_real, stable=True)
         widths = n_real[order].tolist()
-        parts, start = [], 0
-        for end in range(1, B + 1):  # greedy: the next row joins while the group's rows x its width fit the budget
-            if end == B or (end + 1 - start) * widths[end] > budget:
-                rows = order[start:end]
-                parts.append(self.pool(Tokens(*(t[rows, : widths[end - 1]] for t in tok))))
+        groups, start = [], 0
+        for end in range(1, len(widths) + 1):
+            if end == len(widths) or (end + 1 - start) * widths[end] > self.cfg.encode_tokens:
+                groups.append((order[start:end], int(widths[end - 1])))
                 start = end
-        return F.normalize(torch.cat(parts)[torch.argsort(order)], dim=-1)
+        return groups
 
     def encode(self, batch: SeqBatch) -> Tensor:
         return self._pooled(self.sequence_tokens(batch.item_seq, batch.seq_len))  # (B, D)
