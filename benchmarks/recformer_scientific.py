@@ -133,6 +133,11 @@ def main() -> None:
                         "for the pre-trained zero-shot rows)")
     p.add_argument("--init", type=Path, metavar="PT_RUN",
                    help="fine-tune from this pre-trained Recformer run (`textrec finetune --init PT_RUN`) instead of MiniLM")
+    p.add_argument("--warmup-epochs", type=int, default=0, metavar="N",
+                   help="before each seed's fine-tuning, N epochs of in-domain contrastive pre-training on Scientific's own "
+                        "training sequences (`textrec pretrain`: the reference's pre-training loss, in-batch pairs of "
+                        "(history, next item) with gradients through both sides, + MLM; its optimiser settings), then fine-tune "
+                        "from it (`textrec finetune --init`)")
     p.add_argument("--skip-finetune", action="store_true", help="only the zero-shot rows")
     p.add_argument("--name", help="a suffix of the row's key, for a row whose overrides differ from another's with the same setting")
     p.add_argument("--resume", action="store_true", help="keep the finished runs of an interrupted invocation and continue an "
@@ -215,7 +220,9 @@ def main() -> None:
         runs[zkey] = [{**minilm_zero_shot(sci, [*overrides, f"train.seed={args.seeds[0]}"]), "argv": argv}]
         print(f"{zkey}: {json.dumps(runs[zkey][0]['test'])}", file=sys.stderr)
         save()
-    start = f"from-{args.init.name}" if args.init else "minilm"
+    if args.init and args.warmup_epochs:
+        sys.exit("--init and --warmup-epochs: choose one")
+    start = f"from-{args.init.name}" if args.init else f"warmup{args.warmup_epochs}" if args.warmup_epochs else "minilm"
     key = f"recformer-{start}-{setting}" + (f"-u{n_users}" if n_users else "-all-users") + (f"-{args.name}" if args.name else "")
     for seed in ([] if args.skip_finetune else args.seeds):
         if finished(runs, key, seed):
@@ -223,11 +230,21 @@ def main() -> None:
         out = work / "runs" / "recformer_scientific" / f"{key}-{seed}"
         log = cmds if seed == args.seeds[0] else None
         unfinished = args.resume and (out / "state.pt").exists()  # an interrupted run continues from its last epoch
-        how = ["finetune", data, "--init", args.init] if args.init else ["train", data]
+        init = args.init
+        if args.warmup_epochs:  # in-domain warm-up of this seed, continued if interrupted, kept if finished
+            init = out.with_name(out.name + "-warmup")
+            if not (init / "metrics.json").exists():
+                warm = warmup_overrides(overrides, args.warmup_epochs)
+                textrec("pretrain", data, "--model", "recformer", "--out", init,
+                        "--resume" if args.resume and (init / "state.pt").exists() else "--overwrite", "--quiet",
+                        f"train.seed={seed}", *warm, log=log)
+        how = ["finetune", data, "--init", init] if init else ["train", data]
         res = textrec(*how, "--config", "recformer-reference", "--out", out, "--resume" if unfinished else "--overwrite", "--quiet",
                       f"train.seed={seed}", *overrides, log=log)
-        if args.init:
-            res["init"] = _shorten_path(str(args.init))
+        if init:
+            res["init"] = _shorten_path(str(init))
+        if args.warmup_epochs:
+            res["warmup"] = {"epochs": args.warmup_epochs, "metrics": json.loads((init / "metrics.json").read_text())}
         res["machine_note"] = os.environ.get("TEXTREC_BENCH_NOTE")  # rows of one table may be measured differently
         res["argv"] = argv
         res["seconds"] = epoch_seconds(run_dir(res))
@@ -247,6 +264,20 @@ def main() -> None:
     print(save())
     if args.smoke:
         print(f"smoke run: wrote {results} and {work}", file=sys.stderr)
+
+
+# the reference's pre-training optimiser (REFERENCE_NOTES section 4: AdamW 5e-5, linear decay, no warm-up, clip 1.0; batch
+# 16 per GPU x 4 GPUs all-gathered: 64 in-batch pairs), as benchmarks/seqrecbench.py's corpus pre-training
+WARMUP = ["train.optimizer=adamw", "train.lr=5e-5", "train.schedule=linear", "train.warmup_steps=0", "train.grad_clip=1.0",
+          "train.batch_size=64", "train.grad_accum=1"]
+
+
+def warmup_overrides(overrides: list[str], epochs: int) -> list[str]:
+    """The in-domain warm-up's settings: the row's model and machine settings (token budgets, pooling, threads,
+    autocast), the reference's pre-training optimiser, ``epochs`` epochs validated once at the end."""
+    kept = [o for o in overrides if o.startswith("model.") or o.split("=", 1)[0] in
+            ("train.amp_cpu", "train.num_threads", "train.device", "train.amp")]
+    return [*kept, *WARMUP, f"train.epochs={epochs}", f"train.eval_every={epochs}", f"train.patience={epochs + 1}"]
 
 
 def history_fit(sci: Path, overrides: list[str]) -> dict:
@@ -362,10 +393,12 @@ def _knobs(overrides: list[str]) -> str:
 
     cfg = load_config("recformer-reference", overrides)
     mantissa, exponent = f"{cfg.train.lr:.3e}".split("e")
-    return (f"; {cfg.model_config.max_token_num} tokens, lr {mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    mc = cfg.model_config
+    return (f"; {mc.max_token_num} tokens, attributes of {mc.max_attr_length}, lr {mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
             + _model_notes(cfg.model_config.pooling, cfg.model_config.new_tables)
             + ("" if cfg.data.train_rows in ("auto", "sampled") else f", training rows: {cfg.data.train_rows}")
-            + (f", stage 1 at most {cfg.model_config.stage_1_max_epochs} epochs" if cfg.model_config.stage_1_max_epochs else ""))
+            + (f", stage 1 at most {mc.stage_1_max_epochs} epochs" if mc.stage_1_max_epochs else "")
+            + (f", stage 1 validated every {mc.stage_1_eval_every} epochs" if mc.stage_1_eval_every else ""))
 
 
 def _ties_note(x: dict) -> str:
@@ -433,7 +466,9 @@ def render(r: dict) -> str:
 
         epochs = ", ".join(f"{x['epochs_run']} ({x['best_epoch']})" for x in rs)
         init = rs[0].get("init")
-        label = f"Recformer, pre-trained (`{Path(init).name}`), fine-tuned" if init else "Recformer, MiniLM init, fine-tuned"
+        warm = rs[0].get("warmup")
+        label = (f"Recformer, MiniLM + {warm['epochs']} epochs of in-domain contrastive warm-up, fine-tuned" if warm
+                 else f"Recformer, pre-trained (`{Path(init).name}`), fine-tuned" if init else "Recformer, MiniLM init, fine-tuned")
         rows.append(_row(label, users + tested, mean_metrics(rs),
                          [str(len(rs)), epochs, sec("train"), sec("encode"), sec("valid")]))
         last = {o.split("=", 1)[0]: o for o in info["overrides"]}  # a later key=value wins, as in textrec
@@ -444,7 +479,7 @@ def render(r: dict) -> str:
                         + (f"; timed with {', '.join(sorted(measured))}" if measured else "") + _stages(rs))
         for x in rs:
             if "test_random_ties" in x:
-                settings.append(f"  test (seed {Path(x['run']).name.rsplit('-', 1)[-1]})" + _ties_note(x).removeprefix(";"))
+                settings.append(f"  test (seed {Path(x['run']).name.rsplit('-', 1)[-1]}):" + _ties_note(x).removeprefix(";"))
             if x.get("curve"):
                 settings.append(f"  validation R@10 / N@10 by epoch (seed {Path(x['run']).name.rsplit('-', 1)[-1]}): "
                                 + ", ".join(f"{int(e)}: {fmt(r)} / {fmt(n)}" for e, r, n in x["curve"]))
