@@ -401,6 +401,26 @@ def _knobs(overrides: list[str]) -> str:
             + (f", stage 1 validated every {mc.stage_1_eval_every} epochs" if mc.stage_1_eval_every else ""))
 
 
+def _savings_lines(sv: dict | None) -> list[str]:
+    """What the exact savings save (``benchmarks/recformer_savings.py``), where it was measured."""
+    if not sv:
+        return []
+    st, last, ev, tb = sv["setting"], sv["last_layer_bos_only"], sv["eval_rows_by_tokens"], sv["train_buckets_by_tokens"]
+    return [(f"Exact savings (same outputs; `python benchmarks/recformer_savings.py`, MiniLM, {st['max_token_num']} tokens, "
+             f"attributes of {st['max_attr_length']}, one thread, medians of {st['repeats']}; machine: "
+             f"{machine_line(sv['machine'])}): the last layer computed for `<s>` alone, forward + backward of 16 "
+             f"histories {last['whole_s']:.2f} s -> {last['bos_only_s']:.2f} s ({last['speedup']:.2f}x); evaluation rows grouped "
+             f"by token count, one batch of 256 short validation histories {ev['item_order_s']:.2f} s -> {ev['token_groups_s']:.2f} s "
+             f"({ev['speedup']:.2f}x; largest difference of a representation {ev['max_abs_difference']:.1e}), token positions of "
+             f"a whole validation pass {ev['pass_positions_by_items']:,} -> {ev['pass_positions_by_tokens']:,} "
+             f"({ev['pass_ratio']:.2f}x; {ev['pass_real_tokens']:,} real); training buckets sorted by token count, token "
+             f"positions of an epoch {tb['positions_by_items']:,} -> {tb['positions_by_tokens']:,} ({tb['ratio']:.2f}x; "
+             f"{tb['real_tokens']:,} real). Also: no second validation pass after the best weights are restored (exact: the "
+             "best epoch's pass is kept; one pass less a run); the training logits in fp32 under autocast (bf16 erred by up "
+             "to 0.08); stage 1 validated every k epochs where a row says so (`model.stage_1_eval_every`: fewer passes, not "
+             "exact, since it can change which epoch is kept)."), ""]
+
+
 def _ties_note(x: dict) -> str:
     """The row's test metrics with ties in random order and its tied targets, where it recorded them."""
     if "test_random_ties" not in x:
@@ -517,6 +537,7 @@ def render(r: dict) -> str:
           f"targets are such items, {t['test_targets_in_groups_of_10_or_more']} of them in groups of 10 or more (identical vectors: "
           "under the table's pessimistic ties such a target ranks 10th at best)."
           for t in sorted((r.get("facts") or {}).get("token_ties", {}).values(), key=lambda t: t["max_attr_length"])),
+        *_savings_lines((r.get("facts") or {}).get("savings")),
         ("Seconds per epoch (medians over a run's epochs): training alone (the epoch's `train_seconds` less its re-encoding), the re-encoding of the whole "
         "catalogue at the start of each stage-1 epoch (`item_encode_seconds`), and one validation pass. Training rows: one "
         "(history, next item) row per user and epoch; rows marked \"empty histories drawn\" also draw the first item with "
