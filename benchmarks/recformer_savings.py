@@ -130,7 +130,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
+    import os
+
+    load_before = os.getloadavg()[0]
     res = measure(args.data, args.max_token_num, args.max_attr_length, args.repeats)
+    res["load_average"] = [load_before, os.getloadavg()[0]]  # 1-minute load at start and end: other jobs beside it
     print(json.dumps(res, indent=2))
     if args.no_write:
         return

@@ -407,8 +407,11 @@ def _savings_lines(sv: dict | None) -> list[str]:
         return []
     st, last, ev, tb = sv["setting"], sv["last_layer_bos_only"], sv["eval_rows_by_tokens"], sv["train_buckets_by_tokens"]
     return [(f"Exact savings (same outputs; `python benchmarks/recformer_savings.py`, MiniLM, {st['max_token_num']} tokens, "
-             f"attributes of {st['max_attr_length']}, one thread, medians of {st['repeats']}; machine: "
-             f"{machine_line(sv['machine'])}): the last layer computed for `<s>` alone, forward + backward of 16 "
+             f"attributes of {st['max_attr_length']}, one thread, medians of {st['repeats']}, interleaved; machine: "
+             f"{machine_line(sv['machine'])}; "
+             + (f"1-minute load average {sv['load_average'][0]:.1f} at the start, {sv['load_average'][1]:.1f} at the end"
+                if "load_average" in sv else "load of other jobs not recorded")
+             + f"): the last layer computed for `<s>` alone, forward + backward of 16 "
              f"histories {last['whole_s']:.2f} s -> {last['bos_only_s']:.2f} s ({last['speedup']:.2f}x); evaluation rows grouped "
              f"by token count, one batch of 256 short validation histories {ev['item_order_s']:.2f} s -> {ev['token_groups_s']:.2f} s "
              f"({ev['speedup']:.2f}x; largest difference of a representation {ev['max_abs_difference']:.1e}), token positions of "
@@ -416,8 +419,8 @@ def _savings_lines(sv: dict | None) -> list[str]:
              f"({ev['pass_ratio']:.2f}x; {ev['pass_real_tokens']:,} real); training buckets sorted by token count, token "
              f"positions of an epoch {tb['positions_by_items']:,} -> {tb['positions_by_tokens']:,} ({tb['ratio']:.2f}x; "
              f"{tb['real_tokens']:,} real). Also: no second validation pass after the best weights are restored (exact: the "
-             "best epoch's pass is kept; one pass less a run); the training logits in fp32 under autocast (bf16 erred by up "
-             "to 0.08); stage 1 validated every k epochs where a row says so (`model.stage_1_eval_every`: fewer passes, not "
+             "best epoch's pass is kept; one pass less a run); the training logits in fp32 under autocast (they were "
+             "bf16); stage 1 validated every k epochs where a row says so (`model.stage_1_eval_every`: fewer passes, not "
              "exact, since it can change which epoch is kept)."), ""]
 
 
