@@ -79,7 +79,7 @@ def measure(data: Path, max_token_num: int, max_attr_length: int, repeats: int) 
     last = {True: [], False: []}
     for _ in range(repeats):  # interleaved: a load change on the machine hits both
         for flag in (False, True):
-            last[flag] += _timed(lambda: step(flag), 1)
+            last[flag] += _timed(lambda flag=flag: step(flag), 1)
 
     # 2. evaluation rows grouped by token count, against the chunks in item-count order padded to the batch's width
     model.eval()

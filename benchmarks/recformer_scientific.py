@@ -490,7 +490,8 @@ def render(r: dict) -> str:
         epochs = ", ".join(f"{x['epochs_run']} ({x['best_epoch']})" for x in rs)
         init = rs[0].get("init")
         warm = rs[0].get("warmup")
-        label = (f"Recformer, MiniLM + {warm['epochs']} epochs of in-domain contrastive warm-up, fine-tuned" if warm
+        epochs_word = "" if not warm else "epoch" if warm["epochs"] == 1 else "epochs"
+        label = (f"Recformer, MiniLM + {warm['epochs']} {epochs_word} of in-domain contrastive warm-up, fine-tuned" if warm
                  else f"Recformer, pre-trained (`{Path(init).name}`), fine-tuned" if init else "Recformer, MiniLM init, fine-tuned")
         rows.append(_row(label, users + tested, mean_metrics(rs),
                          [str(len(rs)), epochs, sec("train"), sec("encode"), sec("valid")]))

@@ -119,7 +119,7 @@ def render(r: dict, args) -> str:
         cells = " | ".join(fmt(t[k]) if t else "-" for k in ("recall@10", "ndcg@10", "recall@50", "ndcg@50"))
         rows.append(f"| {label}, {rb['epochs_run']} epoch(s) | {cells} | {rb['seconds_per_epoch']:.1f} | {rb['test_eval_seconds']:.2f} | "
                     f"{rb['peak_memory_mb']:.0f} | {rb['epochs_run']} |")
-    for name, v in (r.get("variants") or {}).items():  # the same recipe with other settings (--name)
+    for v in (r.get("variants") or {}).values():  # the same recipe with other settings (--name)
         vm = lambda key, v=v: statistics.mean(o["test"][key] for o in v["textrec"])
         vs = statistics.mean(o["seconds_per_epoch"] for o in v["textrec"])
         epochs = ", ".join(f"{o['epochs_run']} ({o['best_epoch']})" for o in v["textrec"])

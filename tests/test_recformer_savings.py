@@ -153,7 +153,7 @@ LEARN = [*TINY, "train.device=cpu", "train.num_threads=1", "eval.ks=[10]", "mode
 
 
 def test_no_second_validation_pass_and_stage_1_validated_every_k_epochs(tmp_path, monkeypatch):
-    import textrec.train.loop as loop
+    from textrec.train import loop
     from textrec.train.run import train_run
 
     path = tmp_path / "world"
