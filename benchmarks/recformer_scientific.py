@@ -28,6 +28,14 @@ tokens, and every item's, each epoch), so the default is a reduced setting sized
     python benchmarks/recformer_scientific.py --smoke
     python benchmarks/recformer_scientific.py --all-users --init PT_RUN   # fine-tuned from a pre-trained Recformer run
     python benchmarks/recformer_scientific.py --skip-finetune --zero-shot PT_RUN --zero-shot-minilm   # zero-shot rows
+    # the faithful CPU route (issue 31): the reference's attributes (3 x 32 tokens), 192 tokens, stage 2 reached
+    python benchmarks/recformer_scientific.py --all-users --name faithful --seeds 2020 2021 2022 --resume --random-ties \
+        --work ~/.cache/textrec-work/recformer train.amp_cpu=true train.num_threads=1 train.lr=1e-4 model.max_token_num=192 \
+        model.max_attr_length=32 train.epochs=8 model.stage_1_max_epochs=6 model.stage_1_eval_every=2
+    # the same after an in-domain contrastive warm-up of 2 epochs (textrec pretrain on Scientific's training sequences)
+    python benchmarks/recformer_scientific.py --all-users --name faithful --warmup-epochs 2 ...
+    # the full setting on a GPU (512 tokens, the reference recipe until both stages' patience runs out)
+    python benchmarks/recformer_scientific.py --full --random-ties --seeds 2020 --resume --work ~/.cache/textrec-work/recformer-full
 
 Zero-shot rows rank every test user's item over the whole catalogue with no training on Scientific: a pre-trained run
 (`textrec evaluate PT_RUN --data SCIENTIFIC`), and as its control Recformer built from MiniLM and never trained.
