@@ -28,6 +28,14 @@ tokens, and every item's, each epoch), so the default is a reduced setting sized
     python benchmarks/recformer_scientific.py --smoke
     python benchmarks/recformer_scientific.py --all-users --init PT_RUN   # fine-tuned from a pre-trained Recformer run
     python benchmarks/recformer_scientific.py --skip-finetune --zero-shot PT_RUN --zero-shot-minilm   # zero-shot rows
+    # the faithful CPU route (issue 31): the reference's attributes (3 x 32 tokens), 192 tokens, stage 2 reached
+    python benchmarks/recformer_scientific.py --all-users --name faithful --seeds 2020 2021 2022 --resume --random-ties \
+        --work ~/.cache/textrec-work/recformer train.amp_cpu=true train.num_threads=1 train.lr=1e-4 model.max_token_num=192 \
+        model.max_attr_length=32 train.epochs=8 model.stage_1_max_epochs=6 model.stage_1_eval_every=2
+    # the same after an in-domain contrastive warm-up of 2 epochs (textrec pretrain on Scientific's training sequences)
+    python benchmarks/recformer_scientific.py --all-users --name faithful --warmup-epochs 2 ...
+    # the full setting on a GPU (512 tokens, the reference recipe until both stages' patience runs out)
+    python benchmarks/recformer_scientific.py --full --random-ties --seeds 2020 --resume --work ~/.cache/textrec-work/recformer-full
 
 Zero-shot rows rank every test user's item over the whole catalogue with no training on Scientific: a pre-trained run
 (`textrec evaluate PT_RUN --data SCIENTIFIC`), and as its control Recformer built from MiniLM and never trained.
@@ -133,10 +141,18 @@ def main() -> None:
                         "for the pre-trained zero-shot rows)")
     p.add_argument("--init", type=Path, metavar="PT_RUN",
                    help="fine-tune from this pre-trained Recformer run (`textrec finetune --init PT_RUN`) instead of MiniLM")
+    p.add_argument("--warmup-epochs", type=int, default=0, metavar="N",
+                   help="before each seed's fine-tuning, N epochs of in-domain contrastive pre-training on Scientific's own "
+                        "training sequences (`textrec pretrain`: the reference's pre-training loss, in-batch pairs of "
+                        "(history, next item) with gradients through both sides, + MLM; its optimiser settings), then fine-tune "
+                        "from it (`textrec finetune --init`)")
     p.add_argument("--skip-finetune", action="store_true", help="only the zero-shot rows")
     p.add_argument("--name", help="a suffix of the row's key, for a row whose overrides differ from another's with the same setting")
     p.add_argument("--resume", action="store_true", help="keep the finished runs of an interrupted invocation and continue an "
                                                          "interrupted training run from its last epoch")
+    p.add_argument("--random-ties", action="store_true",
+                   help="also evaluate each finished run's test split with ties in random order (`--ties random`), "
+                        "recording its metrics and how many targets tie with another item")
     p.add_argument("--render-only", action="store_true", help="rewrite the RESULTS.md section from the saved JSON")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="extra textrec config overrides (named in the table)")
     args = p.parse_args()
@@ -174,15 +190,21 @@ def main() -> None:
     from _common import _shorten_path
 
     argv = [_shorten_path(a) for a in sys.argv if a != "--resume"]  # no machine paths in the committed script line
+    from textrec.config import load_config
+
     info = {"setting": setting, "users": n_users, "sample_seed": args.sample_seed, "overrides": overrides,
-            "test_all_users": cfg["test_all_users"] and n_users is not None}
+            "test_all_users": cfg["test_all_users"] and n_users is not None,
+            # rows made before the option existed drew histories of at least one item
+            "empty_history": load_config("recformer-reference", overrides).model_config.empty_history}
 
     budget = history_fit(sci, overrides)  # what the token budget holds of a test history
     fit_key = f"{budget['max_token_num']}/{budget['max_attr_num']}/{budget['max_attr_length']}"
+    twins = token_ties(sci, overrides)  # items token-identical to another at this attribute budget
+    twins_key = f"{twins['max_attr_num']}x{twins['max_attr_length']}"
 
     def save():
         result = save_result(results, {"section": section, "machine": machine(), "info": info, "runs": runs, "commands": cmds,
-                                       "argv": argv, "facts": {"history_fit": {fit_key: budget}}})  # merged with rows another process wrote
+                                       "argv": argv, "facts": {"history_fit": {fit_key: budget}, "token_ties": {twins_key: twins}}})  # merged with rows another process wrote
         md = render(result)
         if write_docs:
             update_results(section, md)
@@ -206,7 +228,9 @@ def main() -> None:
         runs[zkey] = [{**minilm_zero_shot(sci, [*overrides, f"train.seed={args.seeds[0]}"]), "argv": argv}]
         print(f"{zkey}: {json.dumps(runs[zkey][0]['test'])}", file=sys.stderr)
         save()
-    start = f"from-{args.init.name}" if args.init else "minilm"
+    if args.init and args.warmup_epochs:
+        sys.exit("--init and --warmup-epochs: choose one")
+    start = f"from-{args.init.name}" if args.init else f"warmup{args.warmup_epochs}" if args.warmup_epochs else "minilm"
     key = f"recformer-{start}-{setting}" + (f"-u{n_users}" if n_users else "-all-users") + (f"-{args.name}" if args.name else "")
     for seed in ([] if args.skip_finetune else args.seeds):
         if finished(runs, key, seed):
@@ -214,11 +238,21 @@ def main() -> None:
         out = work / "runs" / "recformer_scientific" / f"{key}-{seed}"
         log = cmds if seed == args.seeds[0] else None
         unfinished = args.resume and (out / "state.pt").exists()  # an interrupted run continues from its last epoch
-        how = ["finetune", data, "--init", args.init] if args.init else ["train", data]
+        init = args.init
+        if args.warmup_epochs:  # in-domain warm-up of this seed, continued if interrupted, kept if finished
+            init = out.with_name(out.name + "-warmup")
+            if not (init / "metrics.json").exists():
+                warm = warmup_overrides(overrides, args.warmup_epochs)
+                textrec("pretrain", data, "--model", "recformer", "--out", init,
+                        "--resume" if args.resume and (init / "state.pt").exists() else "--overwrite", "--quiet",
+                        f"train.seed={seed}", *warm, log=log)
+        how = ["finetune", data, "--init", init] if init else ["train", data]
         res = textrec(*how, "--config", "recformer-reference", "--out", out, "--resume" if unfinished else "--overwrite", "--quiet",
                       f"train.seed={seed}", *overrides, log=log)
-        if args.init:
-            res["init"] = _shorten_path(str(args.init))
+        if init:
+            res["init"] = _shorten_path(str(init))
+        if args.warmup_epochs:
+            res["warmup"] = {"epochs": args.warmup_epochs, "metrics": json.loads((init / "metrics.json").read_text())}
         res["machine_note"] = os.environ.get("TEXTREC_BENCH_NOTE")  # rows of one table may be measured differently
         res["argv"] = argv
         res["seconds"] = epoch_seconds(run_dir(res))
@@ -228,12 +262,30 @@ def main() -> None:
             full = textrec("evaluate", out, "--data", sci, "--split", "test", log=log)
             res["test_sample"], res["test"] = res["test"], {k: v for k, v in full.items() if "@" in k}
             res["test_all_users_seconds"] = full["seconds"]
+        if args.random_ties:  # ties in a uniformly random order instead of all ranked above the target
+            rnd = textrec("evaluate", out, "--data", sci, "--split", "test", "--ties", "random", log=log)
+            res["test_random_ties"] = {k: v for k, v in rnd.items() if "@" in k}
+            res["targets_with_ties"] = rnd["targets_with_ties"]
         runs.setdefault(key, []).append(res)
         print(f"{key} seed {seed}: {json.dumps(res['test'])}", file=sys.stderr)
         save()
     print(save())
     if args.smoke:
         print(f"smoke run: wrote {results} and {work}", file=sys.stderr)
+
+
+# the reference's pre-training optimiser (REFERENCE_NOTES section 4: AdamW 5e-5, linear decay, no warm-up, clip 1.0; batch
+# 16 per GPU x 4 GPUs all-gathered: 64 in-batch pairs), as benchmarks/seqrecbench.py's corpus pre-training
+WARMUP = ["train.optimizer=adamw", "train.lr=5e-5", "train.schedule=linear", "train.warmup_steps=0", "train.grad_clip=1.0",
+          "train.batch_size=64", "train.grad_accum=1"]
+
+
+def warmup_overrides(overrides: list[str], epochs: int) -> list[str]:
+    """The in-domain warm-up's settings: the row's model and machine settings (token budgets, pooling, threads,
+    autocast), the reference's pre-training optimiser, ``epochs`` epochs validated once at the end."""
+    kept = [o for o in overrides if o.startswith("model.") or o.split("=", 1)[0] in
+            ("train.amp_cpu", "train.num_threads", "train.device", "train.amp")]
+    return [*kept, *WARMUP, f"train.epochs={epochs}", f"train.eval_every={epochs}", f"train.patience={epochs + 1}"]
 
 
 def history_fit(sci: Path, overrides: list[str]) -> dict:
@@ -259,6 +311,31 @@ def history_fit(sci: Path, overrides: list[str]) -> dict:
     return {"max_token_num": mc.max_token_num, "max_attr_num": mc.max_attr_num, "max_attr_length": mc.max_attr_length,
             "tokens_per_item": float(lengths[1:].mean()), "items_whole": float(fits.mean()), "history_items": float(sizes.mean()),
             "histories_whole": float((fits == sizes).mean())}
+
+
+def token_ties(sci: Path, overrides: list[str]) -> dict:
+    """Items whose token rows are identical to another item's at the setting's attribute budget (they get identical
+    vectors, and a tie ranks above the target under the table's pessimistic rule), and how many test targets are such
+    items: in any group, and in groups of 10 or more (which can rank 10th at best)."""
+    from collections import Counter
+
+    from textrec.config import load_config
+    from textrec.data.dataset import Dataset
+    from textrec.data.sentences import item_attributes, tokenize_items
+    from textrec.models.recformer import _tokenizer, backbone_config
+
+    mc = load_config("recformer-reference", overrides).model_config
+    ds = Dataset.load(sci)
+    _, folder, _ = backbone_config(mc)
+    t = tokenize_items(item_attributes(ds), _tokenizer(str(folder)), mc.max_attr_num, mc.max_attr_length)
+    keys = [None] + [(t.token_ids[a:b].tobytes(), t.token_types[a:b].tobytes()) for a, b in zip(t.offsets[1:-1], t.offsets[2:])]
+    size = Counter(keys[1:])
+    group = np.array([0] + [size[k] for k in keys[1:]])  # (n_items + 1,) size of each item's group of identical rows
+    targets = np.asarray([ds.sequence(u)[-1] for u in range(ds.n_users)])
+    return {"max_attr_num": mc.max_attr_num, "max_attr_length": mc.max_attr_length,
+            "items_with_a_twin": int((group[1:] > 1).sum()), "largest_group": int(group.max()),
+            "test_targets_with_a_twin": int((group[targets] > 1).sum()),
+            "test_targets_in_groups_of_10_or_more": int((group[targets] >= 10).sum()), "test_targets": int(targets.size)}
 
 
 def minilm_zero_shot(sci: Path, overrides: list[str]) -> dict:
@@ -287,7 +364,11 @@ def minilm_zero_shot(sci: Path, overrides: list[str]) -> dict:
     ds = Dataset.load(sci)
     batcher = EvalBatcher(eval_examples(ds, "test", cfg.data.max_seq_len), cfg.eval.batch_size, device)
     res = evaluate(model, batcher, cfg.eval.ks, cfg.eval.mask_history, cfg.eval.item_chunk)
+    from textrec.eval.metrics import compute_metrics
+
+    random_ties = compute_metrics(res.ranks, cfg.eval.ks, ties=res.ties)  # the same ranking, ties in random order
     return {"kind": "zeroshot-minilm", "run": "-", "test": {k: v for k, v in res.metrics.items() if "@" in k},
+            "test_random_ties": {k: v for k, v in random_ties.items() if "@" in k}, "targets_with_ties": int((res.ties > 0).sum()),
             "test_seconds": time.perf_counter() - start, "seed": cfg.train.seed,
             "token_budgets": {"max_token_num": cfg.model_config.max_token_num, "max_attr_length": cfg.model_config.max_attr_length},
             "pooling": cfg.model_config.pooling, "new_tables": cfg.model_config.new_tables}
@@ -320,10 +401,44 @@ def _knobs(overrides: list[str]) -> str:
 
     cfg = load_config("recformer-reference", overrides)
     mantissa, exponent = f"{cfg.train.lr:.3e}".split("e")
-    return (f"; {cfg.model_config.max_token_num} tokens, lr {mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    mc = cfg.model_config
+    return (f"; {mc.max_token_num} tokens, attributes of {mc.max_attr_length}, lr {mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
             + _model_notes(cfg.model_config.pooling, cfg.model_config.new_tables)
             + ("" if cfg.data.train_rows in ("auto", "sampled") else f", training rows: {cfg.data.train_rows}")
-            + (f", stage 1 at most {cfg.model_config.stage_1_max_epochs} epochs" if cfg.model_config.stage_1_max_epochs else ""))
+            + (f", stage 1 at most {mc.stage_1_max_epochs} epochs" if mc.stage_1_max_epochs else "")
+            + (f", stage 1 validated every {mc.stage_1_eval_every} epochs" if mc.stage_1_eval_every else ""))
+
+
+def _savings_lines(sv: dict | None) -> list[str]:
+    """What the exact savings save (``benchmarks/recformer_savings.py``), where it was measured."""
+    if not sv:
+        return []
+    st, last, ev, tb = sv["setting"], sv["last_layer_bos_only"], sv["eval_rows_by_tokens"], sv["train_buckets_by_tokens"]
+    return [(f"Exact savings (same outputs; `python benchmarks/recformer_savings.py`, MiniLM, {st['max_token_num']} tokens, "
+             f"attributes of {st['max_attr_length']}, one thread, medians of {st['repeats']}, interleaved; machine: "
+             f"{machine_line(sv['machine'])}; "
+             + (f"1-minute load average {sv['load_average'][0]:.1f} at the start, {sv['load_average'][1]:.1f} at the end"
+                if "load_average" in sv else "load of other jobs not recorded")
+             + f"): the last layer computed for `<s>` alone, forward + backward of 16 "
+             f"histories {last['whole_s']:.2f} s -> {last['bos_only_s']:.2f} s ({last['speedup']:.2f}x); evaluation rows grouped "
+             f"by token count, one batch of 256 short validation histories {ev['item_order_s']:.2f} s -> {ev['token_groups_s']:.2f} s "
+             f"({ev['speedup']:.2f}x; largest difference of a representation {ev['max_abs_difference']:.1e}), token positions of "
+             f"a whole validation pass {ev['pass_positions_by_items']:,} -> {ev['pass_positions_by_tokens']:,} "
+             f"({ev['pass_ratio']:.2f}x; {ev['pass_real_tokens']:,} real); training buckets sorted by token count, token "
+             f"positions of an epoch {tb['positions_by_items']:,} -> {tb['positions_by_tokens']:,} ({tb['ratio']:.2f}x; "
+             f"{tb['real_tokens']:,} real). Also: no second validation pass after the best weights are restored (exact: the "
+             "best epoch's pass is kept; one pass less a run); the training logits in fp32 under autocast (they were "
+             "bf16); stage 1 validated every k epochs where a row says so (`model.stage_1_eval_every`: fewer passes, not "
+             "exact, since it can change which epoch is kept)."), ""]
+
+
+def _ties_note(x: dict) -> str:
+    """The row's test metrics with ties in random order and its tied targets, where it recorded them."""
+    if "test_random_ties" not in x:
+        return ""
+    t = x["test_random_ties"]
+    return (f"; with ties in random order (`--ties random`) R@10 {fmt(t['recall@10'])} / N@10 {fmt(t['ndcg@10'])}, "
+            f"{x['targets_with_ties']:,} test targets tied with at least one other item")
 
 
 def _stages(rs: list[dict]) -> str:
@@ -357,7 +472,7 @@ def render(r: dict) -> str:
                             f"item-position tables {start}, seed {z['seed']}; "
                             f"{z['token_budgets']['max_token_num']} tokens, attributes of {z['token_budgets']['max_attr_length']}"
                             f"{_model_notes(z.get('pooling', 'bos'))}), "
-                            "never trained; test ranked over Scientific's 4,385 items")
+                            "never trained; test ranked over Scientific's 4,385 items" + _ties_note(z))
             continue
         if rs[0].get("kind") == "zeroshot":
             z = rs[0]
@@ -373,7 +488,8 @@ def render(r: dict) -> str:
         info = rs[0].get("setting", r["info"])
         reduced |= info["setting"] != "full"
         users = f"{info['setting']}: {info['users']:,} sampled users" if info["users"] else f"{info['setting']}: all 8,442 users"
-        tested = (", test on all 8,442" if info["test_all_users"] else "") + _knobs(info["overrides"])
+        tested = ((", test on all 8,442" if info["test_all_users"] else "") + _knobs(info["overrides"])
+                  + (", empty histories drawn" if info.get("empty_history") else ""))
 
         def sec(k: str, rs: list = rs) -> str:
             values = [x["seconds"][k] for x in rs]
@@ -381,7 +497,10 @@ def render(r: dict) -> str:
 
         epochs = ", ".join(f"{x['epochs_run']} ({x['best_epoch']})" for x in rs)
         init = rs[0].get("init")
-        label = f"Recformer, pre-trained (`{Path(init).name}`), fine-tuned" if init else "Recformer, MiniLM init, fine-tuned"
+        warm = rs[0].get("warmup")
+        epochs_word = "" if not warm else "epoch" if warm["epochs"] == 1 else "epochs"
+        label = (f"Recformer, MiniLM + {warm['epochs']} {epochs_word} of in-domain contrastive warm-up, fine-tuned" if warm
+                 else f"Recformer, pre-trained (`{Path(init).name}`), fine-tuned" if init else "Recformer, MiniLM init, fine-tuned")
         rows.append(_row(label, users + tested, mean_metrics(rs),
                          [str(len(rs)), epochs, sec("train"), sec("encode"), sec("valid")]))
         last = {o.split("=", 1)[0]: o for o in info["overrides"]}  # a later key=value wins, as in textrec
@@ -391,6 +510,8 @@ def render(r: dict) -> str:
                         + (f" (from `{init}`)" if init else "")
                         + (f"; timed with {', '.join(sorted(measured))}" if measured else "") + _stages(rs))
         for x in rs:
+            if "test_random_ties" in x:
+                settings.append(f"  test (seed {Path(x['run']).name.rsplit('-', 1)[-1]}):" + _ties_note(x).removeprefix(";"))
             if x.get("curve"):
                 settings.append(f"  validation R@10 / N@10 by epoch (seed {Path(x['run']).name.rsplit('-', 1)[-1]}): "
                                 + ", ".join(f"{int(e)}: {fmt(r)} / {fmt(n)}" for e, r, n in x["curve"]))
@@ -423,8 +544,17 @@ def render(r: dict) -> str:
           f"{b['items_whole']:.1f} most recent items whole (the next one cut) of {b['history_items']:.1f} on average; "
           f"{b['histories_whole']:.0%} of test histories fit whole."
           for b in (r.get("facts") or {}).get("history_fit", {}).values()),
+        *(f"Attributes of {t['max_attr_length']} tokens: {t['items_with_a_twin']} of Scientific's 4,385 items are token-identical "
+          f"to another item (largest group {t['largest_group']}); {t['test_targets_with_a_twin']:,} of the {t['test_targets']:,} test "
+          f"targets are such items, {t['test_targets_in_groups_of_10_or_more']} of them in groups of 10 or more (identical vectors: "
+          "under the table's pessimistic ties such a target ranks 10th at best)."
+          for t in sorted((r.get("facts") or {}).get("token_ties", {}).values(), key=lambda t: t["max_attr_length"])),
+        *_savings_lines((r.get("facts") or {}).get("savings")),
         ("Seconds per epoch (medians over a run's epochs): training alone (the epoch's `train_seconds` less its re-encoding), the re-encoding of the whole "
-        "catalogue at the start of each stage-1 epoch (`item_encode_seconds`), and one validation pass."),
+        "catalogue at the start of each stage-1 epoch (`item_encode_seconds`), and one validation pass. Training rows: one "
+        "(history, next item) row per user and epoch; rows marked \"empty histories drawn\" also draw the first item with "
+        "no history as the reference (`model.empty_history`, the default since it was added), the others drew histories of "
+        "one item at least."),
         "",
         "Commands (first seed; `$WORK` = benchmarks/.work; the user sample is written by the script):",
         "",

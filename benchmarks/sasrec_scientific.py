@@ -32,11 +32,11 @@ from pathlib import Path
 from _common import ROOT, SHARED_DATA, _shorten_path, fmt, machine, machine_line, run_json, update_results
 
 
-def textrec_run(data: Path, out: Path, seed: int, extra: list[str]) -> dict:
+def textrec_run(data: Path, out: Path, seed: int, extra: list[str], evals: int = 5) -> dict:
     cmd = [sys.executable, "-m", "textrec.cli", "train", str(data), "--model", "sasrec", "--out", str(out), "--quiet", "--json",
            "--overwrite", f"train.seed={seed}", "train.device=cpu", *extra]
     res = run_json(cmd)
-    evals = [run_json([sys.executable, "-m", "textrec.cli", "evaluate", str(out), "--json", "--device", "cpu"]) for _ in range(5)]
+    evals = [run_json([sys.executable, "-m", "textrec.cli", "evaluate", str(out), "--json", "--device", "cpu"]) for _ in range(evals)]
     res["test_eval_seconds_cli"] = statistics.median(e["seconds"] for e in evals)
     return res
 
@@ -49,6 +49,9 @@ def main() -> None:
     p.add_argument("--recbole-epochs", type=int, default=2)
     p.add_argument("--recbole-json", help="JSON output of an earlier full recbole_sasrec_runner.py run")
     p.add_argument("--extra", nargs="*", default=[], help="extra textrec config overrides")
+    p.add_argument("--name", help="a variant row (e.g. --name seq3 --extra data.max_seq_len=3): textrec only, stored under "
+                                  "variants[NAME] of the results file beside the main rows, which are kept")
+    p.add_argument("--evals", type=int, default=5, help="timed test evaluations per run (their median is reported)")
     p.add_argument("--no-write", action="store_true", help="print, do not update docs/RESULTS.md")
     p.add_argument("--render-only", action="store_true", help="rewrite the section from benchmarks/results/sasrec_scientific.json")
     args = p.parse_args()
@@ -66,7 +69,18 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-sasrec-"))
     data = work / "scientific"
     run_json([sys.executable, "-m", "textrec.cli", "prepare", args.data, "--format", "unisrec", "--out", str(data), "--json"])
-    ours = [textrec_run(data, work / f"run-{s}", s, args.extra) for s in args.seeds]
+    ours = [textrec_run(data, work / f"run-{s}", s, args.extra, args.evals) for s in args.seeds]
+    if args.name:  # a variant: the main rows stay as they are
+        result = json.loads(out_json.read_text())
+        result.setdefault("variants", {})[args.name] = {"machine": info, "textrec": ours, "extra": args.extra, "seeds": args.seeds,
+                                                        "command": " ".join(_shorten_path(a) for a in sys.argv)}
+        out_json.write_text(json.dumps(result, indent=2))
+        args.seeds = result.get("seeds") or args.seeds
+        md = render(result, args)
+        print(md)
+        if not args.no_write:
+            update_results("sasrec_scientific", md)
+        return
 
     recbole = None
     if args.recbole_python:
@@ -105,6 +119,12 @@ def render(r: dict, args) -> str:
         cells = " | ".join(fmt(t[k]) if t else "-" for k in ("recall@10", "ndcg@10", "recall@50", "ndcg@50"))
         rows.append(f"| {label}, {rb['epochs_run']} epoch(s) | {cells} | {rb['seconds_per_epoch']:.1f} | {rb['test_eval_seconds']:.2f} | "
                     f"{rb['peak_memory_mb']:.0f} | {rb['epochs_run']} |")
+    for v in (r.get("variants") or {}).values():  # the same recipe with other settings (--name)
+        vm = lambda key, v=v: statistics.mean(o["test"][key] for o in v["textrec"])
+        epochs = ", ".join(f"{o['epochs_run']} ({o['best_epoch']})" for o in v["textrec"])
+        rows.append(f"| textrec SASRec, {' '.join(f'`{e}`' for e in v['extra'])}, mean of {len(v['textrec'])} (seeds "
+                    f"{', '.join(map(str, v['seeds']))}) | {fmt(vm('recall@10'))} | {fmt(vm('ndcg@10'))} | {fmt(vm('recall@50'))} | "
+                    f"{fmt(vm('ndcg@50'))} | - | | | {epochs} |")  # accuracy rows: speed is the main rows' measure
     speed = r["recbole_speed"] or r["recbole_full"]
     lines = [
         "## SASRec on Amazon Scientific (reference settings)",
@@ -114,6 +134,8 @@ def render(r: dict, args) -> str:
         *rows,
         "",
         "Published (VQ-Rec paper, Table 2): R@10 0.1080, N@10 0.0553, R@50 0.2042, N@50 0.0760.",
+        *(f"Row with `{' '.join(v['extra'])}`: `{v['command']}` (machine: {machine_line(v['machine'])})."
+          for v in (r.get("variants") or {}).values()),
     ]
     if not (r["recbole_full"] and r["recbole_full"]["epochs_run"] >= 20):
         # a full RecBole run takes hours on this CPU; the same config trained to early stopping elsewhere:

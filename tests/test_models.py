@@ -159,6 +159,9 @@ def _check_spec(name: str, model, world) -> set[str]:
     check("causal", isinstance(spec.causal, bool))
     check("training_rows", spec.training_rows in rows and (spec.training_rows != "windows" or spec.causal))
     check("sampled_cut", {spec.sampled_cut(cfg, p) for p in (False, True)} <= {"any", "reference"})
+    check("empty_history_rows", all(isinstance(spec.empty_history_rows(cfg, p), bool) for p in (False, True))
+          and not spec.empty_history_rows(cfg, True)  # pre-training pairs never have an empty history
+          and (not spec.empty_history_rows(cfg, False) or spec.training_rows != "windows"))
     check("catalogue_keys", isinstance(spec.catalogue_keys, tuple) and all(isinstance(k, str) and k for k in spec.catalogue_keys)
           and any(k.startswith(spec.catalogue_keys) for k in state))
     check("item_state", spec.item_state is None or (set(spec.item_state.values()) <= fills

@@ -430,7 +430,7 @@ def _drawn_positions(ds, cfg, pretraining: bool, epochs: int = 200) -> dict[int,
         n_rows = 0
         for b in train_b.epoch():
             n_rows += len(b.users)
-            for u, t, target in zip(b.users.tolist(), b.seq_len.tolist(), b.targets.gather(1, b.seq_len[:, None] - 1)[:, 0].tolist()):
+            for u, t, target in zip(b.users.tolist(), b.seq_len.tolist(), b.targets.gather(1, (b.seq_len[:, None] - 1).clamp(min=0))[:, 0].tolist()):
                 seq = ds.sequence(u)
                 assert target == seq[t] and b.item_seq[b.users.tolist().index(u), :t].tolist() == seq[:t].tolist()
                 seen.setdefault(u, set()).add(t)
@@ -439,7 +439,8 @@ def _drawn_positions(ds, cfg, pretraining: bool, epochs: int = 200) -> dict[int,
 
 
 def test_pretraining_pairs_cut_as_the_reference_fine_tuning_any_prefix():
-    """Pre-training targets t ~ U[(n-1)//2, n-1] of the n training items (t >= 1), fine-tuning any t in 1..n-1."""
+    """Pre-training targets t ~ U[(n-1)//2, n-1] of the n training items (t >= 1); fine-tuning any t in 0..n-1 as the
+    reference (t = 0: the first item with an empty history), or 1..n-1 with ``model.empty_history=false``."""
     ds = make_domain("tools", WorldSpec(n_items=30, n_users=40, min_len=4, max_len=11), seed=0)
     n = ds.seq_lengths - 2  # training part
     assert set(n.tolist()) >= {2, 3, 4, 5, 8, 9}
@@ -447,8 +448,10 @@ def test_pretraining_pairs_cut_as_the_reference_fine_tuning_any_prefix():
     for u, ts in _drawn_positions(ds, cfg, pretraining=True).items():
         assert ts == set(range(max(1, (n[u] - 1) // 2), n[u])), (n[u], ts)  # inside the range, every value (both ends) drawn
     anywhere = load_config(model="recformer", overrides=[*TINY, "model.pretrain_cut=any"])
-    for seen in (_drawn_positions(ds, anywhere, pretraining=True), _drawn_positions(ds, cfg, pretraining=False)):
+    no_empty = load_config(model="recformer", overrides=[*TINY, "model.empty_history=false"])
+    for seen in (_drawn_positions(ds, anywhere, pretraining=True), _drawn_positions(ds, no_empty, pretraining=False)):
         assert all(ts == set(range(1, n[u])) for u, ts in seen.items())
+    assert all(ts == set(range(n[u])) for u, ts in _drawn_positions(ds, cfg, pretraining=False).items())
 
 
 def test_a_run_written_before_a_setting_existed_still_resumes(tmp_path):
@@ -642,9 +645,10 @@ def test_new_item_by_attributes_is_ranked_and_its_attributes_decide_its_score(tm
 
     make_domain("tools", WorldSpec(n_items=30, n_users=60, min_len=5, max_len=8), seed=0).save(tmp_path / "tools")
     run = tmp_path / "run"
+    # one epoch of histories of one item at least: the training rows its score thresholds below were set with
     assert main(["train", str(tmp_path / "tools"), "--model", "recformer", "--out", str(run), "--quiet", *TINY, *CPU,
                  "model.init_std=0.1", "model.hidden_dropout=0", "model.attn_dropout=0", "train.batch_size=16",
-                 "train.epochs=1"]) == 0
+                 "train.epochs=1", "model.empty_history=false"]) == 0
     copied = Dataset.load(tmp_path / "tools").item_attributes[4]  # item tools-00004
 
     def scores(rows: list[dict]) -> dict[str, float]:

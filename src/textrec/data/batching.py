@@ -119,6 +119,7 @@ class TrainBatcher:
         self.inputs = torch.as_tensor(windows.inputs, dtype=torch.long, device=self.device)
         self.targets = torch.as_tensor(windows.targets, dtype=torch.long, device=self.device)
         self.lengths = torch.as_tensor(windows.lengths, dtype=torch.long)  # batch planning stays on CPU
+        self.sizes = self.lengths  # what "bucket" sorts rows by (``bucket_by``: e.g. a text model's tokens per row)
         self.n_targets = torch.as_tensor(windows.n_targets, dtype=torch.long)
         self.targets_per_row = targets_per_row
         if targets_per_row > 0:  # batch planning counts the targets each row will keep
@@ -146,6 +147,12 @@ class TrainBatcher:
     def __len__(self) -> int:
         """Batches per epoch (exact for bucket/random: boundaries depend only on the order's target counts)."""
         return max(1, -(-self.total_targets // self.batch_size))
+
+    def bucket_by(self, sizes: Tensor) -> None:
+        """Bucket rows by ``sizes`` (one number per row, e.g. the tokens a text model reads) instead of items."""
+        if sizes.shape != self.lengths.shape:
+            raise ValueError(f"bucket_by needs one size per training row ({self.n_rows}), not shape {tuple(sizes.shape)}")
+        self.sizes = sizes.detach().to("cpu", torch.long)
 
     def _sampled_rows(self) -> Tensor:
         """One row per user, drawn uniformly among that user's rows, in random order."""
@@ -182,7 +189,7 @@ class TrainBatcher:
             chunks = self._stratified(order)
         else:
             if self.batching == "bucket":
-                order = order[torch.argsort(self.lengths[order], stable=True)]
+                order = order[torch.argsort(self.sizes[order], stable=True)]
             cum = torch.cumsum(self.n_targets[order], 0)
             batch_of_row = torch.div(cum - 1, self.batch_size, rounding_mode="floor")
             sizes = torch.bincount(batch_of_row)
@@ -192,7 +199,7 @@ class TrainBatcher:
 
     def batch(self, rows: Tensor) -> SeqBatch:
         """The batch of training rows ``rows`` (CPU indices), trimmed to its longest row."""
-        width = int(self.lengths[rows].max())
+        width = max(1, int(self.lengths[rows].max()))  # rows with an empty history keep their target in column 0
         rows_d = rows.to(self.device)
         targets = self.targets[rows_d, :width]
         if self.targets_per_row > 0 and width > self.targets_per_row:

@@ -110,21 +110,24 @@ def train_windows(ds: Dataset, max_seq_len: int, long_sequences: LongSequences =
     return TrainWindows(inputs, targets, m.astype(np.int32), users.astype(np.int64))
 
 
-def prefix_rows(ds: Dataset, max_seq_len: int) -> TrainWindows:
+def prefix_rows(ds: Dataset, max_seq_len: int, empty_history: bool = False) -> TrainWindows:
     """The references' training rows: one right-padded row per (prefix, next item), loss at the last item.
 
     Used by tests (the window/prefix equivalence) and by benchmarks that reproduce the reference cost.
+    ``empty_history``: also each user's first item with no history (length 0, its target in column 0), as
+    Recformer's fine-tuning draws it.
     """
+    first = 0 if empty_history else 1  # the first target position
     n_train = ds.seq_lengths - 2
-    counts = np.maximum(n_train - 1, 0)
+    counts = np.maximum(n_train - first, 0)
     users = np.repeat(np.arange(ds.n_users), counts)
     group_start = np.repeat(np.cumsum(counts) - counts, counts)
-    p = 1 + (np.arange(users.size) - group_start)  # target position inside the training part
+    p = first + (np.arange(users.size) - group_start)  # target position inside the training part
     hist_len = np.minimum(p, max_seq_len)
     base = ds.seq_offsets[users]
     inputs = _gather(ds.seq_items, base + p - hist_len, hist_len, max_seq_len)
     targets = np.zeros_like(inputs)
-    targets[np.arange(users.size), hist_len - 1] = ds.seq_items[base + p]
+    targets[np.arange(users.size), np.maximum(hist_len - 1, 0)] = ds.seq_items[base + p]
     return TrainWindows(inputs, targets, hist_len.astype(np.int32), users.astype(np.int64))
 
 

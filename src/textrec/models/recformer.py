@@ -48,9 +48,10 @@ Deliberate differences from the reference:
   negative (``same_target="mask"``, as textrec's UniSRec); ``"keep"`` is the reference's plain
   cross-entropy.
 * Training rows come from the generic batcher (``SPEC.training_rows = "sampled"``): one random (prefix, next
-  item) row per user per epoch, histories of at least one item (the reference also draws the first item,
-  an empty history); pre-training draws the target position from U[(n-1)//2, n-1] as the reference
-  (``pretrain_cut="reference"``; ``"any"``: every prefix), fine-tuning from any prefix.
+  item) row per user per epoch. Fine-tuning draws from any prefix, the first item with an empty history
+  (``<s>`` alone) included as the reference (``empty_history=false``: histories of at least one item, as rows
+  measured before the option); pre-training draws the target position from U[(n-1)//2, n-1] as the reference
+  (``pretrain_cut="reference"``; ``"any"``: every prefix).
 * Item-table rows that were never encoded are encoded when the table is first used: a model built for a new
   catalogue, and one grown by new items (``textrec.serve.catalogue`` rebuilds item-sized buffers, so the
   whole table is then re-encoded with the final weights, not only the new rows). During pre-training the
@@ -65,7 +66,10 @@ Deliberate differences from the reference:
   the item positions at zero. Before any training an item alone is then encoded exactly as the backbone encodes it.
 * ``stage_1_max_epochs`` (an option; 0, the reference's, is none): stage 1 also ends after that many epochs, so
   that a run shorter than the reference's (the reduced CPU setting) reaches stage 2; the learning-rate schedule still
-  spans the whole run.
+  spans the whole run. ``stage_1_eval_every`` (0: ``train.eval_every``) validates stage 1 every k epochs only.
+* Exact savings (the same outputs, less compute): a ``<s>``-pooled encoder computes its last layer for ``<s>``
+  alone; rows of a batch that needs several forward passes are grouped by token count and cut to each group's
+  width; training buckets sort rows by token count (``row_sizes``); the training logits are fp32 under autocast.
 * Attributes with empty values are left out; ``max_token_num`` defaults to 512 (reference 1024; its README
   reports no clear loss at 512, and the embedded MiniLM has 512 positions).
 """
@@ -130,6 +134,9 @@ class RecformerConfig:
     # 0: stage 1 ends only by its patience (reference); k: also after k epochs, so that a run shorter than the
     # reference's reaches stage 2 (the learning-rate schedule still spans the whole run: stage 2 keeps the optimiser)
     stage_1_max_epochs: int = 0
+    # fine-tuning rows also draw each user's first item with an empty history (<s> alone), as the reference (t ~ U[0, n-1])
+    empty_history: bool = True
+    stage_1_eval_every: int = 0  # 0: train.eval_every; k: stage 1 validates every k epochs (reference: 3), stage 2 as train.eval_every
     encode_tokens: int = 8192  # tokens per forward pass when encoding the catalogue or evaluating (bounds memory)
 
     def __post_init__(self) -> None:
@@ -137,6 +144,8 @@ class RecformerConfig:
                     "stage_2_patience", "encode_tokens"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key} must be >= 1, not {getattr(self, key)}")
+        if self.stage_1_eval_every < 0:
+            raise ConfigError(f"model.stage_1_eval_every must be >= 0 (0: train.eval_every), not {self.stage_1_eval_every}")
         if self.stage_1_max_epochs < 0:
             raise ConfigError(f"model.stage_1_max_epochs must be >= 0 (0: no cap), not {self.stage_1_max_epochs}")
         if self.max_item_embeddings < 2:
@@ -264,15 +273,25 @@ class LongformerStyleLayer(nn.Module):
         for g, loc in ((self.global_query, local.query), (self.global_key, local.key), (self.global_value, local.value)):
             g.load_state_dict(loc.state_dict())
 
-    def forward(self, h: Tensor, local_mask: Tensor, real: Tensor) -> Tensor:
+    def forward(self, h: Tensor, local_mask: Tensor, real: Tensor, bos_only: bool = False) -> Tensor:
+        """(B, W, D) -> (B, W, D) next hidden states; ``bos_only``: (B, 1, D), the ``<s>`` row alone.
+
+        ``<s>`` attends through the global projections only, so its output needs every token's global keys and
+        values but no local attention and no other row's output projection or feed-forward: the last layer of a
+        ``<s>``-pooled encoder computes just that (the same numbers as the whole layer's row 0)."""
         B, W, D = h.shape
-        local, _ = self.attention.self(h, attention_mask=local_mask)  # (B, W, D)
+        if not bos_only:
+            local, _ = self.attention.self(h, attention_mask=local_mask)  # (B, W, D)
         q = self.global_query(h[:, :1]).view(B, 1, self.n_heads, -1).transpose(1, 2)  # (B, H, 1, d_head)
         k = self.global_key(h).view(B, W, self.n_heads, -1).transpose(1, 2)  # (B, H, W, d_head)
         v = self.global_value(h).view(B, W, self.n_heads, -1).transpose(1, 2)
         glob = F.scaled_dot_product_attention(q, k, v, attn_mask=real[:, None, None, :],
                                               dropout_p=self.attn_dropout if self.training else 0.0)  # (B, H, 1, d_head)
-        mixed = torch.cat([glob.transpose(1, 2).reshape(B, 1, D), local[:, 1:]], dim=1)  # (B, W, D)
+        glob = glob.transpose(1, 2).reshape(B, 1, D)
+        if bos_only:
+            x = self.attention.output(glob, h[:, :1])  # (B, 1, D)
+            return self.output(self.intermediate(x), x)
+        mixed = torch.cat([glob, local[:, 1:]], dim=1)  # (B, W, D)
         x = self.attention.output(mixed, h)
         return self.output(self.intermediate(x), x)
 
@@ -294,6 +313,12 @@ def sampled_cut(cfg: RecformerConfig, pretraining: bool) -> SampledCut:
     """The prefixes a per-user draw picks from (``textrec.data.batching.cut_mask``): the reference's second-half cut
     in pre-training (``pretrain_cut``), any prefix in fine-tuning (reference: t ~ U[0, n-1])."""
     return cfg.pretrain_cut if pretraining else "any"
+
+
+def empty_history_rows(cfg: RecformerConfig, pretraining: bool) -> bool:
+    """Whether training rows include each user's first item with an empty history (``<s>`` alone): in
+    fine-tuning as the reference (``empty_history``), never in pre-training (its pairs cut in the second half)."""
+    return cfg.empty_history and not pretraining
 
 
 # the reference's fine-tuning (finetune.sh over finetune.py's defaults) and pre-training (lightning_run.sh) settings,
@@ -325,6 +350,7 @@ class Recformer(nn.Module):
         causal=False,  # bidirectional attention over the whole history
         training_rows="sampled",  # one random (prefix, next item) per user per epoch, as the reference
         sampled_cut=sampled_cut,
+        empty_history_rows=empty_history_rows,
         catalogue_keys=("item_table",),  # the token tables are rebuilt from the attributes and never saved
         architecture_keys=("hidden_size", "n_layers", "n_heads", "inner_size"),
         recipe=RECIPE,
@@ -413,6 +439,18 @@ class Recformer(nn.Module):
             word_starts=torch.cat([~first, self.tok_word_starts[flat]], dim=1),
         )
 
+    @torch.no_grad()
+    def row_sizes(self, item_seq: Tensor, seq_len: Tensor) -> Tensor:
+        """(R,) tokens of each row's ``sequence_tokens`` (``<s>`` included), what training buckets sort by
+        (``TrainBatcher.bucket_by``) so that a batch's rows have similar widths; computed in blocks of rows."""
+        K = max(1, min(item_seq.shape[1], self.cfg.max_item_embeddings - 1))
+        out = []
+        for seq, n in zip(item_seq.split(4096), seq_len.split(4096)):
+            pos = torch.arange(seq.shape[1], device=seq.device)
+            kept = (pos[None, :] < n[:, None]) & (pos[None, :] >= n[:, None] - K)  # the K most recent items
+            out.append((1 + (self.item_lengths[seq] * kept).sum(dim=1)).clamp(max=self.cfg.max_token_num))
+        return torch.cat(out).cpu()
+
     def item_tokens(self, ids: Tensor) -> Tokens:
         """Token rows of items encoded alone: ``<s>`` + the item, as the reference's ``encode_all_items``."""
         return self.sequence_tokens(ids[:, None], torch.ones_like(ids))
@@ -428,30 +466,50 @@ class Recformer(nn.Module):
         window = ((pos[:, None] - pos[None, :]).abs() <= half) | (pos[None, :] == 0)  # (W, W)
         return window[None, None] & real[:, None, None, :]
 
-    def hidden(self, tok: Tokens) -> Tensor:
-        """Token rows -> (B, W, D) last hidden states."""
+    def hidden(self, tok: Tokens, bos_only: bool = False) -> Tensor:
+        """Token rows -> (B, W, D) last hidden states; ``bos_only``: (B, 1, D), the last layer for ``<s>`` alone."""
         B, W = tok.ids.shape
         positions = (self.position_offset + torch.arange(W, device=tok.ids.device)).expand(B, -1)
         x = self.embeddings(token_type_ids=tok.types, position_ids=positions,
                             inputs_embeds=self.embeddings.word_embeddings(tok.ids) + self.item_position_embeddings(tok.item_pos))
         mask = self.attention_mask(tok.real)
-        for layer in self.layers:
-            x = layer(x, mask, tok.real)
-        return x  # (B, W, D)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, mask, tok.real, bos_only=bos_only and i == len(self.layers) - 1)
+        return x  # (B, W, D), or (B, 1, D)
 
     def pool(self, tok: Tokens) -> Tensor:
         """(B, D) representations of token rows (``pooling``): the <s> state, or the mean of the real tokens' states."""
-        h = self.hidden(tok)
         if self.cfg.pooling == "bos":
-            return h[:, 0]
+            return self.hidden(tok, bos_only=True)[:, 0]
+        h = self.hidden(tok)
         real = tok.real.unsqueeze(-1).to(h.dtype)  # (B, W, 1)
         return (h * real).sum(dim=1) / real.sum(dim=1)
 
     def _pooled(self, tok: Tokens) -> Tensor:
-        """L2-normalised representations (``pool``), ``encode_tokens`` tokens per forward pass: (B, D)."""
-        rows = max(1, self.cfg.encode_tokens // tok.ids.shape[1])
-        parts = [self.pool(Tokens(*(t[i : i + rows] for t in tok))) for i in range(0, tok.ids.shape[0], rows)]
-        return F.normalize(torch.cat(parts), dim=-1)
+        """L2-normalised representations (``pool``), ``encode_tokens`` tokens per forward pass: (B, D).
+
+        Rows that do not fit one pass are grouped by their number of real tokens and each group is cut to its
+        longest row, so that padding is not computed (the rows' outputs do not depend on it); a batch that
+        fits one pass is encoded as it is."""
+        B, W = tok.ids.shape
+        if B * W <= self.cfg.encode_tokens:
+            return F.normalize(self.pool(tok), dim=-1)
+        groups = self.token_groups(tok.real.sum(dim=1))
+        parts = [self.pool(Tokens(*(t[rows, :width] for t in tok))) for rows, width in groups]
+        order = torch.cat([rows for rows, _ in groups])
+        return F.normalize(torch.cat(parts)[torch.argsort(order)], dim=-1)
+
+    def token_groups(self, n_real: Tensor) -> list[tuple[Tensor, int]]:
+        """(rows, width) groups of rows with ``n_real`` tokens each, fewest tokens first: the next row joins a group
+        while the group's rows x its width fit ``encode_tokens`` (a longer row alone makes its own group)."""
+        order = torch.argsort(n_real, stable=True)
+        widths = n_real[order].tolist()
+        groups, start = [], 0
+        for end in range(1, len(widths) + 1):
+            if end == len(widths) or (end + 1 - start) * widths[end] > self.cfg.encode_tokens:
+                groups.append((order[start:end], int(widths[end - 1])))
+                start = end
+        return groups
 
     def encode(self, batch: SeqBatch) -> Tensor:
         return self._pooled(self.sequence_tokens(batch.item_seq, batch.seq_len))  # (B, D)
@@ -504,9 +562,12 @@ class Recformer(nn.Module):
     def loss(self, batch: SeqBatch) -> Tensor:
         """Cross-entropy over all items of cos(sequence, fixed item table) / temperature (reference fine-tuning)."""
         items = self._ready_item_table()[1:]  # (n_items, D), no gradient: re-encoded per epoch or fixed
-        target = batch.targets.gather(1, (batch.seq_len - 1)[:, None]).squeeze(1)  # (B,)
-        logits = self.encode(batch) @ items.T / self.cfg.temperature
-        return global_mean(F.cross_entropy(logits.float(), target - 1, reduction="none"))
+        # (an empty history keeps its target in column 0)
+        target = batch.targets.gather(1, (batch.seq_len - 1).clamp(min=0)[:, None]).squeeze(1)  # (B,)
+        seq = self.encode(batch)  # (B, D)
+        with torch.autocast(seq.device.type, enabled=False):  # one small matmul: fp32 even under autocast (bf16 errs up to 0.08)
+            logits = seq.float() @ items.float().T / self.cfg.temperature
+        return global_mean(F.cross_entropy(logits, target - 1, reduction="none"))
 
     def pretrain_loss(self, batch: SeqBatch) -> Tensor:
         """In-batch contrastive loss of (prefix, next item) + mlm_weight x whole-word MLM on both sides."""
@@ -556,7 +617,7 @@ class Recformer(nn.Module):
         trainable = train_all_but(*self._frozen(False))
         return [
             Phase("stage 1 (items re-encoded every epoch)", trainable, patience=self.cfg.stage_1_patience,
-                  max_epochs=self.cfg.stage_1_max_epochs or None,
+                  max_epochs=self.cfg.stage_1_max_epochs or None, eval_every=self.cfg.stage_1_eval_every or None,
                   on_epoch_start=lambda m, epoch: m.refresh_item_table()),
             Phase("stage 2 (item table fixed)", trainable, patience=self.cfg.stage_2_patience, reload_best=True,
                   optimizer="keep"),

@@ -79,6 +79,8 @@ class Phase:
     next phase); the run's ``train.epochs`` caps all phases together.
     ``reload_best`` loads the best weights so far on entry; ``optimizer="keep"`` carries the optimiser and
     learning-rate schedule over from the previous phase instead of building new ones.
+    ``eval_every`` validates after every that many epochs of the phase (None: ``train.eval_every``, counted over
+    the run); the run's last epoch is always validated.
     ``on_epoch_start(model, epoch)`` runs before every epoch of the phase (e.g. re-clustering, re-encoding
     the catalogue) and returns None or a dict of numbers, strings or booleans about that work (MISSRec:
     ``{"cluster_seconds": ..., "n_interests": ...}``; Recformer: ``{"item_encode_seconds": ...}``), which the
@@ -97,8 +99,11 @@ class Phase:
     optimizer: Literal["rebuild", "keep"] = "rebuild"
     on_epoch_start: Callable[[nn.Module, int], dict[str, float | int | str | bool] | None] | None = None
     loss: Callable | None = None
+    eval_every: int | None = None
 
     def __post_init__(self) -> None:
+        if self.eval_every is not None and self.eval_every < 1:
+            raise ValueError(f"phase {self.name!r}: eval_every must be >= 1 or None")
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"phase {self.name!r}: epochs must be >= 1 or None")
         if self.patience is not None and self.patience < 1:
@@ -112,6 +117,10 @@ SampledCut = Literal["any", "reference"]  # which prefix rows a per-user draw pi
 
 def _any_cut(cfg, pretraining: bool) -> SampledCut:
     return "any"
+
+
+def _no_empty_history(cfg, pretraining: bool) -> bool:
+    return False
 
 
 def _no_features(cfg) -> tuple[str, ...]:
@@ -174,6 +183,9 @@ class ModelSpec:
     # with "sampled" rows: which prefixes the draw may pick, "any" or "reference" (a target in the second half of
     # the sequence: Recformer's pre-training pairs), given (model config, pretraining)
     sampled_cut: Callable[[Any, bool], SampledCut] = _any_cut
+    # whether prefix rows include each user's first item with an empty history, given (model config, pretraining)
+    # (Recformer's fine-tuning, as its reference); a causal model never needs one
+    empty_history_rows: Callable[[Any, bool], bool] = _no_empty_history
     # state-dict prefixes that belong to one catalogue and are not carried to another one
     catalogue_keys: tuple[str, ...] = ()
     # the state entries with one row per item (row 0: padding), key prefix -> how a grown catalogue

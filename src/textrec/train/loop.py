@@ -200,6 +200,7 @@ class _Progress:
     bad_evals: int = 0  # evaluations without improvement in the current phase
     best_score: float = -math.inf
     best_epoch: int = 0
+    best_valid: dict = field(default_factory=dict)  # the best epoch's validation metrics (not re-evaluated at the end)
     opt_steps: int = 0  # optimiser steps of the current optimiser (the learning-rate schedule's clock)
     schedule_steps: int = 1  # length of the current schedule in optimiser steps
 
@@ -400,7 +401,8 @@ def _fit(trainer: _Trainer, train: TrainBatcher, valid: EvalBatcher, test: EvalB
         raise TextrecError("no validation pass ran; lower train.eval_every or raise train.epochs")
     trainer.restore_best()
     result.best_epoch = pr.best_epoch
-    result.valid = _evaluate(model, valid, ec).metrics
+    # the restored weights are the best epoch's, so its validation pass stands (states saved before it was kept: again)
+    result.valid = dict(pr.best_valid) if pr.best_valid else _evaluate(model, valid, ec).metrics
     if test is not None:
         ev = _evaluate(model, test, ec)
         result.test, result.test_eval_seconds = ev.metrics, ev.seconds
@@ -433,13 +435,15 @@ def _run_epochs(trainer: _Trainer, valid: EvalBatcher, result: FitResult, state_
         record = {"epoch": pr.epoch, "loss": mean_loss, "train_seconds": result.train_seconds[-1], **report}
         if len(trainer.phases) > 1:
             record["phase"] = trainer.phases[pr.phase].name
-        if pr.epoch % tc.eval_every == 0 or pr.epoch == tc.epochs:
+        every = trainer.phases[pr.phase].eval_every
+        if (pr.phase_epochs % every == 0 if every else pr.epoch % tc.eval_every == 0) or pr.epoch == tc.epochs:
             ev = _evaluate(trainer.model, valid, ec)
             result.eval_seconds.append(ev.seconds)
             record.update(valid=ev.metrics, eval_seconds=ev.seconds)
             score = ev.metrics[ec.select_metric]
             if distributed.broadcast_flag(score > pr.best_score, trainer.device):  # rank 0 decides for all
                 pr.best_score, pr.best_epoch, pr.bad_evals = score, pr.epoch, 0
+                pr.best_valid = dict(ev.metrics)
                 record["improved"] = True
                 _save_best(trainer)
             else:

@@ -73,21 +73,25 @@ def sampled_cut(cfg: RunConfig, pretraining: bool) -> str:
 
 
 def make_batchers(
-    ds: Dataset, cfg: RunConfig, device, pretraining: bool = False, domains: np.ndarray | None = None
+    ds: Dataset, cfg: RunConfig, device, pretraining: bool = False, domains: np.ndarray | None = None, model=None
 ) -> tuple[TrainBatcher, EvalBatcher, EvalBatcher]:
     """Training rows as the model needs them, and the validation and test histories, on ``device``.
 
     ``domains`` (one per user row of ``ds``): the source domain of each user, for stratified batches.
+    ``model`` with a ``row_sizes(item_seq, seq_len)`` method (Recformer: tokens per row): buckets sort by it.
     """
     L = cfg.data.max_seq_len
     rows_kind, batching = resolve_training_rows(cfg, pretraining)
-    rows = train_windows(ds, L, cfg.data.long_sequences) if rows_kind == "windows" else prefix_rows(ds, L)
+    empty = spec_of(model_class(cfg.model)).empty_history_rows(cfg.model_config, pretraining)
+    rows = train_windows(ds, L, cfg.data.long_sequences) if rows_kind == "windows" else prefix_rows(ds, L, empty)
     if rows_kind == "sampled":  # the rows the per-user draw may pick, as the model declares (e.g. Recformer's cut)
         rows = keep_rows(rows, cut_mask(rows, L, sampled_cut(cfg, pretraining)))
     row_domains = None if domains is None else domains[rows.users]
     cap = cfg.data.pretrain_targets_per_row if pretraining and rows_kind == "windows" else 0
     train_b = TrainBatcher(rows, cfg.train.batch_size, device, batching, seed=cfg.train.seed, domains=row_domains,
                            sample_per_user=rows_kind == "sampled", targets_per_row=cap)
+    if model is not None and hasattr(model, "row_sizes"):
+        train_b.bucket_by(model.row_sizes(train_b.inputs, train_b.lengths.to(train_b.device)))
     valid_b = EvalBatcher(eval_examples(ds, "valid", L), cfg.eval.batch_size, device)
     test_b = EvalBatcher(eval_examples(ds, "test", L), cfg.eval.batch_size, device)
     return train_b, valid_b, test_b
@@ -126,7 +130,7 @@ def train_run(
     seed_everything(cfg.train.seed)
     model = build_model(cfg, inputs).to(device)
     phases = phases if phases is not None else model.phases("train")
-    train_b, valid_b, test_b = make_batchers(ds, cfg, device)
+    train_b, valid_b, test_b = make_batchers(ds, cfg, device, model=model)
     with writing_run(out, config, resume, overwrite):
         if not quiet:
             describe("training", cfg, ds, model, train_b, device, out)

@@ -133,7 +133,7 @@ def finetune_run(
     phases = model.phases("finetune")
     fresh = load_pretrained(model, init_dir)
     model.to(device)
-    train_b, valid_b, test_b = make_batchers(ds, cfg, device)
+    train_b, valid_b, test_b = make_batchers(ds, cfg, device, model=model)
     with writing_run(out, config, resume, overwrite):
         if not quiet:
             describe("fine-tuning", cfg, ds, model, train_b, device, out)
