@@ -292,8 +292,10 @@ class Service:
                                  f"serve a text model ({text_models}) to add items")
 
     def add_items(self, items: list[dict]) -> dict:
-        """Add or update items ({key, text?, attributes?}); they are recommendable by the next request."""
+        """Add or update items ({key, text?, attributes?}); they are recommendable by the next request. A key given
+        twice is added once, as its last version (as if sent in two requests)."""
         self._check_writable()
+        items = list({it["key"]: it for it in items}.values())
         with self.write_lock:
             added = self._apply_add(items)
             self.journal.append({"op": "add", "items": items})
