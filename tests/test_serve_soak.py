@@ -43,3 +43,27 @@ def test_a_short_soak_loses_nothing(run, tmp_path):
 @pytest.mark.slow
 def test_a_30_second_soak_with_64_clients_loses_nothing(run, tmp_path):
     _check(soak(run, tmp_path / "soak", seconds=30, clients=64))
+
+
+def test_a_long_journal_replays_in_one_growth_to_the_same_catalogue(run, tmp_path, monkeypatch):
+    """Adds, updates and deletes interleaved: the restart encodes once (not once per delete), serves the same items
+    under the same serve ids and texts, and ranks them with the same scores."""
+    import textrec.serve.catalogue as catalogue
+    from textrec.serve.service import Service
+
+    live = Service(run, journal=tmp_path / "journal.jsonl")
+    for i in range(6):
+        live.add_items([{"key": f"S{i}", "text": f"Soak item {i} bamboo rake, vintage style. Garden."}])
+        if i % 2:
+            live.delete_item(f"S{i - 1}")
+    live.add_items([{"key": "S3", "text": "Soak item 3 again, a blue glass planter. Garden."}])
+    live.delete_item("garden-00002")
+    grown = []
+    real = catalogue.grow_catalogue
+    monkeypatch.setattr(catalogue, "grow_catalogue", lambda *a, **kw: grown.append(1) or real(*a, **kw))
+    again = Service(run, journal=tmp_path / "journal.jsonl")
+    assert len(grown) == 1
+    assert again.live == live.live and again.added == live.added
+    assert [again.item(k) for k in sorted(live.live)] == [live.item(k) for k in sorted(live.live)]
+    history = ["garden-00001", "S5"]
+    assert again.recommend(history, k=len(live.live)) == live.recommend(history, k=len(live.live))
