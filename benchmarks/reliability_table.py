@@ -105,18 +105,20 @@ def _serve_note(r: dict, soak: dict | None) -> list[str]:
     out = []
     if "serve_fuzz" in r:
         t = r["serve_fuzz_tests"]
-        out.append(f"Server: schemathesis sent {r['serve_examples']} schema-valid and {r['serve_examples']} schema-violating "
-                   "requests per route to each of a writable VQ-Rec server, a SASRec server and a read-only one behind an API "
+        out.append(f"Server: schemathesis sent up to {r['serve_examples']} schema-valid and {r['serve_examples']} schema-violating "
+                   "requests per route (one to a route without parameters; a path parameter has no schema-violating string) to each of a writable VQ-Rec server, a SASRec server and a read-only one behind an API "
                    f"key (plus the default run's cases); a request holds when the answer is no 5xx, is in the schema (status, "
                    f"body), and a valid request is accepted, an invalid one refused with a 4xx. {t['held']} of {t['tried']} "
                    "tests passed (`python -m pytest tests/test_serve_fuzz.py -m ''`).")
     if soak is not None:
         m = soak["memory"]
-        out.append(f"The soak (`python benchmarks/serve_soak.py --seconds {soak['seconds']:.0f} --clients {soak['clients']}`, "
+        out.append(f"The soak (`python benchmarks/serve_soak.py --seconds {soak['requested_s']:.0f} --clients {soak['clients']}`, "
                    f"{soak['req_per_s']} requests/s, {(soak['machine'].get('note') or '2 CPU cores')}): server memory "
                    f"{m['first_mb']} MB at the start, {m['last_mb']} MB at the end, {m['max_mb']} MB at most, "
-                   f"{m['slope_mb_per_min']} MB/min while its catalogue grew from the run's items to {soak['restart']['items_before']:,} "
-                   "served (retired versions stay in memory until a restart).")
+                   f"{m['slope_mb_per_min']} MB/min: not flat. It grew with the writes: {soak['by_kind']['add']['requests']:,} adds "
+                   f"(each a new version of an item, kept in memory with the retired ones until a restart), about "
+                   f"{(m['last_mb'] - m['first_mb']) * 1024 / soak['by_kind']['add']['requests']:.0f} KB per add; "
+                   f"{soak['restart']['items_before']:,} items were served at the end.")
     return out
 
 
@@ -150,7 +152,7 @@ def render(r: dict) -> str:
               "file left.", "", *[x for note in _serve_note(r, soak) for x in (note, "")],
               "```", f"python benchmarks/reliability_table.py --examples {r['examples']}"
               + (f" --serve-examples {r['serve_examples']}" if "serve_examples" in r else ""),
-              *(["python benchmarks/serve_soak.py" + (f" --seconds {soak['seconds']:.0f}" if round(soak["seconds"]) != 600 else "")
+              *(["python benchmarks/serve_soak.py" + (f" --seconds {soak['requested_s']:.0f}" if soak["requested_s"] != 600 else "")
                  + (f" --clients {soak['clients']}" if soak["clients"] != 16 else "")] if soak is not None else []), "```"]
     return "\n".join(lines)
 
@@ -169,9 +171,9 @@ def main() -> None:
         result = {**json.loads(SAVED.read_text()), **measure_serve(args.serve_examples)}
     else:
         result = {**measure(args.examples), **measure_serve(args.serve_examples)}
-        if not args.no_write:
-            SAVED.parent.mkdir(parents=True, exist_ok=True)
-            SAVED.write_text(json.dumps(result, indent=2) + "\n")
+    if not args.no_write and not args.render_only:
+        SAVED.parent.mkdir(parents=True, exist_ok=True)
+        SAVED.write_text(json.dumps(result, indent=2) + "\n")
     markdown = render(result)
     print(markdown)
     if not args.no_write:

@@ -55,7 +55,7 @@ class ServeProcess:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
         cmd = [sys.executable, "-c", "import sys; from textrec.cli import main; sys.exit(main(sys.argv[1:]))", "serve", str(run), "--host", "127.0.0.1", "--port", str(self.port),
                "--journal", str(journal)]
-        self.log = open(log, "ab")
+        self.log = open(log, "ab")  # noqa: SIM115 (the server's output, open for its life; closed in stop)
         started = time.perf_counter()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self._wait_ready(cmd)
@@ -260,7 +260,7 @@ def soak(run: Path, work: Path, seconds: float, clients: int = 16, mix=(70, 15, 
     errors = [e for cl in team for e in cl.errors]
     latency = {kind: np.array([x for cl in team for x in cl.latency[kind]]) * 1000 for kind in counts}
     return {
-        "seconds": round(wall, 1), "clients": clients, "mix": dict(zip(("recommend", "search", "add", "delete"), mix)),
+        "requested_s": seconds, "seconds": round(wall, 1), "clients": clients, "mix": dict(zip(("recommend", "search", "add", "delete"), mix)),
         "requests": int(sum(counts.values())), "errors": len(errors), "first_errors": errors[:5],
         "req_per_s": round(sum(counts.values()) / wall, 1),
         "by_kind": {k: {"requests": int(counts[k]), "p50_ms": round(float(np.percentile(latency[k], 50)), 1),

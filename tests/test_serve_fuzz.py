@@ -15,6 +15,7 @@ import json
 import os
 import re
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from serve_runs import make_world, train
@@ -82,13 +83,12 @@ def _report(name: str, report: dict) -> None:
     path = os.environ.get("TEXTREC_SERVE_FUZZ_REPORT")
     if not path:
         return
-    saved = json.loads(open(path).read()) if os.path.exists(path) else {}
+    saved = json.loads(Path(path).read_text()) if os.path.exists(path) else {}
     for route, c in report.items():
         into = saved.setdefault(route, {"tried": 0, "held": 0})
         into["tried"] += c["tried"]
         into["held"] += c["held"]
-    with open(path, "w") as f:
-        json.dump(saved, f, indent=2)
+    Path(path).write_text(json.dumps(saved, indent=2))
 
 
 def _check(name: str, app, examples: int) -> dict:

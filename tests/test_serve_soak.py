@@ -48,7 +48,7 @@ def test_a_30_second_soak_with_64_clients_loses_nothing(run, tmp_path):
 def test_a_long_journal_replays_in_one_growth_to_the_same_catalogue(run, tmp_path, monkeypatch):
     """Adds, updates and deletes interleaved: the restart encodes once (not once per delete), serves the same items
     under the same serve ids and texts, and ranks them with the same scores."""
-    import textrec.serve.catalogue as catalogue
+    from textrec.serve import catalogue
     from textrec.serve.service import Service
 
     live = Service(run, journal=tmp_path / "journal.jsonl")
