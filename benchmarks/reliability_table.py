@@ -8,10 +8,16 @@ Runs the three reliability test files at full size in subprocesses and counts th
 * ``tests/test_fuzz_readers.py`` (hypothesis, fixed seeds): per reader, damaged sources tried, read to a valid
   dataset, refused with a one-line error naming the file; held = either of the two;
 * ``tests/test_reliability_crash.py``: per command, its file-system steps, the crashes tried (every step, and
-  real SIGKILLs of ``prepare``) and the reruns that gave identical results with nothing left behind.
+  real SIGKILLs of ``prepare``) and the reruns that gave identical results with nothing left behind;
+* ``tests/test_serve_fuzz.py`` (schemathesis against the server's own OpenAPI schema, fixed seeds): per route,
+  the requests tried and those that held (no 5xx, the answer in the schema, a valid request accepted, an invalid
+  one refused with a 4xx);
+* ``benchmarks/results/serve_soak.json`` (written by ``benchmarks/serve_soak.py``, not rerun here): the soak's
+  requests and errors, and the items kept across the restart.
 
     python benchmarks/reliability_table.py                 # full size (several minutes on 2 CPU cores)
     python benchmarks/reliability_table.py --examples 40 --no-write   # the default test run's size
+    python benchmarks/reliability_table.py --serve-only    # rerun only the server's fuzzing, keep the rest
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from _common import update_results
 
 ROOT = Path(__file__).resolve().parent.parent
 SAVED = ROOT / "benchmarks" / "results" / "reliability.json"
+SOAK = ROOT / "benchmarks" / "results" / "serve_soak.json"
 
 
 def _pytest(test_file: str, env: dict, junit: Path) -> None:
@@ -64,6 +71,57 @@ def measure(examples: int) -> dict:
         }
 
 
+def measure_serve(examples: int) -> dict:
+    """The server's schemathesis run at ``examples`` requests per route and generation mode (the slow variants)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        env = {"TEXTREC_SERVE_FUZZ_EXAMPLES_SLOW": str(examples), "TEXTREC_SERVE_FUZZ_REPORT": str(tmp / "serve.json")}
+        _pytest("tests/test_serve_fuzz.py", env, tmp / "serve.xml")
+        return {"serve_examples": examples, "serve_fuzz": json.loads((tmp / "serve.json").read_text()),
+                "serve_fuzz_tests": _junit_counts(tmp / "serve.xml")}
+
+
+def render_serve(r: dict, soak: dict | None) -> list[str]:
+    """The server's rows: schemathesis per route, the soak, the restart."""
+    rows = []
+    for route, c in sorted(r.get("serve_fuzz", {}).items()):
+        rows.append(f"| server: schemathesis, `{route}` | {c['tried']:,} | {c['held']:,} | - | - | {c['tried'] - c['held']:,} | nothing |")
+    if soak is not None:
+        k = soak["restart"]
+        minutes = f"{soak['seconds'] / 60:.1f} min"
+        rows.append(f"| server soak: {soak['clients']} clients, {minutes}, recommend / search / add / delete (requests) | "
+                    f"{soak['requests']:,} | {soak['requests'] - soak['errors']:,} | - | - | {soak['errors']:,} | nothing |")
+        kept = min(k["present"], k["text_matches"], k["recommendable"])
+        lost = "nothing" if kept == k["added_kept"] else f"{k['added_kept'] - kept} items"
+        rows.append(f"| server restart after the soak: added items served with their last text and recommendable | "
+                    f"{k['added_kept']:,} | {kept:,} | - | - | {k['added_kept'] - kept:,} | "
+                    f"{lost} |")
+        rows.append(f"| server restart after the soak: deleted items gone | {k['deleted']:,} | {k['deleted_absent']:,} | - | - | "
+                    f"{k['deleted'] - k['deleted_absent']:,} | nothing |")
+    return rows
+
+
+def _serve_note(r: dict, soak: dict | None) -> list[str]:
+    out = []
+    if "serve_fuzz" in r:
+        t = r["serve_fuzz_tests"]
+        out.append(f"Server: schemathesis sent up to {r['serve_examples']} schema-valid and {r['serve_examples']} schema-violating "
+                   "requests per route (one to a route without parameters; a path parameter has no schema-violating string) to each of a writable VQ-Rec server, a SASRec server and a read-only one behind an API "
+                   f"key (plus the default run's cases); a request holds when the answer is no 5xx, is in the schema (status, "
+                   f"body), and a valid request is accepted, an invalid one refused with a 4xx. {t['held']} of {t['tried']} "
+                   "tests passed (`python -m pytest tests/test_serve_fuzz.py -m ''`).")
+    if soak is not None:
+        m = soak["memory"]
+        out.append(f"The soak (`python benchmarks/serve_soak.py --seconds {soak['requested_s']:.0f} --clients {soak['clients']}`, "
+                   f"{soak['req_per_s']} requests/s, {(soak['machine'].get('note') or '2 CPU cores')}): server memory "
+                   f"{m['first_mb']} MB at the start, {m['last_mb']} MB at the end, {m['max_mb']} MB at most, "
+                   f"{m['slope_mb_per_min']} MB/min: not flat. It grew with the writes: {soak['by_kind']['add']['requests']:,} adds "
+                   f"(each a new version of an item, kept in memory with the retired ones until a restart), about "
+                   f"{(m['last_mb'] - m['first_mb']) * 1024 / soak['by_kind']['add']['requests']:.0f} KB per add; "
+                   f"{soak['restart']['items_before']:,} items were served at the end.")
+    return out
+
+
 def render(r: dict) -> str:
     lines = ["## Reliability", "",
              "Bad input and faults, tried on purpose: every case either succeeded with a valid result or ended with "
@@ -84,29 +142,38 @@ def render(r: dict) -> str:
         where = f", {c['points']} file-system steps" if "points" in c else ""
         lines.append(f"| killed and rerun: {name}{where} | {c['tried']} | {c.get('held', 0)} | - | - | "
                      f"{c['tried'] - c.get('held', 0)} | nothing |")
+    soak = json.loads(SOAK.read_text()) if SOAK.exists() else None
+    lines += render_serve(r, soak)
     lines += ["", f"Test outcomes: fuzzing {r['fuzz_tests']['held']} of {r['fuzz_tests']['tried']} tests passed, crash points "
               f"{r['crash_tests']['held']} of {r['crash_tests']['tried']}. A fuzzed case holds when it reads to a dataset that "
               "saves and loads back or is refused on one line naming the file, with no partial or temporary folder; "
               "a crash holds when the plain rerun (`prepare --overwrite`, `encode`, `quantize`, `train`, `pretrain` or `finetune --resume`) gives "
               "byte-identical datasets, embeddings and codes, or the same final metrics, with no temporary, old or lock "
-              "file left.", "",
-              "```", f"python benchmarks/reliability_table.py --examples {r['examples']}", "```"]
+              "file left.", "", *[x for note in _serve_note(r, soak) for x in (note, "")],
+              "```", f"python benchmarks/reliability_table.py --examples {r['examples']}"
+              + (f" --serve-examples {r['serve_examples']}" if "serve_examples" in r else ""),
+              *(["python benchmarks/serve_soak.py" + (f" --seconds {soak['requested_s']:.0f}" if soak["requested_s"] != 600 else "")
+                 + (f" --clients {soak['clients']}" if soak["clients"] != 16 else "")] if soak is not None else []), "```"]
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--examples", type=int, default=400, help="hypothesis cases per reader per test (default 400)")
+    p.add_argument("--serve-examples", type=int, default=200, help="schemathesis requests per server route and mode (default 200)")
+    p.add_argument("--serve-only", action="store_true", help="rerun only the server's fuzzing; keep the saved rest")
     p.add_argument("--no-write", action="store_true", help="print the table; do not update docs/RESULTS.md")
     p.add_argument("--render-only", action="store_true", help="rewrite the section from benchmarks/results/reliability.json")
     args = p.parse_args()
     if args.render_only:
         result = json.loads(SAVED.read_text())
+    elif args.serve_only:
+        result = {**json.loads(SAVED.read_text()), **measure_serve(args.serve_examples)}
     else:
-        result = measure(args.examples)
-        if not args.no_write:
-            SAVED.parent.mkdir(parents=True, exist_ok=True)
-            SAVED.write_text(json.dumps(result, indent=2) + "\n")
+        result = {**measure(args.examples), **measure_serve(args.serve_examples)}
+    if not args.no_write and not args.render_only:
+        SAVED.parent.mkdir(parents=True, exist_ok=True)
+        SAVED.write_text(json.dumps(result, indent=2) + "\n")
     markdown = render(result)
     print(markdown)
     if not args.no_write:

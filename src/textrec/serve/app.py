@@ -117,6 +117,22 @@ class BoundedAndMeasured:
             self.metrics.latency.labels(name).observe(time.perf_counter() - started)
 
 
+ERRORS = {400: "the body is not valid JSON", 401: "a write without the right X-API-Key",
+          403: "a write to a server started --read-only", 404: "an unknown item or user",
+          409: "the served model cannot score new items", 411: "a body without Content-Length",
+          413: f"a body over {MAX_BODY_BYTES:,} bytes", 422: "a request that breaks the schema; names the field"}
+
+
+def _errors(*codes: int) -> dict:
+    """The ``responses=`` of a route: these error statuses, each an ``Error`` body."""
+    from textrec.serve.schema import Error
+
+    return {code: {"model": Error, "description": ERRORS[code]} for code in codes}
+
+
+BODY, WRITE = (400, 411, 413, 422), (401, 403, 409)
+
+
 class Unauthorized(Exception):
     """A write without the right API key."""
 
@@ -130,11 +146,16 @@ def _error(status: int, message: str, field: str | None = None):
 def _error_handlers(app) -> None:
     """Every error as ``{"error", "field"?}`` JSON with its status; a 500 says nothing but that it is logged."""
     from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     @app.exception_handler(Exception)
     async def internal(request, exc: Exception):  # never a stack trace to the client
         log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
         return _error(500, "internal error (logged on the server)")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc: StarletteHTTPException):  # the framework's own: an unknown route, a body it cannot parse
+        return _error(exc.status_code, str(exc.detail), "body" if exc.status_code == 400 else None)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc: RequestValidationError):
@@ -168,7 +189,9 @@ def _page_routes(app, service: Service, metrics: Metrics) -> None:
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.get("/healthz")
+    from textrec.serve.schema import Health
+
+    @app.get("/healthz", responses={200: {"model": Health}})
     def healthz():
         return {"status": "ok", "items": len(service.live)}
 
@@ -186,7 +209,11 @@ def _api_routes(app, service: Service, api_key: str | None) -> None:
     from fastapi import Depends, Header, Query
     from fastapi.responses import JSONResponse
 
-    from textrec.serve.schema import BatchRequest, ItemsIn, RecommendRequest
+    from textrec.serve.schema import (AddedOut, BatchOut, BatchRequest, DeletedOut, ItemOut, ItemsIn, ItemsOut, RecommendOut,
+                                      RecommendRequest)
+
+    def ok(model) -> dict:
+        return {200: {"model": model}}
 
     def writer(x_api_key: Annotated[str | None, Header()] = None):
         if api_key is not None and (x_api_key is None or not hmac.compare_digest(x_api_key.encode(), api_key.encode())):
@@ -194,11 +221,11 @@ def _api_routes(app, service: Service, api_key: str | None) -> None:
 
     # recommendations are a few milliseconds of CPU: answered on the event loop, without a thread hop, as plain
     # JSON (FastAPI's generic encoder would cost more than the search)
-    @app.post("/recommend")
+    @app.post("/recommend", responses={**ok(RecommendOut), **_errors(*BODY, 404)})
     async def recommend(req: RecommendRequest):
         return JSONResponse(service.recommend(req.items, req.user, req.k, req.exclude_history, req.only()))
 
-    @app.post("/recommend/batch")
+    @app.post("/recommend/batch", responses={**ok(BatchOut), **_errors(*BODY)})
     async def recommend_batch(req: BatchRequest):
         out = []
         for r in req.requests:
@@ -208,19 +235,19 @@ def _api_routes(app, service: Service, api_key: str | None) -> None:
                 out.append({"error": str(e)})
         return JSONResponse({"results": out})
 
-    @app.get("/items")
+    @app.get("/items", responses={**ok(ItemsOut), **_errors(422)})
     def search(q: Annotated[str, Query(max_length=200)] = "", limit: Annotated[int, Query(ge=1, le=100)] = 20):
         return {"items": service.search_items(q, limit)}
 
-    @app.get("/items/{key}")
+    @app.get("/items/{key}", responses={**ok(ItemOut), **_errors(404, 422)})
     def item(key: str):
         return service.item(key)
 
-    @app.post("/items", dependencies=[Depends(writer)])
+    @app.post("/items", dependencies=[Depends(writer)], responses={**ok(AddedOut), **_errors(*BODY, *WRITE)})
     def add_items(req: ItemsIn):
         return service.add_items([it.model_dump(exclude_none=True) for it in req.items])
 
-    @app.delete("/items/{key}", dependencies=[Depends(writer)])
+    @app.delete("/items/{key}", dependencies=[Depends(writer)], responses={**ok(DeletedOut), **_errors(404, 422, *WRITE)})
     def delete_item(key: str):
         return service.delete_item(key)
 

@@ -1,17 +1,40 @@
 """The HTTP API's request bodies (pydantic, strict: a wrong type or an unknown field is a 422 naming it).
 
+The OpenAPI schema says exactly what is accepted (checked by schemathesis in ``tests/test_serve_fuzz.py``): an
+optional field is left out, never sent as ``null`` (a ``null`` is refused), and the rules across fields ("exactly
+one of items or user", "a text or attributes") are in the schema as ``oneOf`` / ``anyOf``.
+
 Imported by ``textrec.serve.app`` only when an app is built, so the core install needs no pydantic. No
 ``from __future__ import annotations`` here: FastAPI reads these annotations at runtime.
 """
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
 
 from textrec.serve.service import MAX_BATCH, MAX_CANDIDATES, MAX_HISTORY, MAX_K, MAX_NEW_ITEMS, MAX_TEXT
 
 Key = Annotated[StrictStr, Field(min_length=1, max_length=200)]
 Text = Annotated[StrictStr, Field(max_length=MAX_TEXT)]
+Attributes = Annotated[dict[Key, Text], Field(max_length=50)]
+
+
+def _no_null_defaults(schema: dict) -> None:
+    """Optional fields default to None in Python but are absent (never null) on the wire."""
+    for prop in schema.get("properties", {}).values():
+        if prop.get("default", 0) is None:
+            del prop["default"]
+
+
+def _one_history(schema: dict) -> None:
+    _no_null_defaults(schema)
+    schema["oneOf"] = [{"required": ["items"]}, {"required": ["user"]}]
+
+
+def _has_content(schema: dict) -> None:
+    _no_null_defaults(schema)
+    schema["anyOf"] = [{"required": ["text"], "properties": {"text": {"pattern": r"\S"}}},
+                       {"required": ["attributes"], "properties": {"attributes": {"minProperties": 1}}}]
 
 
 class Filter(BaseModel):
@@ -20,12 +43,18 @@ class Filter(BaseModel):
 
 
 class RecommendRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    items: Annotated[list[Key], Field(min_length=1, max_length=MAX_HISTORY)] | None = None
-    user: Key | None = None
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_one_history)
+    # a None default is "not given": an explicit null is refused, as the schema says
+    items: Annotated[list[Key], Field(min_length=1, max_length=MAX_HISTORY)] = None  # type: ignore[assignment]
+    user: Key = None  # type: ignore[assignment]
     k: Annotated[StrictInt, Field(ge=1, le=MAX_K)] = 10
     exclude_history: StrictBool = True
-    filter: Filter | None = None
+    filter: Filter = None  # type: ignore[assignment]
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def integral_float(cls, v):  # JSON Schema's integer includes 3.0; a string "3" or true stays refused
+        return int(v) if isinstance(v, float) and v.is_integer() else v
 
     @model_validator(mode="after")
     def one_history(self):
@@ -43,10 +72,10 @@ class BatchRequest(BaseModel):
 
 
 class ItemIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_has_content)
     key: Key
-    text: Text | None = None
-    attributes: Annotated[dict[Key, Text], Field(max_length=50)] | None = None
+    text: Text = None  # type: ignore[assignment]
+    attributes: Attributes = None  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def has_content(self):
@@ -58,3 +87,71 @@ class ItemIn(BaseModel):
 class ItemsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     items: Annotated[list[ItemIn], Field(min_length=1, max_length=MAX_NEW_ITEMS)]
+
+
+# ---- responses: documented in the schema (``responses=``), not re-validated on the way out ----------------------
+# extra="forbid" so that the schema lists every field sent, and schemathesis catches an undocumented one.
+
+class Error(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    error: str  # one line, never a stack trace
+    field: str | None = None  # the request field it is about, e.g. "items[3]" or "body"
+
+
+class Recommended(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rank: int
+    item: str
+    item_id: int  # the serve id
+    score: float
+    text: str
+
+
+class RecommendOut(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_no_null_defaults)
+    history: list[str]  # the history's keys the catalogue knows
+    unknown: list[str]  # the ones it does not
+    unknown_candidates: list[str] = None  # type: ignore[assignment]  # with a filter: its keys not in the catalogue
+    recommendations: list[Recommended]
+
+
+class BatchError(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    error: str
+
+
+class BatchOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    results: list[RecommendOut | BatchError]  # one per request, in order
+
+
+class ItemOut(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_no_null_defaults)
+    item: str
+    item_id: int
+    text: str
+    added: bool  # added while serving (kept in the journal)
+    attributes: dict[str, str] = None  # type: ignore[assignment]
+
+
+class ItemsOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: list[ItemOut]
+
+
+class AddedOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    added: list[ItemOut]
+    items: int  # items served now
+
+
+class DeletedOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    deleted: str
+    items: int
+
+
+class Health(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    status: str
+    items: int

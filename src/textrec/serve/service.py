@@ -293,8 +293,10 @@ class Service:
                                  f"serve a text model ({text_models}) to add items")
 
     def add_items(self, items: list[dict]) -> dict:
-        """Add or update items ({key, text?, attributes?}); they are recommendable by the next request."""
+        """Add or update items ({key, text?, attributes?}); they are recommendable by the next request. A key given
+        twice is added once, as its last version (as if sent in two requests)."""
         self._check_writable()
+        items = list({it["key"]: it for it in items}.values())
         with self.write_lock:
             added = self._apply_add(items)
             self.journal.append({"op": "add", "items": items})
@@ -311,33 +313,40 @@ class Service:
         return {"deleted": key, "items": len(self.live)}
 
     def _apply_add(self, items: list[dict]) -> list[int]:
+        grown = self._grow(items)  # the slow part (encoding, rebuilding), while reads go on
+        with self.lock:
+            sids = self._append_rows(*grown)
+            for key, sid in zip((it["key"] for it in items), sids):
+                self._go_live(key, sid)
+            return sids
+
+    def _grow(self, items: list[dict]) -> tuple:
+        """The run grown by ``items`` (several versions of one key allowed, each its own row), and the new rows."""
         from textrec.serve.catalogue import NewItems, grow_catalogue
 
-        keys = [it["key"] for it in items]
-        if len(set(keys)) != len(keys):
-            raise DataError(f"items: key {next(k for k in keys if keys.count(k) > 1)!r} is given twice")
         taken = set(self.run.dataset.item_keys)
         model_keys = []
-        for key in keys:  # an update re-adds the key: the model's catalogue needs a fresh internal key
+        for it in items:  # an update re-adds the key: the model's catalogue needs a fresh internal key
+            key = it["key"]
             while key in taken:
                 self.n_model_keys += 1
-                key = f"{key}#v{self.n_model_keys}"
+                key = f"{it['key']}#v{self.n_model_keys}"
+            taken.add(key)
             model_keys.append(key)
         new = NewItems(model_keys, [it.get("text") or "" for it in items], [dict(it.get("attributes") or {}) for it in items])
         n_old = self.run.dataset.n_items
-        grown, _ = grow_catalogue(self.run, new)  # the slow part (encoding, rebuilding), while reads go on
+        grown, _ = grow_catalogue(self.run, new)
         texts = grown.dataset.item_texts[n_old:]  # derived from attributes where no text was given
+        new_rows = {}
         if self.index is not None and self.index.kind == "pq":
             new_rows = {"codes": code_table(grown.model)[0][n_old:]}
         elif self.index is not None:
             new_rows = {"vectors": item_table(grown.model)[n_old + 1:]}
-        with self.lock:
-            return self._swap_in(grown, keys, texts, new.attributes, n_old, new_rows if self.index is not None else {})
+        return grown, [it["key"] for it in items], texts, new.attributes, n_old, new_rows
 
-    def _swap_in(self, grown, keys: list[str], texts: list[str], attributes: list[dict], n_old: int, new_rows: dict) -> list[int]:
-        for key in keys:
-            if key in self.live:
-                self._apply_delete(key)
+    def _append_rows(self, grown, keys: list[str], texts: list[str], attributes: list[dict], n_old: int, new_rows: dict,
+                     to_index: bool = True) -> list[int]:
+        """Serve ids for the grown run's new rows (in the index unless ``to_index`` is false; not live yet)."""
         start = len(self.keys)
         sids = np.arange(start + 1, start + len(keys) + 1, dtype=np.int64)
         self.keys += keys
@@ -346,13 +355,17 @@ class Service:
         self.model_ids = np.concatenate([self.model_ids, np.arange(n_old + 1, n_old + len(keys) + 1)])
         self.serve_ids = np.concatenate([self.serve_ids, sids])
         self.run = grown
-        if self.index is not None:
+        if self.index is not None and to_index:
             self.index.add(sids, **new_rows)
-        for key, sid in zip(keys, sids.tolist()):
-            self.live[key] = sid
-            self.added.add(sid)
-        self.stats.adds += len(keys)
         return sids.tolist()
+
+    def _go_live(self, key: str, sid: int) -> None:
+        """Serve ``sid`` under ``key``, retiring the version served before."""
+        if key in self.live:
+            self._apply_delete(key)
+        self.live[key] = sid
+        self.added.add(sid)
+        self.stats.adds += 1
 
     def _apply_delete(self, key: str) -> None:
         sid = self.live.pop(key)
@@ -362,24 +375,25 @@ class Service:
         self.stats.deletes += 1
 
     def _replay(self) -> None:
-        """Apply the journal's records (consecutive adds in one catalogue growth)."""
+        """Apply the journal's records: every version ever added grown in at once, so each gets the serve id it had
+        (no encoding between records: a long journal replays in one growth), then the adds, updates and deletes
+        in order; the versions still served at the end go into the index."""
         records = self.journal.records()
-        pending: list[dict] = []
+        versions = [it for record in records if record["op"] == "add" for it in record["items"]]
+        sids: list[int] = []
+        if versions:
+            grown = self._grow(versions)
+            sids = self._append_rows(*grown, to_index=False)
+        order = iter(sids)
         for record in records:
             if record["op"] == "add":
-                merged = {it["key"]: it for it in pending}
-                if any(it["key"] in merged for it in record["items"]):
-                    self._apply_add(pending)
-                    pending = []
-                pending += record["items"]
-                continue
-            if pending:
-                self._apply_add(pending)
-                pending = []
-            if record["key"] in self.live:
+                for it in record["items"]:
+                    self._go_live(it["key"], next(order))
+            elif record["key"] in self.live:
                 self._apply_delete(record["key"])
-        if pending:
-            self._apply_add(pending)
+        if self.index is not None and sids:
+            live = np.array([i for i, sid in enumerate(sids) if self.live.get(self.keys[sid - 1]) == sid], dtype=np.int64)
+            self.index.add(np.asarray(sids, dtype=np.int64)[live], **{name: rows[live] for name, rows in grown[5].items()})
         if records:
             log.info("replayed %d journal record(s) from %s: %d items served, %d added", len(records), self.journal.path,
                      len(self.live), len(self.added))

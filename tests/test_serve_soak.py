@@ -1,0 +1,69 @@
+"""A soak of a real ``textrec serve`` process on loopback (``benchmarks/serve_soak.py``): 16 clients of mixed
+recommend / search / add / delete traffic with zero errors, then a restart that keeps every added item (present,
+with its last text, recommendable) and none of the deleted ones. 10 s in the default run, 30 s under ``-m slow``;
+the benchmark runs the same harness for 10 minutes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from serve_runs import make_world, train
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+pytest.importorskip("uvicorn")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from serve_soak import held, soak
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve-soak")
+    return train(make_world(root), root / "vqrec", "vqrec", epochs=2)
+
+
+def _check(result: dict) -> None:
+    assert result["errors"] == 0, result["first_errors"]
+    by_kind = result["by_kind"]
+    assert set(by_kind) == {"recommend", "search", "add", "delete"}, by_kind  # every kind of traffic was sent
+    k = result["restart"]
+    assert k["added_kept"] > 0 and k["deleted"] > 0, k
+    assert k["present"] == k["text_matches"] == k["recommendable"] == k["added_kept"], k
+    assert k["deleted_absent"] == k["deleted"] and k["items_before"] == k["items_after"], k
+    assert result["server_exit_code"] == 0 and result["memory"]["samples"] > 0
+    assert held(result)
+
+
+def test_a_short_soak_loses_nothing(run, tmp_path):
+    _check(soak(run, tmp_path / "soak", seconds=10, clients=16))
+
+
+@pytest.mark.slow
+def test_a_30_second_soak_with_64_clients_loses_nothing(run, tmp_path):
+    _check(soak(run, tmp_path / "soak", seconds=30, clients=64))
+
+
+def test_a_long_journal_replays_in_one_growth_to_the_same_catalogue(run, tmp_path, monkeypatch):
+    """Adds, updates and deletes interleaved: the restart encodes once (not once per delete), serves the same items
+    under the same serve ids and texts, and ranks them with the same scores."""
+    from textrec.serve import catalogue
+    from textrec.serve.service import Service
+
+    live = Service(run, journal=tmp_path / "journal.jsonl")
+    for i in range(6):
+        live.add_items([{"key": f"S{i}", "text": f"Soak item {i} bamboo rake, vintage style. Garden."}])
+        if i % 2:
+            live.delete_item(f"S{i - 1}")
+    live.add_items([{"key": "S3", "text": "Soak item 3 again, a blue glass planter. Garden."}])
+    live.delete_item("garden-00002")
+    grown = []
+    real = catalogue.grow_catalogue
+    monkeypatch.setattr(catalogue, "grow_catalogue", lambda *a, **kw: grown.append(1) or real(*a, **kw))
+    again = Service(run, journal=tmp_path / "journal.jsonl")
+    assert len(grown) == 1
+    assert again.live == live.live and again.added == live.added
+    assert [again.item(k) for k in sorted(live.live)] == [live.item(k) for k in sorted(live.live)]
+    history = ["garden-00001", "S5"]
+    assert again.recommend(history, k=len(live.live)) == live.recommend(history, k=len(live.live))
