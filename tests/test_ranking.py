@@ -10,6 +10,7 @@ from textrec.data.batching import EvalBatcher, SeqBatch
 from textrec.data.dataset import Dataset
 from textrec.data.split import eval_examples
 from textrec.eval.ranking import count_ranks, evaluate, rank_targets
+from textrec.models.spec import ModelSpec
 
 CHUNKS = (1, 7, 16, 10_000)  # one item per chunk, odd chunks, a ragged last chunk, a single chunk
 
@@ -111,6 +112,8 @@ def test_nan_target_ranks_last_among_the_remaining_candidates():
 class _LinearScorer(torch.nn.Module):
     """Test double of the model surface whose scores go through a Linear, so autocast would change them."""
 
+    SPEC = ModelSpec()  # the default score rule: an inner product with item_embeddings
+
     def __init__(self, n_items: int, dim: int = 16):
         super().__init__()
         g = torch.Generator().manual_seed(0)
@@ -129,6 +132,8 @@ class _LinearScorer(torch.nn.Module):
 
 
 class _ConstantScorer(torch.nn.Module):
+    SPEC = ModelSpec()  # the default score rule: an inner product with item_embeddings
+
     def __init__(self, n_items: int):
         super().__init__()
         self.n_items = n_items
