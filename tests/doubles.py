@@ -1,4 +1,4 @@
-"""Test doubles shaped like the next models (MISSRec, Recformer), trained only through the generic code paths.
+"""Shared test helpers: doubles shaped like MISSRec and Recformer, common settings, reference formulas.
 
 Each double is a tiny, deterministic model (no dropout) that makes the declarations of
 ``textrec.models.spec`` that the real model will make, and records what the training loop does to it
@@ -8,6 +8,7 @@ Register one with ``monkeypatch.setitem(textrec.models.MODELS, "missdouble", lam
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass
 
@@ -203,3 +204,44 @@ def benchmark_script(name: str):
     finally:
         sys.path.remove(str(script.parent))
     return module
+
+
+CPU = ["train.device=cpu", "train.num_threads=1", "eval.ks=[10]"]
+
+
+TINY_TEXT = ["model.hidden_size=16", "model.inner_size=16", "model.n_layers=1", "model.n_heads=2", "data.max_seq_len=10",
+             "train.batch_size=256", *CPU]
+
+
+# ---- in-batch contrastive loss ---------------------------------------------------------------------
+def infonce_by_hand(query, keys, key_ids, temperature, same_target="mask", extra=None, groups=None) -> float:
+    """Mean over rows of -log(exp(s_ii) / sum of exp over row i's denominator), in float64 with explicit loops.
+
+    Denominator of row i: its positive; every other row j, except rows of the same user (``groups``), and
+    except, for rows with the same target item, nothing ("mask") or exp(0) = 1 each ("reference"); plus the
+    extra negative of row i when given.
+    """
+    q = F.normalize(query.double(), dim=-1)
+    k = F.normalize(keys.double(), dim=-1)
+    e = None if extra is None else F.normalize(extra.double(), dim=-1)
+    n, total = len(key_ids), 0.0
+    for i in range(n):
+        positive = float(q[i] @ k[i]) / temperature
+        terms = [positive]
+        for j in range(n):
+            if j == i or (groups is not None and int(groups[i]) == int(groups[j])):
+                continue
+            if int(key_ids[j]) == int(key_ids[i]):
+                if same_target == "reference":
+                    terms.append(0.0)
+                continue
+            terms.append(float(q[i] @ k[j]) / temperature)
+        if e is not None:
+            terms.append(float(q[i] @ e[i]) / temperature)
+        top = max(terms)
+        total += top + math.log(sum(math.exp(t - top) for t in terms)) - positive
+    return total / n
+
+
+# ---- transductive mode -------------------------------------------------------------------------------
+TRANSDUCTIVE = ["model.mode=transductive"]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+import textrec
 from test_unisrec_reader import _write_atomic
 from textrec.cli import main
 
@@ -20,7 +23,6 @@ def _json(capsys, argv):
 
 
 def test_pipeline(tmp_path, capsys, tiny_world):
-    import numpy as np
 
     raw = tmp_path / "raw"
     raw.mkdir()
@@ -123,3 +125,16 @@ def test_evaluate_and_recommend_take_data_overrides(tmp_path, capsys, tiny_dir):
     assert main(["recommend", str(run), "--user", "x", "data.max_seq_lenn=3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "data.max_seq_lenn" in err[0], err
+
+
+# ---- the console script ----------------------------------------------------------------------------
+def test_the_installed_console_script_runs():
+    exe = shutil.which("textrec")
+    if exe is None:
+        pytest.skip("no `textrec` console script on PATH (install the package: pip install -e .)")
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=300)
+    assert version.returncode == 0, version.stderr
+    assert textrec.__version__ in version.stdout + version.stderr
+    helped = subprocess.run([exe, "train", "--help"], capture_output=True, text=True, timeout=300)
+    assert helped.returncode == 0, helped.stderr
+    assert "usage: textrec train" in helped.stdout

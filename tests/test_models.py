@@ -13,13 +13,26 @@ import pytest
 import torch
 from safetensors.torch import load_model, save_model
 
+import textrec
+from doubles import TRANSDUCTIVE, infonce_by_hand
 from textrec.config import load_config
 from textrec.data.batching import SeqBatch
-import textrec
-from textrec.models import MODELS, model_class
+from textrec.models import MODELS, layers, model_class
+from textrec.models.spec import (
+    FeatureTable,
+    InputKind,
+    ItemInputs,
+    ItemStateFill,
+    ModelSpec,
+    Phase,
+    Recipe,
+    TrainingRows,
+    dot_score,
+    item_input_kinds,
+    score,
+    spec_of,
+)
 from textrec.text.encoders import HashingEncoder
-from textrec.models.spec import (FeatureTable, InputKind, ItemInputs, ItemStateFill, ModelSpec, Phase, Recipe, TrainingRows,
-                                 dot_score, item_input_kinds, score, spec_of)
 from textrec.train.inputs import build_model
 
 # Odd sizes (HF's hidden=32/intermediate=37 trick): shape bugs that square sizes hide show up here.
@@ -253,3 +266,83 @@ def test_no_declaration_is_read_with_a_getattr_fallback():
     offending = {str(p.relative_to(root)): hits for p in sorted(root.rglob("*.py")) if p != root / "models" / "spec.py"
                  for hits in [declaration_fallbacks(p.read_text(encoding="utf-8"))] if hits}
     assert offending == {}
+
+
+@pytest.mark.parametrize("same_target", ["mask", "reference"])
+@pytest.mark.parametrize("with_extra", [False, True], ids=["no-extra", "extra"])
+@pytest.mark.parametrize("with_groups", [False, True], ids=["no-groups", "groups"])
+def test_in_batch_contrastive_matches_an_independent_formula(same_target, with_extra, with_groups):
+    g = torch.Generator().manual_seed(0)
+    n, d = 9, 6
+    query, keys, extra = (torch.randn(n, d, generator=g) for _ in range(3))
+    key_ids = torch.tensor([4, 7, 4, 2, 9, 7, 4, 1, 3])  # item 4 three times, item 7 twice
+    groups = torch.tensor([0, 0, 1, 2, 2, 3, 1, 4, 4])  # rows 0/2 share item 4 across users, 2/6 within one
+    args = dict(same_target=same_target, extra=extra if with_extra else None, groups=groups if with_groups else None)
+    got = layers.in_batch_contrastive(query, keys, key_ids, 0.2, **args)
+    assert float(got) == pytest.approx(infonce_by_hand(query, keys, key_ids, 0.2, **args), rel=1e-5)
+
+
+def test_the_same_target_rules_and_groups_really_differ():
+    """The fixture above is not degenerate: each option changes the loss."""
+    g = torch.Generator().manual_seed(1)
+    query, keys, extra = (torch.randn(9, 6, generator=g) for _ in range(3))
+    key_ids = torch.tensor([4, 7, 4, 2, 9, 7, 4, 1, 3])
+    groups = torch.tensor([0, 0, 1, 2, 2, 3, 1, 4, 4])
+    values = {infonce_by_hand(query, keys, key_ids, 0.2, st, e, gr)
+              for st in ("mask", "reference") for e in (None, extra) for gr in (None, groups)}
+    assert len(values) == 8
+
+
+@pytest.mark.parametrize("name", ["unisrec", "vqrec"])
+def test_transductive_id_embedding_is_added_to_inputs_and_candidates(name, tiny_world):
+    model = _model(name, tiny_world, extra=TRANSDUCTIVE)
+    assert _model(name, tiny_world).item_id_emb is None  # inductive: no ID embedding at all
+    item = 7
+    with_item = SeqBatch(torch.tensor([[3, item, 9, 12]]), torch.tensor([4]))  # the item inside the history
+    without = SeqBatch(torch.tensor([[3, 11, 9, 12]]), torch.tensor([4]))
+    before = model.encode(with_item), model.encode(without), model.item_embeddings().detach().clone()
+    with torch.no_grad():
+        model.item_id_emb.weight[item] += torch.randn(model.item_id_emb.weight.shape[1])
+    after = model.encode(with_item), model.encode(without), model.item_embeddings()
+    assert not torch.allclose(before[0], after[0])  # input side
+    assert torch.equal(before[1], after[1])
+    changed = [i for i in range(tiny_world.n_items + 1) if not torch.equal(before[2][i], after[2][i])]
+    assert changed == [item]  # candidate side, that item only
+
+
+# ---- the encoder's causal and key-padding masks together ----------------------------------------------
+@pytest.fixture
+def encoder():
+    torch.manual_seed(0)
+    return layers.TransformerEncoder(2, 16, 2, 24, 0.0, 0.0, 1e-12).eval()
+
+
+def test_causal_with_key_padding_on_right_padded_rows(encoder):
+    x = torch.randn(3, 7, 16, generator=torch.Generator().manual_seed(1))
+    lengths = torch.tensor([7, 4, 2])
+    padding = torch.arange(7)[None, :] >= lengths[:, None]
+    both = encoder(x, causal=True, key_padding=padding)
+    causal_only = encoder(x, causal=True)
+    real = ~padding
+    torch.testing.assert_close(both[real], causal_only[real], atol=1e-5, rtol=1e-5)
+    # a later key never reaches an earlier query: change the padding and, in row 0, the real items after position 2
+    changed = x.clone()
+    changed[padding] = torch.randn(int(padding.sum()), 16)
+    changed[0, 3:] += 1.0
+    again = encoder(changed, causal=True, key_padding=padding)
+    keep = real.clone()
+    keep[0, 3:] = False
+    torch.testing.assert_close(again[keep], both[keep], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(again[0, 3:], both[0, 3:])
+
+
+def test_causal_with_key_padding_masks_left_padding(encoder):
+    x = torch.randn(1, 4, 16, generator=torch.Generator().manual_seed(2))
+    pad = torch.randn(1, 3, 16, generator=torch.Generator().manual_seed(3))
+    left = torch.cat([pad, x], dim=1)
+    padding = torch.tensor([[True, True, True, False, False, False, False]])
+    out = encoder(left, causal=True, key_padding=padding)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[:, 3:], encoder(x, causal=True), atol=1e-5, rtol=1e-5)
+    unmasked = encoder(left, causal=True)
+    assert not torch.allclose(unmasked[:, 3:], out[:, 3:])  # without the padding mask the padding leaks in

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from doubles import infonce_by_hand
 from test_models import _batch, _model, item_inputs
 from textrec.models.vqrec import gumbel_sinkhorn
 
@@ -104,3 +106,28 @@ def test_finetune_phases(tiny_world):
     (only,) = scratch.phases("finetune")
     only.trainable(scratch)
     assert {n.split(".")[0] for n, p in scratch.named_parameters() if p.requires_grad} == {"code_emb", "pos_emb", "norm", "encoder"}
+
+
+def test_vqrec_semi_synthetic_negative_is_in_the_pretraining_loss(tiny_world):
+    batch = _batch(tiny_world, lengths=(9, 9, 6, 4))._replace(users=torch.tensor([0, 1, 1, 2]))
+    with_fake = _model("vqrec", tiny_world, extra=["model.semi_synthetic=true", "model.fake_code_ratio=0.5"])
+    without = _model("vqrec", tiny_world, extra=["model.semi_synthetic=false", "model.fake_code_ratio=0.5"])
+    assert all(torch.equal(a, b) for a, b in zip(with_fake.state_dict().values(), without.state_dict().values()))
+    with torch.no_grad():
+        torch.manual_seed(3)
+        loss_with = float(with_fake.pretrain_loss(batch))
+        torch.manual_seed(3)
+        loss_without = float(without.pretrain_loss(batch))
+        # independently: the in-batch InfoNCE plus one extra logit per row, its semi-synthetic item
+        m = with_fake
+        mask = batch.targets > 0
+        h, targets = m.hidden(batch.item_seq)[mask], batch.targets[mask]
+        users = batch.users[:, None].expand_as(batch.targets)[mask]
+        torch.manual_seed(3)
+        fake = m.item_vectors(targets, index=m._fake_index(targets))
+        keys = m.item_vectors(targets)
+    assert not torch.allclose(fake, keys)
+    assert loss_with != pytest.approx(loss_without, rel=1e-4)
+    tau = m.cfg.temperature
+    assert loss_with == pytest.approx(infonce_by_hand(h, keys, targets, tau, "mask", fake, users), rel=1e-5)
+    assert loss_without == pytest.approx(infonce_by_hand(h, keys, targets, tau, "mask", None, users), rel=1e-5)
