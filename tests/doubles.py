@@ -8,14 +8,17 @@ Register one with ``monkeypatch.setitem(textrec.models.MODELS, "missdouble", lam
 
 from __future__ import annotations
 
+import json
 import math
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from textrec.cli import main
 from textrec.data.batching import SeqBatch
 from textrec.models.layers import (
     TransformerEncoder,
@@ -193,7 +196,6 @@ def benchmark_script(name: str):
     """Import ``benchmarks/NAME.py`` as a module (its own imports, e.g. ``_common``, resolved from benchmarks/)."""
     import importlib.util
     import sys
-    from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, script)
@@ -245,3 +247,10 @@ def infonce_by_hand(query, keys, key_ids, temperature, same_target="mask", extra
 
 # ---- transductive mode -------------------------------------------------------------------------------
 TRANSDUCTIVE = ["model.mode=transductive"]
+
+
+def cli_json(capsys, argv: list[str]) -> dict:
+    """Run the CLI in-process (it must succeed) and parse what it printed as JSON."""
+    capsys.readouterr()
+    assert main(argv) == 0, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import textrec
+from doubles import cli_json
 from textrec.cli import main
 from textrec.data.dataset import Dataset
 from textrec.data.synthetic import WorldSpec, make_domain
@@ -32,9 +33,7 @@ def _one_thread():
 
 
 def _json(capsys, argv: list[str]) -> dict:
-    capsys.readouterr()
-    assert main([*argv, "--json"]) == 0, capsys.readouterr().err
-    return json.loads(capsys.readouterr().out)
+    return cli_json(capsys, [*argv, "--json"])
 
 
 def _fingerprint(folder) -> dict:
@@ -246,7 +245,6 @@ def test_the_library_logs_and_the_cli_shows_it(tiny_dir, tmp_path, capsys, caplo
 
 def test_input_problems_are_warnings_and_the_cli_shows_them_as_one_line(tmp_path, capsys):
     from test_unisrec_reader import _write_atomic
-
     from textrec.data.formats import read_dataset
     from textrec.data.formats.common import PrepareOptions
     from textrec.log import TextrecWarning
