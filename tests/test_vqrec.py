@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
-from doubles import infonce_by_hand
+import textrec.train.loop as loop
+from doubles import CPU, infonce_by_hand
 from test_models import _batch, _model, item_inputs
+from textrec.config import load_config
 from textrec.models.vqrec import gumbel_sinkhorn
+from textrec.train.inputs import build_model
+from textrec.train.run import make_batchers
 
 
 def test_item_vector_is_the_mean_of_its_code_embeddings(tiny_world):
@@ -131,3 +137,51 @@ def test_vqrec_semi_synthetic_negative_is_in_the_pretraining_loss(tiny_world):
     tau = m.cfg.temperature
     assert loss_with == pytest.approx(infonce_by_hand(h, keys, targets, tau, "mask", fake, users), rel=1e-5)
     assert loss_without == pytest.approx(infonce_by_hand(h, keys, targets, tau, "mask", None, users), rel=1e-5)
+
+
+def test_vqrec_permutation_phase_changes_only_the_permutation_and_bakes_a_row_permutation(tiny_world, spy_optimizers):
+    cfg = load_config(model="vqrec", overrides=["model.hidden_size=16", "model.inner_size=16", "model.n_heads=2",
+                                                "model.permute_epochs=2", "train.epochs=3", "train.batch_size=512",
+                                                "train.lr=0.05", "data.max_seq_len=10", *CPU])
+    torch.manual_seed(0)
+    model = build_model(cfg, item_inputs("vqrec", tiny_world))
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    permute, rest = model.phases("finetune")
+    seen = {}
+
+    def observed_enter(m):
+        seen["before"] = {k: v.detach().clone() for k, v in m.state_dict().items()}
+        seen["indices"] = m.permutation_indices().clone()
+        rest.enter(m)
+        seen["after"] = m.code_emb.weight.detach().clone()
+
+    train_b, valid_b, _ = make_batchers(tiny_world, cfg, "cpu")
+    observed = [permute, dataclasses.replace(rest, enter=observed_enter)]
+    loop.fit(model, train_b, valid_b, None, cfg, quiet=True, phases=observed)
+    assert len(spy_optimizers) == 2, "rebuilt at the boundary, for the parameters each phase trains"
+    permuting, fine_tuning = spy_optimizers
+    assert permuting["trainable"] == {"perm_logits"}
+    assert {n.split(".")[0] for n in fine_tuning["trainable"]} == {"code_emb", "norm"}  # positions, Transformer frozen
+    before = seen["before"]
+    changed = {k for k in initial if not torch.equal(initial[k], before[k])}
+    assert changed == {"perm_logits", "permuting"}  # only the permutation learned; the flag says "permuting"
+    D, M = model.n_codebooks, model.codebook_size
+    old, new = initial["code_emb.weight"].view(D, M + 1, -1), seen["after"].view(D, M + 1, -1)
+    idx = seen["indices"]
+    assert not torch.equal(idx, torch.arange(M).expand(D, M)), "a random start is not the identity"
+    for d in range(D):
+        assert sorted(idx[d].tolist()) == list(range(M))
+        assert torch.equal(new[d, 0], old[d, 0])  # the padding row stays
+        # the pre-trained rows, reordered (to rounding: see the exactness test below)
+        torch.testing.assert_close(new[d, 1:], old[d, 1:][idx[d]], rtol=1e-6, atol=0)
+
+
+def test_vqrec_baked_table_is_an_exact_row_permutation(tiny_world):
+    model = _model("vqrec", tiny_world)
+    model.start_permutation()
+    D, M = model.n_codebooks, model.codebook_size
+    old = model.code_emb.weight.detach().clone().view(D, M + 1, -1)
+    idx = model.permutation_indices()
+    model.bake_permutation()
+    new = model.code_emb.weight.detach().view(D, M + 1, -1)
+    assert all(torch.equal(new[d, 1:], old[d, 1:][idx[d]]) for d in range(D))
