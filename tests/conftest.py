@@ -68,3 +68,14 @@ def spy_optimizers(monkeypatch):
 
     monkeypatch.setattr(loop, "make_optimizer", spy)
     return made
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch at one thread for a module's tests (use with ``pytestmark = pytest.mark.usefixtures(...)``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

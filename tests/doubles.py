@@ -208,7 +208,8 @@ def benchmark_script(name: str):
     return module
 
 
-CPU = ["train.device=cpu", "train.num_threads=1", "eval.ks=[10]"]
+CPU = ["train.device=cpu", "train.num_threads=1", "eval.ks=[10]"]  # key=value settings: one CPU thread, recall@10
+CLI_CPU = [*CPU, "--quiet"]  # the same on a command line, without per-epoch progress
 
 
 TINY_TEXT = ["model.hidden_size=16", "model.inner_size=16", "model.n_layers=1", "model.n_heads=2", "data.max_seq_len=10",

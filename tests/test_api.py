@@ -10,26 +10,20 @@ import shutil
 import warnings
 
 import pytest
-import torch
 
 import textrec
-from doubles import cli_json
+from doubles import CLI_CPU, cli_json
 from textrec.cli import main
 from textrec.data.dataset import Dataset
 from textrec.data.synthetic import WorldSpec, make_domain
 from textrec.errors import ConfigError, NotFoundError, TextrecError
 from textrec.quant.codes import quantize_dataset, quantize_datasets
 
-CPU = ["train.device=cpu", "train.num_threads=1", "eval.ks=[10]", "--quiet"]
+CPU = CLI_CPU
 SMALL = ["model.hidden_size=32", "model.inner_size=32", "train.batch_size=256", "train.epochs=1", *CPU]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _json(capsys, argv: list[str]) -> dict:

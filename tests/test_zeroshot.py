@@ -10,25 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from doubles import cli_json
+from doubles import CLI_CPU, cli_json
 from textrec.cli import main
 from textrec.data.dataset import Dataset
 from textrec.data.synthetic import WorldSpec, make_domain
 
 TINY = ["model.backbone=random", "model.hidden_size=32", "model.n_heads=2", "model.inner_size=37", "model.n_layers=2",
         "model.init_std=0.1", "model.hidden_dropout=0", "model.attn_dropout=0"]
-CPU = ["train.device=cpu", "train.num_threads=1", "eval.ks=[10]", "--quiet"]
+CPU = CLI_CPU
 SMALL = ["model.hidden_size=32", "model.inner_size=32", "train.batch_size=256", "train.epochs=3", *CPU]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _permuted_copy(ds: Dataset, seed: int) -> Dataset:
