@@ -9,6 +9,7 @@ from textrec.data.dataset import Dataset
 from textrec.data.split import eval_examples
 from textrec.eval.metrics import compute_metrics
 from textrec.eval.ranking import count_ranks, evaluate
+from textrec.models.spec import ModelSpec
 
 
 def test_metrics_by_hand():
@@ -63,6 +64,8 @@ def test_chunked_ranks_equal_unchunked_and_exclusion():
 
 class _ItemScorer(torch.nn.Module):
     """Scores item i as -(i - last item - 1)^2: always predicts 'the next id'."""
+
+    SPEC = ModelSpec()
 
     def __init__(self, n_items):
         super().__init__()

@@ -264,7 +264,8 @@ def test_scientific_import_maps_strict_items(tmp_path):
     assert info["n_unseen"] == 12 and codes[1:].min() >= 0 and res.collisions == info["collisions"]
 
 
-@pytest.mark.parametrize("n, dim, codebook_size", [(100, 32, 16), (240, 32, 64), (300, 32, 64), (300, 384, 64), (400, 384, 64)])
+@pytest.mark.parametrize("n, dim, codebook_size", [(100, 32, 16), (240, 32, 64), (300, 32, 64), (300, 384, 64),
+                                                          pytest.param(400, 384, 64, marks=pytest.mark.slow)])  # 35 s
 def test_small_training_sets_fit_safely(n, dim, codebook_size):
     """faiss' OPQ training aborts the process with fewer vectors than dimensions; ours never asks for that."""
     x = np.random.default_rng(0).standard_normal((n, dim)).astype(np.float32)
