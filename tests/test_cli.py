@@ -80,7 +80,7 @@ def test_recommend_unknown_user_and_item(tmp_path, capsys, tiny_dir):
     assert "exactly one of --user" in capsys.readouterr().err
 
 
-def test_console_script_is_installed():
+def test_module_entry_point_prints_the_version():
     out = subprocess.run([sys.executable, "-m", "textrec.cli", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("textrec ")
 
@@ -138,7 +138,7 @@ def test_the_installed_console_script_runs():
     assert "usage: textrec train" in helped.stdout
 
 
-# ---- 9. --model help lists the models ---------------------------------------------------------------------
+# ---- --model help lists the models ---------------------------------------------------------------------
 @pytest.mark.parametrize("command", ["train", "pretrain"])
 def test_model_help_lists_the_registry(command, capsys):
     with pytest.raises(SystemExit):

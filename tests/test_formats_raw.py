@@ -444,7 +444,7 @@ def test_real_movielens_100k_recbole():
     assert all((np.diff(times[full.seq_offsets[u]:full.seq_offsets[u + 1]]) >= 0).all() for u in range(full.n_users))
 
 
-# ---- 1. a UTF-8 byte-order mark ("CSV UTF-8" exports) -----------------------------------------------------
+# ---- a UTF-8 byte-order mark ("CSV UTF-8" exports) -----------------------------------------------------
 def _add_bom(folder: Path) -> None:
     """Re-save every file under ``folder`` as UTF-8 with a byte-order mark, as a spreadsheet or editor would."""
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):

@@ -108,7 +108,7 @@ def test_new_items_with_byte_order_mark(tmp_path):
     assert read_new_items(path) == (["N1", "N2"], ["A new pen", "A new ink"])
 
 
-# ---- 3. a duplicate key in --new-items -------------------------------------------------------------------
+# ---- a duplicate key in --new-items -------------------------------------------------------------------
 def test_new_items_duplicate_key(tmp_path):
     path = tmp_path / "new.csv"
     path.write_text('item,text\nN1,A new pen\nN2,"A new\nink"\nN1,Another pen\n', encoding="utf-8")
@@ -116,7 +116,7 @@ def test_new_items_duplicate_key(tmp_path):
         read_new_items(path)
 
 
-# ---- 8. recommend --new-items says where each new item ranks -------------------------------------------------
+# ---- recommend --new-items says where each new item ranks -------------------------------------------------
 def test_recommend_reports_the_rank_of_new_items(world_dir, tmp_path, capsys):
     assert main(["encode", str(world_dir), "--encoder", "hashing-32", "--json"]) == 0
     run = tmp_path / "run"

@@ -294,7 +294,7 @@ def test_rotation_is_learnt_below_the_dimension():
     np.testing.assert_array_equal(again.encode(x), learnt.encode(x))  # deterministic for a seed
 
 
-# ---- 5. quantize reports progress, collisions and codebook usage in words -------------------------------
+# ---- quantize reports progress, collisions and codebook usage in words -------------------------------
 def test_quantize_reports_progress_collisions_and_usage(world_dir, capsys):
     pytest.importorskip("faiss")
     from textrec.quant.codes import code_statistics, load_item_codes

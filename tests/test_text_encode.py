@@ -290,7 +290,7 @@ def test_fully_cached_encode_never_imports_torch(tiny_bert, toy_dir, tmp_path):
     assert runs == [[40, 0, True], [0, 40, False]]
 
 
-# ---- 6. an interrupted encode keeps the chunks it finished --------------------------------------------------
+# ---- an interrupted encode keeps the chunks it finished --------------------------------------------------
 class DyingEncoder(CountingEncoder):
     """Encodes ``lives`` calls, then dies the way a killed process stops: mid-way."""
 
@@ -322,7 +322,7 @@ def test_killed_encode_resumes_from_the_cache(tmp_path, world_dir, monkeypatch):
     np.testing.assert_array_equal(table, np.load(fresh.path))
 
 
-# ---- 7. several embeddings / codes: say how to choose ---------------------------------------------------------
+# ---- several embeddings / codes: say how to choose ---------------------------------------------------------
 def test_several_embeddings_or_codes_say_how_to_choose(world_dir):
     encode_dataset(world_dir, encoder="hashing-16", cache=False, progress=False)
     encode_dataset(world_dir, encoder="hashing-32", cache=False, progress=False)

@@ -154,7 +154,7 @@ def _unisrec(root: Path) -> Path:
     return root
 
 
-# ---- 2. a UniSRec dataset without its .text file -----------------------------------------------------------
+# ---- a UniSRec dataset without its .text file -----------------------------------------------------------
 def test_unisrec_without_text_file_is_an_error(tmp_path, capsys):
     raw = _unisrec(tmp_path / "raw")
     (raw / "Toy.text").unlink()
@@ -169,7 +169,7 @@ def test_unisrec_without_text_file_is_an_error(tmp_path, capsys):
     assert len(err) == 1 and "every item text" in err[0] and "is empty" in err[0], err
 
 
-# ---- 4. an unknown item token in a .inter file ----------------------------------------------------------
+# ---- an unknown item token in a .inter file ----------------------------------------------------------
 def test_unisrec_unknown_item_names_the_inter_file_and_line(tmp_path):
     raw = _unisrec(tmp_path / "raw")
     path = raw / "Toy.valid.inter"
