@@ -250,6 +250,17 @@ def infonce_by_hand(query, keys, key_ids, temperature, same_target="mask", extra
 TRANSDUCTIVE = ["model.mode=transductive"]
 
 
+def one_line_error(capsys, argv, *fragments) -> str:
+    """Run the CLI in-process: it must fail with exit status 2 and one ``textrec: error:`` line holding ``fragments``."""
+    capsys.readouterr()
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("textrec: error: "), err
+    for fragment in fragments:
+        assert fragment in err[0], err[0]
+    return err[0]
+
+
 def cli_json(capsys, argv: list[str]) -> dict:
     """Run the CLI in-process (it must succeed) and parse what it printed as JSON."""
     capsys.readouterr()
