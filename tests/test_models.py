@@ -14,12 +14,18 @@ import torch
 from safetensors.torch import load_model, save_model
 
 import textrec
-from doubles import TRANSDUCTIVE, infonce_by_hand
+from doubles import (
+    MAX_SEQ_LEN,
+    SMALL,
+    TRANSDUCTIVE,
+    infonce_by_hand,
+    random_batch,
+    small_model,
+)
 from textrec.config import load_config
 from textrec.data.batching import SeqBatch
 from textrec.models import MODELS, layers, model_class
 from textrec.models.spec import (
-    FeatureTable,
     InputKind,
     ItemInputs,
     ItemStateFill,
@@ -32,56 +38,11 @@ from textrec.models.spec import (
     score,
     spec_of,
 )
-from textrec.text.encoders import HashingEncoder
-from textrec.train.inputs import build_model
-
-# Odd sizes (HF's hidden=32/intermediate=37 trick): shape bugs that square sizes hide show up here.
-SMALL = {
-    "sasrec": ["model.hidden_size=34", "model.n_heads=2", "model.inner_size=37", "model.n_layers=2"],
-    "unisrec": ["model.hidden_size=34", "model.n_heads=2", "model.inner_size=37", "model.n_experts=3"],
-    "vqrec": ["model.hidden_size=34", "model.n_heads=2", "model.inner_size=37"],
-    "missrec": ["model.hidden_size=34", "model.n_heads=2", "model.inner_size=37"],
-    "recformer": ["model.backbone=random", "model.hidden_size=34", "model.n_heads=2", "model.inner_size=37", "model.n_layers=2"],
-}
-MAX_SEQ_LEN = 9
-
-
-def item_inputs(name, ds):
-    """The item-side inputs of every kind, built without any real encoder; each model takes what it declares."""
-    text = np.zeros((ds.n_items + 1, 23), dtype=np.float32)
-    text[1:] = HashingEncoder(23).encode(ds.item_texts)
-    rng = np.random.default_rng(0)
-    codes = rng.integers(0, 7, size=(ds.n_items + 1, 5))  # 5 sub-spaces x 7 codewords
-    # two feature tables, MISSRec's default names: text-like, and an image-like noisy projection missing for some items
-    image = text @ rng.normal(size=(23, 19)).astype(np.float32) + 0.3 * rng.normal(size=(ds.n_items + 1, 19)).astype(np.float32)
-    image[0] = image[7::5] = 0.0
-    features = {name: FeatureTable(torch.from_numpy(v), torch.from_numpy(np.abs(v).sum(axis=1) > 0))
-                for name, v in (("feat1CLS", text), ("feat3CLS", image))}
-    return ItemInputs(n_items=ds.n_items, text_embeddings=torch.from_numpy(text), codes=torch.from_numpy(codes), codebook_size=7,
-                      features=features, attributes=list(ds.item_attributes))
 
 
 def scores(model, seq_repr):
     """(B, n_items + 1) scores as the evaluator and the recommender compute them (the model's declared rule)."""
     return score(model, seq_repr, model.item_embeddings())
-
-
-def _model(name, ds, seed=0, extra=()):
-    if name not in SMALL:
-        pytest.fail(f"add a small test config for model {name!r} to SMALL in {__file__}")
-    cfg = load_config(model=name, overrides=SMALL[name] + [f"data.max_seq_len={MAX_SEQ_LEN}", *extra])
-    torch.manual_seed(seed)
-    return build_model(cfg, item_inputs(name, ds)).eval()
-
-
-def _batch(ds, lengths=(1, 4, 9, 6), seed=0):
-    g = torch.Generator().manual_seed(seed)
-    L = max(lengths)
-    seq = torch.zeros(len(lengths), L, dtype=torch.long)
-    for r, n in enumerate(lengths):
-        seq[r, :n] = torch.randint(1, ds.n_items + 1, (n,), generator=g)
-    targets = torch.where(seq > 0, torch.randint(1, ds.n_items + 1, seq.shape, generator=g), 0)
-    return SeqBatch(seq, torch.tensor(lengths), targets)
 
 
 @pytest.fixture(params=sorted(MODELS))
@@ -90,8 +51,8 @@ def name(request):
 
 
 def test_shapes(name, tiny_world):
-    model = _model(name, tiny_world)
-    batch = _batch(tiny_world)
+    model = small_model(name, tiny_world)
+    batch = random_batch(tiny_world)
     seq_repr = model.encode(batch)
     items = model.item_embeddings()
     assert items.shape[0] == tiny_world.n_items + 1
@@ -106,10 +67,10 @@ def test_shapes(name, tiny_world):
 
 
 def test_causal_later_items_do_not_change_earlier_outputs(name, tiny_world):
-    model = _model(name, tiny_world)
+    model = small_model(name, tiny_world)
     if not spec_of(model).causal:
         pytest.skip(f"{name} is not causal (SPEC.causal is False)")
-    batch = _batch(tiny_world, lengths=(9, 9))
+    batch = random_batch(tiny_world, lengths=(9, 9))
     changed = batch.item_seq.clone()
     changed[:, 5:] = (changed[:, 5:] % tiny_world.n_items) + 1  # new items after position 4
     for t in range(5):
@@ -120,8 +81,8 @@ def test_causal_later_items_do_not_change_earlier_outputs(name, tiny_world):
 
 
 def test_padding_invariance(name, tiny_world):
-    model = _model(name, tiny_world)
-    batch = _batch(tiny_world, lengths=(3, 5))
+    model = small_model(name, tiny_world)
+    batch = random_batch(tiny_world, lengths=(3, 5))
     trimmed = SeqBatch(batch.item_seq[:, :5], batch.seq_len)
     padded = SeqBatch(torch.nn.functional.pad(trimmed.item_seq, (0, 4)), batch.seq_len)
     torch.testing.assert_close(model.encode(trimmed), model.encode(padded))
@@ -130,10 +91,10 @@ def test_padding_invariance(name, tiny_world):
 
 
 def test_save_load_gives_identical_scores(name, tiny_world, tmp_path):
-    model = _model(name, tiny_world, seed=0)
+    model = small_model(name, tiny_world, seed=0)
     save_model(model, str(tmp_path / "m.safetensors"))
-    other = _model(name, tiny_world, seed=1)
-    batch = _batch(tiny_world)
+    other = small_model(name, tiny_world, seed=1)
+    batch = random_batch(tiny_world)
     assert not torch.equal(model.encode(batch), other.encode(batch))
     load_model(other, str(tmp_path / "m.safetensors"))
     assert torch.equal(scores(model, model.encode(batch)), scores(other, other.encode(batch)))
@@ -144,8 +105,8 @@ GOLDEN_LOSS = {"sasrec": 4.10165, "unisrec": 5.61010, "vqrec": 6.42061, "missrec
 
 
 def test_golden_fixed_init_loss(name, tiny_world):
-    model = _model(name, tiny_world, seed=0)
-    loss = model.loss(_batch(tiny_world, seed=3))
+    model = small_model(name, tiny_world, seed=0)
+    loss = model.loss(random_batch(tiny_world, seed=3))
     assert float(loss.detach()) == pytest.approx(GOLDEN_LOSS[name], abs=1e-4)
 
 
@@ -178,7 +139,7 @@ def _check_spec(name: str, model, world) -> set[str]:
           and all(any(k.startswith(prefix) for k in state) for prefix in spec.item_state if prefix != "word_drop_table")))
     config_fields = {f.name for f in dataclasses.fields(cls.Config)}
     check("architecture_keys", bool(spec.architecture_keys) and set(spec.architecture_keys) <= config_fields)
-    seq_repr = model.encode(_batch(world))
+    seq_repr = model.encode(random_batch(world))
     check("score", callable(spec.score) and score(model, seq_repr, model.item_embeddings()).shape == (4, model.n_items + 1))
     ok = isinstance(spec.recipe, Recipe)
     for kind in ("train", "pretrain", "finetune"):
@@ -193,7 +154,7 @@ def _check_spec(name: str, model, world) -> set[str]:
 
 
 def test_every_registered_model_makes_every_declaration(name, tiny_world):
-    model = _model(name, tiny_world)
+    model = small_model(name, tiny_world)
     assert model_class(name).Config is type(load_config(model=name).model_config)
     assert _check_spec(name, model, tiny_world) == {f.name for f in dataclasses.fields(ModelSpec)}, "a ModelSpec field is not checked here"
     phases = model.phases("train")
@@ -227,7 +188,7 @@ def test_one_score_rule_for_evaluation_and_recommendation(tiny_world):
         SPEC = dataclasses.replace(SASRec.SPEC, score=lambda model, u, rows: -(u @ rows.T))
 
     torch.manual_seed(0)
-    plain = _model("sasrec", tiny_world)
+    plain = small_model("sasrec", tiny_world)
     negated = Negated(load_config(model="sasrec", overrides=SMALL["sasrec"]).model_config, ItemInputs(n_items=tiny_world.n_items),
                       MAX_SEQ_LEN)
     negated.load_state_dict(plain.state_dict())
@@ -295,8 +256,8 @@ def test_the_same_target_rules_and_groups_really_differ():
 
 @pytest.mark.parametrize("name", ["unisrec", "vqrec"])
 def test_transductive_id_embedding_is_added_to_inputs_and_candidates(name, tiny_world):
-    model = _model(name, tiny_world, extra=TRANSDUCTIVE)
-    assert _model(name, tiny_world).item_id_emb is None  # inductive: no ID embedding at all
+    model = small_model(name, tiny_world, extra=TRANSDUCTIVE)
+    assert small_model(name, tiny_world).item_id_emb is None  # inductive: no ID embedding at all
     item = 7
     with_item = SeqBatch(torch.tensor([[3, item, 9, 12]]), torch.tensor([4]))  # the item inside the history
     without = SeqBatch(torch.tensor([[3, 11, 9, 12]]), torch.tensor([4]))

@@ -14,8 +14,7 @@ from safetensors.torch import load_file
 import textrec
 import textrec.models
 import textrec.train.loop as loop
-from doubles import CPU, MissDouble, RecDouble
-from test_models import _model, item_inputs
+from doubles import CPU, MissDouble, RecDouble, item_inputs, small_model
 from textrec.config import TrainConfig, load_config
 from textrec.data.batching import EvalBatcher, TrainBatcher
 from textrec.data.dataset import Dataset
@@ -572,7 +571,7 @@ def test_linear_schedule_with_warmup_sets_the_promised_learning_rates(tiny_world
 
 
 def test_adamw_puts_biases_and_layernorm_weights_in_a_zero_decay_group(tiny_world):
-    model = _model("sasrec", tiny_world)
+    model = small_model("sasrec", tiny_world)
     no_decay = {id(p) for m in model.modules() for name, p in m.named_parameters(recurse=False)
                 if isinstance(m, torch.nn.LayerNorm) or name == "bias"}
     decay = {id(p) for p in model.parameters()} - no_decay

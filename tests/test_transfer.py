@@ -8,8 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_model
 
-from doubles import CPU, TINY_TEXT, TRANSDUCTIVE
-from test_models import MAX_SEQ_LEN, SMALL, item_inputs
+from doubles import CPU, MAX_SEQ_LEN, SMALL, TINY_TEXT, TRANSDUCTIVE, item_inputs
 from textrec.config import load_config
 from textrec.data.synthetic import WorldSpec, make_domain
 from textrec.models.spec import spec_of

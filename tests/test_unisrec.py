@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_models import _batch, _model, item_inputs
+from doubles import item_inputs, random_batch, small_model
 from textrec.config import load_config
 from textrec.data.batching import EvalBatcher
 from textrec.data.dataset import Dataset
@@ -31,20 +31,20 @@ def test_moe_starts_with_uniform_gates_and_is_a_mixture():
 
 
 def test_pretrain_loss_and_same_target_handling(tiny_world):
-    model = _model("unisrec", tiny_world).train()
+    model = small_model("unisrec", tiny_world).train()
     torch.manual_seed(0)
-    loss = model.pretrain_loss(_batch(tiny_world, lengths=(9, 9, 9, 9)))
+    loss = model.pretrain_loss(random_batch(tiny_world, lengths=(9, 9, 9, 9)))
     loss.backward()
     assert torch.isfinite(loss) and model.adaptor.weight.grad.abs().sum() > 0
     # with every target identical, masking leaves only the positive: the item term is exactly 0
     model.eval()
     assert float(model._contrast(torch.randn(6, 34), torch.randn(6, 34), torch.full((6,), 5))) == pytest.approx(0.0, abs=1e-6)
-    ref = _model("unisrec", tiny_world, extra=["model.same_target=reference"]).eval()
+    ref = small_model("unisrec", tiny_world, extra=["model.same_target=reference"]).eval()
     assert float(ref._contrast(torch.randn(6, 34), torch.randn(6, 34), torch.full((6,), 5))) > 1.0  # 5 extra exp(0) terms
 
 
 def test_item_drop_keeps_the_first_item_and_order(tiny_world):
-    model = _model("unisrec", tiny_world, extra=["model.item_drop_ratio=0.5"])
+    model = small_model("unisrec", tiny_world, extra=["model.item_drop_ratio=0.5"])
     seq = torch.tensor([[1, 2, 3, 4, 5, 6, 0, 0], [7, 8, 9, 0, 0, 0, 0, 0]])
     torch.manual_seed(3)
     new_seq, new_len, text = model.augment(seq, torch.tensor([6, 3]))

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 import textrec.train.loop as loop
-from doubles import CPU, infonce_by_hand
-from test_models import _batch, _model, item_inputs
+from doubles import CPU, infonce_by_hand, item_inputs, random_batch, small_model
 from textrec.config import load_config
 from textrec.models.vqrec import gumbel_sinkhorn
 from textrec.train.inputs import build_model
@@ -17,7 +16,7 @@ from textrec.train.run import make_batchers
 
 
 def test_item_vector_is_the_mean_of_its_code_embeddings(tiny_world):
-    model = _model("vqrec", tiny_world)
+    model = small_model("vqrec", tiny_world)
     M = model.codebook_size
     item = 7
     codes = item_inputs("vqrec", tiny_world).codes[item]  # raw codes 0..M-1
@@ -31,9 +30,9 @@ def test_item_vector_is_the_mean_of_its_code_embeddings(tiny_world):
 
 def test_semi_synthetic_codes_stay_in_their_sub_space(tiny_world):
     targets = torch.arange(1, 61)
-    keep = _model("vqrec", tiny_world, extra=["model.fake_code_ratio=0.0"])
+    keep = small_model("vqrec", tiny_world, extra=["model.fake_code_ratio=0.0"])
     assert torch.equal(keep._fake_index(targets), keep.code_index[targets])
-    swap = _model("vqrec", tiny_world, extra=["model.fake_code_ratio=1.0"])
+    swap = small_model("vqrec", tiny_world, extra=["model.fake_code_ratio=1.0"])
     torch.manual_seed(0)
     fake = swap._fake_index(targets)
     M, d = swap.codebook_size, torch.arange(5)
@@ -42,9 +41,9 @@ def test_semi_synthetic_codes_stay_in_their_sub_space(tiny_world):
 
 
 def test_pretrain_loss_with_and_without_semi_synthetic_negatives(tiny_world):
-    batch = _batch(tiny_world)
+    batch = random_batch(tiny_world)
     for flag in ("true", "false"):
-        model = _model("vqrec", tiny_world, extra=[f"model.semi_synthetic={flag}", "model.lambda_ss=0.1"]).train()
+        model = small_model("vqrec", tiny_world, extra=[f"model.semi_synthetic={flag}", "model.lambda_ss=0.1"]).train()
         loss = model.pretrain_loss(batch)
         loss.backward()
         assert torch.isfinite(loss) and model.code_emb.weight.grad.abs().sum() > 0
@@ -62,9 +61,9 @@ def _is_permutation(idx: torch.Tensor) -> bool:
 
 
 def test_learned_permutation_gets_gradient_and_is_a_true_permutation(tiny_world):
-    model = _model("vqrec", tiny_world).train()
+    model = small_model("vqrec", tiny_world).train()
     model.start_permutation()
-    model.loss(_batch(tiny_world)).backward()
+    model.loss(random_batch(tiny_world)).backward()
     assert model.perm_logits.grad is not None and model.perm_logits.grad.abs().sum() > 0
     assert _is_permutation(model.permutation_indices())
     # training only the permutation moves it and keeps it a permutation
@@ -72,21 +71,21 @@ def test_learned_permutation_gets_gradient_and_is_a_true_permutation(tiny_world)
     opt = torch.optim.Adam([model.perm_logits], lr=0.5)
     for step in range(20):
         opt.zero_grad()
-        model.loss(_batch(tiny_world, seed=step)).backward()
+        model.loss(random_batch(tiny_world, seed=step)).backward()
         opt.step()
     after = model.permutation_indices()
     assert _is_permutation(after) and not torch.equal(before, after)
 
 
 def test_reference_permutation_gets_no_gradient(tiny_world):
-    model = _model("vqrec", tiny_world, extra=["model.permutation=reference"]).train()
+    model = small_model("vqrec", tiny_world, extra=["model.permutation=reference"]).train()
     model.start_permutation()
-    model.loss(_batch(tiny_world)).backward()
+    model.loss(random_batch(tiny_world)).backward()
     assert model.perm_logits.grad is None or model.perm_logits.grad.abs().sum() == 0
 
 
 def test_bake_writes_the_permutation_into_the_table(tiny_world):
-    model = _model("vqrec", tiny_world).eval()
+    model = small_model("vqrec", tiny_world).eval()
     model.start_permutation()
     permuted = model.item_embeddings()
     idx = model.permutation_indices()
@@ -100,7 +99,7 @@ def test_bake_writes_the_permutation_into_the_table(tiny_world):
 
 
 def test_finetune_phases(tiny_world):
-    model = _model("vqrec", tiny_world)
+    model = small_model("vqrec", tiny_world)
     permute, rest = model.phases("finetune")
     permute.trainable(model)
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["perm_logits"]
@@ -108,16 +107,16 @@ def test_finetune_phases(tiny_world):
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {"code_emb", "norm"}  # fix_enc: positions and Transformer frozen
     assert permute.epochs == 5 and rest.epochs is None  # the permutation phase is fixed, the rest early-stopped
-    scratch = _model("vqrec", tiny_world, extra=["model.permutation=none", "model.freeze_encoder=false"])
+    scratch = small_model("vqrec", tiny_world, extra=["model.permutation=none", "model.freeze_encoder=false"])
     (only,) = scratch.phases("finetune")
     only.trainable(scratch)
     assert {n.split(".")[0] for n, p in scratch.named_parameters() if p.requires_grad} == {"code_emb", "pos_emb", "norm", "encoder"}
 
 
 def test_vqrec_semi_synthetic_negative_is_in_the_pretraining_loss(tiny_world):
-    batch = _batch(tiny_world, lengths=(9, 9, 6, 4))._replace(users=torch.tensor([0, 1, 1, 2]))
-    with_fake = _model("vqrec", tiny_world, extra=["model.semi_synthetic=true", "model.fake_code_ratio=0.5"])
-    without = _model("vqrec", tiny_world, extra=["model.semi_synthetic=false", "model.fake_code_ratio=0.5"])
+    batch = random_batch(tiny_world, lengths=(9, 9, 6, 4))._replace(users=torch.tensor([0, 1, 1, 2]))
+    with_fake = small_model("vqrec", tiny_world, extra=["model.semi_synthetic=true", "model.fake_code_ratio=0.5"])
+    without = small_model("vqrec", tiny_world, extra=["model.semi_synthetic=false", "model.fake_code_ratio=0.5"])
     assert all(torch.equal(a, b) for a, b in zip(with_fake.state_dict().values(), without.state_dict().values()))
     with torch.no_grad():
         torch.manual_seed(3)
@@ -177,7 +176,7 @@ def test_vqrec_permutation_phase_changes_only_the_permutation_and_bakes_a_row_pe
 
 
 def test_vqrec_baked_table_is_an_exact_row_permutation(tiny_world):
-    model = _model("vqrec", tiny_world)
+    model = small_model("vqrec", tiny_world)
     model.start_permutation()
     D, M = model.n_codebooks, model.codebook_size
     old = model.code_emb.weight.detach().clone().view(D, M + 1, -1)
