@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import textrec.train.loop as loop
 from textrec.data.synthetic import WorldSpec, make_domain
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -45,3 +46,36 @@ def _private_embedding_cache(tmp_path_factory):
         os.environ.pop("TEXTREC_CACHE_DIR", None)
     else:
         os.environ["TEXTREC_CACHE_DIR"] = old
+
+
+@pytest.fixture()
+def world_dir(tmp_path):
+    """A fresh synthetic dataset (60 items) of this test's own, so codes and embeddings written here stay here."""
+    return make_domain("tools", WorldSpec(n_items=60, n_users=200, min_len=5, max_len=12), seed=3).save(tmp_path / "tools")
+
+
+@pytest.fixture
+def spy_optimizers(monkeypatch):
+    """Every optimiser the loop builds, with a snapshot of the parameters and of what trains at that moment."""
+    made = []
+    real = loop.make_optimizer
+
+    def spy(model, cfg):
+        opt = real(model, cfg)
+        made.append({"opt": opt, "params": {n: p.detach().clone() for n, p in model.named_parameters()},
+                     "trainable": {n for n, p in model.named_parameters() if p.requires_grad}})
+        return opt
+
+    monkeypatch.setattr(loop, "make_optimizer", spy)
+    return made
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch at one thread for a module's tests (use with ``pytestmark = pytest.mark.usefixtures(...)``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -10,31 +10,24 @@ import shutil
 import warnings
 
 import pytest
-import torch
 
 import textrec
+from doubles import CLI_CPU, cli_json
 from textrec.cli import main
 from textrec.data.dataset import Dataset
 from textrec.data.synthetic import WorldSpec, make_domain
 from textrec.errors import ConfigError, NotFoundError, TextrecError
 from textrec.quant.codes import quantize_dataset, quantize_datasets
 
-CPU = ["train.device=cpu", "train.num_threads=1", "eval.ks=[10]", "--quiet"]
+CPU = CLI_CPU
 SMALL = ["model.hidden_size=32", "model.inner_size=32", "train.batch_size=256", "train.epochs=1", *CPU]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _json(capsys, argv: list[str]) -> dict:
-    capsys.readouterr()
-    assert main([*argv, "--json"]) == 0, capsys.readouterr().err
-    return json.loads(capsys.readouterr().out)
+    return cli_json(capsys, [*argv, "--json"])
 
 
 def _fingerprint(folder) -> dict:
@@ -246,7 +239,6 @@ def test_the_library_logs_and_the_cli_shows_it(tiny_dir, tmp_path, capsys, caplo
 
 def test_input_problems_are_warnings_and_the_cli_shows_them_as_one_line(tmp_path, capsys):
     from test_unisrec_reader import _write_atomic
-
     from textrec.data.formats import read_dataset
     from textrec.data.formats.common import PrepareOptions
     from textrec.log import TextrecWarning

@@ -1,8 +1,14 @@
 import numpy as np
 import pytest
 
+from doubles import TINY_TEXT
+from textrec.config import load_config
 from textrec.data.dataset import Dataset
+from textrec.data.synthetic import WorldSpec, make_domain
 from textrec.errors import DataError
+from textrec.text.encode import encode_dataset
+from textrec.train.inputs import load_item_inputs
+from textrec.train.transfer import pretrain_run
 
 
 def _small(**kw):
@@ -91,3 +97,47 @@ def test_load_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no meta.json"):
         Dataset.load(tmp_path / "empty")
+
+
+# ---- merged inputs must share their origin ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def origin_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("origins")
+    dirs = {}
+    for key, domain, seed in (("a", "office", 1), ("b", "home", 2), ("c", "office", 3), ("d", "home", 4)):
+        dirs[key] = root / key
+        make_domain(domain, WorldSpec(n_items=40, n_users=100, min_len=5, max_len=10), seed=seed).save(dirs[key])
+    return dirs
+
+
+def test_embeddings_of_different_encoders_are_not_merged(origin_dirs, tmp_path):
+    a, b = origin_dirs["a"], origin_dirs["b"]
+    encode_dataset(a, "hashing-32", progress=False)
+    encode_dataset(b, "hashing-32", max_length=8, progress=False)  # same name and dim, another encoder setting
+    cfg = load_config(model="unisrec", overrides=TINY_TEXT)
+    with pytest.raises(DataError, match="different sources") as err:
+        load_item_inputs(cfg, [a, b])
+    assert str(a) in str(err.value) and str(b) in str(err.value)
+    with pytest.raises(DataError, match="different sources"):
+        pretrain_run([a, b], cfg, tmp_path / "pre", quiet=True)
+    assert not (tmp_path / "pre").exists()
+
+
+def test_codes_of_separate_quantisers_are_refused_and_a_joint_one_accepted(origin_dirs):
+    pytest.importorskip("faiss", reason="fitting item codes needs faiss")
+    from textrec.quant.codes import quantize_dataset, quantize_datasets
+
+    c, d = origin_dirs["c"], origin_dirs["d"]
+    for path in (c, d):
+        encode_dataset(path, "hashing-32", progress=False)
+    q = dict(n_codebooks=4, codebook_size=16, opq_iterations=5)
+    separate = {quantize_dataset(path, **q).name for path in (c, d)}
+    (name,) = separate
+    cfg = lambda codes: load_config(model="vqrec", overrides=[*TINY_TEXT, f"data.codes={codes}"])
+    with pytest.raises(DataError, match="different sources") as err:
+        load_item_inputs(cfg(name), [c, d])
+    assert str(c) in str(err.value) and str(d) in str(err.value)
+    (joint,) = {r.name for r in quantize_datasets([c, d], **q)}
+    inputs, record = load_item_inputs(cfg(joint), [c, d])
+    assert inputs.codes.shape == (81, 4) and inputs.codebook_size == 16
+    assert record["quantizer"].startswith("joint:")

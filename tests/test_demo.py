@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 import textrec.demo
 from textrec.cli import main
 
 EPOCH_LINE = re.compile(r"epoch\s+\d+\s+loss")  # the training loop's per-epoch progress line
 
 
+@pytest.mark.slow  # the whole demo, six training stages (32 s); the quick demo below stays in the default run
 def test_demo_shows_transfer_and_new_items(tmp_path, capsys, monkeypatch):
     summaries = []  # run_demo's return value: without --json the command prints tables, not the summary
     run_demo = textrec.demo.run_demo

@@ -57,7 +57,7 @@ def test_onnx_scores_match_textrec(world, tmp_path, capsys, model):
 def test_every_registered_model_exports_or_says_why(name, tiny_world, tmp_path):
     """Exportable models reproduce ``encode`` in onnxruntime; the others are refused with the reason."""
     import torch
-    from test_models import MAX_SEQ_LEN, SMALL, item_inputs
+    from doubles import MAX_SEQ_LEN, SMALL, item_inputs
 
     from textrec.config import load_config
     from textrec.errors import TextrecError

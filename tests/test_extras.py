@@ -44,7 +44,7 @@ def test_present_module_is_returned_and_unknown_one_is_a_bug():
 def test_quantize_and_missrec_kmeans_without_faiss(missing, tiny_world):
     from textrec.config import load_config
     from textrec.quant.faiss_io import require_faiss
-    from test_models import SMALL, item_inputs
+    from doubles import SMALL, item_inputs
     from textrec.train.inputs import build_model
 
     missing("faiss")

@@ -8,12 +8,17 @@ import gzip
 import html
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import requires_shared  # skips with a reason when ../shared/data is absent
 
+from conftest import (
+    requires_shared,  # skips with a reason when ../shared/data is absent
+)
+from doubles import cli_json
+from test_unisrec_reader import _unisrec
 from textrec.data.dataset import Dataset
 from textrec.data.formats import READERS, read_dataset
 from textrec.data.formats.amazon import read_amazon2018, read_amazon2023
@@ -437,3 +442,71 @@ def test_real_movielens_100k_recbole():
     assert (full.n_users, full.n_items, full.n_interactions) == (943, 1682, 100000)
     times = full.seq_times
     assert all((np.diff(times[full.seq_offsets[u]:full.seq_offsets[u + 1]]) >= 0).all() for u in range(full.n_users))
+
+
+# ---- a UTF-8 byte-order mark ("CSV UTF-8" exports) -----------------------------------------------------
+def _add_bom(folder: Path) -> None:
+    """Re-save every file under ``folder`` as UTF-8 with a byte-order mark, as a spreadsheet or editor would."""
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        data = gzip.decompress(data) if path.suffix == ".gz" else data
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            text = data.decode("latin-1")  # the GroupLens raw files
+        data = text.encode("utf-8-sig")
+        path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+
+
+def _amazon2023(root: Path) -> Path:
+    reviews = [review(u, p, t) for t, (u, p) in enumerate(zip(["U1"] * 3 + ["U2"] * 3, ["P1", "P2", "P3", "P3", "P1", "P2"]))]
+    write(root / "Shop.jsonl", reviews)
+    write(root / "meta_Shop.jsonl", [json.dumps({"parent_asin": p, "title": f"Title {p}"}) for p in ("P1", "P2", "P3")])
+    return root
+
+
+def _ml1m(root: Path) -> Path:
+    write(root / "ratings.dat", [f"{u}::{i}::{r}::{t}" for u, i, r, t in RATINGS_ML])
+    write(root / "movies.dat", [f"{i}::{t} ({y})::{'|'.join(g)}" if y else f"{i}::{t}::{'|'.join(g)}"
+                                for i, (t, y, g) in MOVIES.items()], encoding="latin-1")
+    return root
+
+
+def _csv(root: Path) -> Path:
+    write(root / "interactions.csv", INTERACTIONS_CSV)
+    write(root / "items.csv", ITEMS_CSV)
+    return root
+
+
+K0 = PrepareOptions(k_core=0)
+
+
+BOM_SOURCES = {  # format -> (make the source folder, options)
+    "amazon2018": (amazon2018_dir, "amazon2018", K2),
+    "amazon2023": (_amazon2023, "amazon2023", K0),
+    "ml-100k": (ml100k_dir, "movielens", K0),
+    "ml-1m": (_ml1m, "movielens", K0),
+    "recbole": (recbole_dir, "movielens", K0),
+    "csv": (_csv, "csv", K0),
+    "rechorus": (rechorus_dir, "rechorus", PrepareOptions()),
+    "unisrec": (_unisrec, "unisrec", PrepareOptions()),
+}
+
+
+@pytest.mark.parametrize("source", list(BOM_SOURCES))
+def test_every_reader_ignores_a_byte_order_mark(tmp_path, source):
+    make, fmt, opts = BOM_SOURCES[source]
+    plain = read_dataset(make(tmp_path / "plain"), fmt, opts)
+    shutil.copytree(tmp_path / "plain", tmp_path / "bom")
+    _add_bom(tmp_path / "bom")
+    with_bom = read_dataset(tmp_path / "bom", fmt, opts)
+    assert sequences(with_bom) == sequences(plain) and with_bom.item_texts == plain.item_texts
+    assert not any(k.startswith(("\ufeff", "ï»¿")) for k in with_bom.user_keys + with_bom.item_keys)
+
+
+def test_prepare_csv_with_byte_order_mark(tmp_path, capsys):
+    inter = write(tmp_path / "inter.csv", INTERACTIONS_CSV, encoding="utf-8-sig")
+    items = write(tmp_path / "items.csv", ITEMS_CSV, encoding="utf-8-sig")
+    out = cli_json(capsys, ["prepare", str(inter), "--format", "csv", "--items", str(items), "--k-core", "0",
+                         "--out", str(tmp_path / "data"), "--json"])
+    assert (out["users"], out["items"], out["interactions"]) == (2, 3, 6)

@@ -8,9 +8,16 @@ the code's structure.
 from __future__ import annotations
 
 import ast
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+import textrec
+import textrec.models
+from textrec.models import MODELS
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TRAINING = ("textrec.train.loop", "textrec.train.run", "textrec.train.transfer", "textrec.train.newcatalogue")
@@ -140,3 +147,60 @@ def test_a_serve_to_train_import_is_found(tmp_path, line):
     graph = import_graph(root)
     assert graph["textrec.serve.app"] & {"textrec.train", "textrec.train.run", "textrec.train.loop"}
     assert find_cycle(graph) is None
+
+
+# ---- the registry ------------------------------------------------------------------------------------
+def test_importing_the_registry_imports_no_model_module():
+    probe = ("import textrec.models, sys; print('textrec.models.vqrec' in sys.modules); "
+             "print([m for m in sys.modules if m.startswith('textrec.models.') and m != 'textrec.models.spec'])")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[:2] == ["False", "[]"]
+
+
+def _sources(*parts: str) -> list[Path]:
+    root = Path(textrec.__file__).parent
+    files = []
+    for part in parts:
+        path = root / part
+        files += sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    assert files
+    return files
+
+
+def test_no_model_module_imports_the_training_code():
+    for path in _sources("models"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n == "textrec.train" or n.startswith("textrec.train.") for n in names), f"{path.name}: {names}"
+
+
+HELP_KEYWORDS = ("help", "description", "epilog")  # argparse text may name models (and the "unisrec" data format)
+
+
+def _prose(tree) -> set[int]:
+    """ids of the string constants that are docstrings or argparse help text: allowed to name a model."""
+    ids = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                ids.add(id(first.value))
+        if isinstance(node, ast.keyword) and node.arg in HELP_KEYWORDS:
+            ids.update(id(n) for n in ast.walk(node.value) if isinstance(n, ast.Constant))
+    return ids
+
+
+def test_generic_code_has_no_model_name_switch():
+    pattern = re.compile(rf"\b({'|'.join(map(re.escape, MODELS))})\b")
+    offenders = []
+    for path in _sources("train", "serve", "cli.py"):
+        text = path.read_text()
+        assert not re.search(r"\.model\s*(==|!=|\bin\b)", text), f"{path.name} switches on the model name"
+        tree = ast.parse(text)
+        prose = _prose(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in prose:
+                if pattern.search(node.value):
+                    offenders.append(f"{path.name}:{node.lineno}: {node.value!r}")
+    assert not offenders, offenders

@@ -65,7 +65,7 @@ def test_chunked_ranks_equal_unchunked_and_exclusion():
 class _ItemScorer(torch.nn.Module):
     """Scores item i as -(i - last item - 1)^2: always predicts 'the next id'."""
 
-    SPEC = ModelSpec()  # scored by the default rule, an inner product with item_embeddings
+    SPEC = ModelSpec()
 
     def __init__(self, n_items):
         super().__init__()

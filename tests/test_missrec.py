@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_models import _batch, _model, item_inputs
+from doubles import item_inputs, random_batch, small_model
 from textrec.cli import main
 from textrec.config import load_config
 from textrec.data.batching import SeqBatch
@@ -52,7 +52,7 @@ def _build(ds, overrides=(), seed=0):
 
 
 def test_interest_tokens_are_the_distinct_cluster_ids_of_all_modalities(tiny_world):
-    model = _model("missrec", tiny_world)
+    model = small_model("missrec", tiny_world)
     model.interest_of_text[1:] = torch.arange(tiny_world.n_items) % 4 + 1
     model.interest_of_image[1:] = torch.arange(tiny_world.n_items) % 3 + 7
     model.interest_of_image[5] = 0  # an item without an image row has no image interest
@@ -112,8 +112,8 @@ def test_a_missing_modality_is_masked_not_fed(tiny_world):
 
 
 def test_dynamic_fusion_weights_change_the_scores_as_the_formula_says(tiny_world):
-    model = _model("missrec", tiny_world, extra=["model.mode=inductive"])
-    batch = _batch(tiny_world)
+    model = small_model("missrec", tiny_world, extra=["model.mode=inductive"])
+    batch = random_batch(tiny_world)
     u, rows = model.encode(batch), model.item_embeddings()
     D = model.cfg.hidden_size
     s_t, s_v = u @ rows[:, :D].T, u @ rows[:, D : 2 * D].T
@@ -128,7 +128,7 @@ def test_dynamic_fusion_weights_change_the_scores_as_the_formula_says(tiny_world
         torch.testing.assert_close(got[alpha][:, 1:], expected[:, 1:])
     assert (got[0.0][:, 0] == -1).all()
     assert not torch.allclose(got[4.0], got[-4.0]) and not torch.allclose(got[0.0], got[4.0])
-    trans = _model("missrec", tiny_world, extra=["model.mode=transductive"])
+    trans = small_model("missrec", tiny_world, extra=["model.mode=transductive"])
     u, rows = trans.encode(batch), trans.item_embeddings()
     s_id = u @ rows[:, 2 * D : 3 * D].T
     inductive_part = MISSRec.score_items(trans, u, rows) * 3 - s_id  # = 2 * fused
@@ -139,7 +139,7 @@ def test_dynamic_fusion_weights_change_the_scores_as_the_formula_says(tiny_world
 def test_interest_tokens_change_what_is_scored(tiny_world):
     _, model = _build(tiny_world)
     model.discover_interests()
-    batch = _batch(tiny_world, lengths=(6, 3, 8))
+    batch = random_batch(tiny_world, lengths=(6, 3, 8))
     rows = model.item_embeddings()
     base = model.score_items(model.encode(batch), rows)
     model.interest_centroids[1:] = model.interest_centroids[1:].roll(1, dims=0)  # other interest vectors
@@ -156,7 +156,7 @@ def test_padding_invariance_and_save_load_with_interests(tiny_world, tmp_path):
 
     _, model = _build(tiny_world)
     model.discover_interests()
-    batch = _batch(tiny_world, lengths=(3, 5))
+    batch = random_batch(tiny_world, lengths=(3, 5))
     trimmed = SeqBatch(batch.item_seq[:, :5], batch.seq_len)
     padded = SeqBatch(torch.nn.functional.pad(trimmed.item_seq, (0, 4)), batch.seq_len)
     torch.testing.assert_close(model.encode(trimmed), model.encode(padded))
@@ -190,7 +190,7 @@ def test_text_only_from_embeddings_and_image_only_are_configurations(tiny_world)
     assert item_input_kinds(MISSRec, image_cfg.model_config) == ("features",)
     image_only = build_model(image_cfg, ItemInputs(n_items=tiny_world.n_items, features={"feat3CLS": inputs.features["feat3CLS"]}))
     assert text_only.modalities == ("text",) and image_only.modalities == ("image",)
-    batch = _batch(tiny_world)
+    batch = random_batch(tiny_world)
     for model in (text_only, image_only):
         model.discover_interests()
         assert model.score_items(model.encode(batch), model.item_embeddings()).shape == (4, tiny_world.n_items + 1)
@@ -199,11 +199,11 @@ def test_text_only_from_embeddings_and_image_only_are_configurations(tiny_world)
 
 
 def test_pretrain_loss_and_fine_tuning_phases(tiny_world):
-    model = _model("missrec", tiny_world).train()
+    model = small_model("missrec", tiny_world).train()
     model.discover_interests(model.cfg.pretrain_interest_ratio)
     assert int(model.interest_count) == math.ceil(0.02 * int(model.present_text.sum() + model.present_image.sum()))
     torch.manual_seed(0)
-    loss = model.pretrain_loss(_batch(tiny_world, lengths=(9, 7, 9, 4)))
+    loss = model.pretrain_loss(random_batch(tiny_world, lengths=(9, 7, 9, 4)))
     loss.backward()
     assert torch.isfinite(loss) and model.adaptors["image"].weight.grad.abs().sum() > 0
     (pt,) = model.phases("pretrain")
@@ -212,10 +212,10 @@ def test_pretrain_loss_and_fine_tuning_phases(tiny_world):
     ft.trainable(model)
     frozen = {n.split(".")[0] for n, p in model.named_parameters() if not p.requires_grad}
     assert frozen == {"pos_emb", "encoder", "encoder_norm", "decoder", "decoder_norm"}
-    open_ft = _model("missrec", tiny_world, extra=["model.freeze_encoder=false"])
+    open_ft = small_model("missrec", tiny_world, extra=["model.freeze_encoder=false"])
     open_ft.phases("finetune")[0].trainable(open_ft)
     assert all(p.requires_grad for p in open_ft.parameters())
-    ablation = _model("missrec", tiny_world, extra=["model.interest_tokens=false"])
+    ablation = small_model("missrec", tiny_world, extra=["model.interest_tokens=false"])
     assert ablation.encoder is None and ablation.phases("train")[0].on_epoch_start is None
 
 
@@ -262,7 +262,7 @@ def test_a_grown_catalogue_keeps_the_trained_interests_and_gives_new_rows_the_ne
         nearest = torch.cdist(rows, old.interest_centroids[1 : k + 1]).argmin(dim=1) + 1
         assert torch.equal(lookup[n + 1 :], torch.where(present[n + 1 :], nearest, 0))
         assert bool(present[n + 1 :].any())
-    batch = _batch(tiny_world)  # histories of old items score the old items exactly as the trained model does
+    batch = random_batch(tiny_world)  # histories of old items score the old items exactly as the trained model does
     torch.testing.assert_close(new.score_items(new.encode(batch), new.item_embeddings())[:, : n + 1],
                                old.score_items(old.encode(batch), old.item_embeddings()))
 

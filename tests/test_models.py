@@ -13,62 +13,36 @@ import pytest
 import torch
 from safetensors.torch import load_model, save_model
 
+import textrec
+from doubles import (
+    MAX_SEQ_LEN,
+    SMALL,
+    TRANSDUCTIVE,
+    infonce_by_hand,
+    random_batch,
+    small_model,
+)
 from textrec.config import load_config
 from textrec.data.batching import SeqBatch
-import textrec
-from textrec.models import MODELS, model_class
-from textrec.text.encoders import HashingEncoder
-from textrec.models.spec import (FeatureTable, InputKind, ItemInputs, ItemStateFill, ModelSpec, Phase, Recipe, TrainingRows,
-                                 dot_score, item_input_kinds, score, spec_of)
-from textrec.train.inputs import build_model
-
-# Odd sizes (HF's hidden=32/intermediate=37 trick): shape bugs that square sizes hide show up here.
-SMALL = {
-    "sasrec": ["model.hidden_size=34", "model.n_heads=2", "model.inner_size=37", "model.n_layers=2"],
-    "unisrec": ["model.hidden_size=34", "model.n_heads=2", "model.inner_size=37", "model.n_experts=3"],
-    "vqrec": ["model.hidden_size=34", "model.n_heads=2", "model.inner_size=37"],
-    "missrec": ["model.hidden_size=34", "model.n_heads=2", "model.inner_size=37"],
-    "recformer": ["model.backbone=random", "model.hidden_size=34", "model.n_heads=2", "model.inner_size=37", "model.n_layers=2"],
-}
-MAX_SEQ_LEN = 9
-
-
-def item_inputs(name, ds):
-    """The item-side inputs of every kind, built without any real encoder; each model takes what it declares."""
-    text = np.zeros((ds.n_items + 1, 23), dtype=np.float32)
-    text[1:] = HashingEncoder(23).encode(ds.item_texts)
-    rng = np.random.default_rng(0)
-    codes = rng.integers(0, 7, size=(ds.n_items + 1, 5))  # 5 sub-spaces x 7 codewords
-    # two feature tables, MISSRec's default names: text-like, and an image-like noisy projection missing for some items
-    image = text @ rng.normal(size=(23, 19)).astype(np.float32) + 0.3 * rng.normal(size=(ds.n_items + 1, 19)).astype(np.float32)
-    image[0] = image[7::5] = 0.0
-    features = {name: FeatureTable(torch.from_numpy(v), torch.from_numpy(np.abs(v).sum(axis=1) > 0))
-                for name, v in (("feat1CLS", text), ("feat3CLS", image))}
-    return ItemInputs(n_items=ds.n_items, text_embeddings=torch.from_numpy(text), codes=torch.from_numpy(codes), codebook_size=7,
-                      features=features, attributes=list(ds.item_attributes))
+from textrec.models import MODELS, layers, model_class
+from textrec.models.spec import (
+    InputKind,
+    ItemInputs,
+    ItemStateFill,
+    ModelSpec,
+    Phase,
+    Recipe,
+    TrainingRows,
+    dot_score,
+    item_input_kinds,
+    score,
+    spec_of,
+)
 
 
 def scores(model, seq_repr):
     """(B, n_items + 1) scores as the evaluator and the recommender compute them (the model's declared rule)."""
     return score(model, seq_repr, model.item_embeddings())
-
-
-def _model(name, ds, seed=0, extra=()):
-    if name not in SMALL:
-        pytest.fail(f"add a small test config for model {name!r} to SMALL in {__file__}")
-    cfg = load_config(model=name, overrides=SMALL[name] + [f"data.max_seq_len={MAX_SEQ_LEN}", *extra])
-    torch.manual_seed(seed)
-    return build_model(cfg, item_inputs(name, ds)).eval()
-
-
-def _batch(ds, lengths=(1, 4, 9, 6), seed=0):
-    g = torch.Generator().manual_seed(seed)
-    L = max(lengths)
-    seq = torch.zeros(len(lengths), L, dtype=torch.long)
-    for r, n in enumerate(lengths):
-        seq[r, :n] = torch.randint(1, ds.n_items + 1, (n,), generator=g)
-    targets = torch.where(seq > 0, torch.randint(1, ds.n_items + 1, seq.shape, generator=g), 0)
-    return SeqBatch(seq, torch.tensor(lengths), targets)
 
 
 @pytest.fixture(params=sorted(MODELS))
@@ -77,8 +51,8 @@ def name(request):
 
 
 def test_shapes(name, tiny_world):
-    model = _model(name, tiny_world)
-    batch = _batch(tiny_world)
+    model = small_model(name, tiny_world)
+    batch = random_batch(tiny_world)
     seq_repr = model.encode(batch)
     items = model.item_embeddings()
     assert items.shape[0] == tiny_world.n_items + 1
@@ -93,10 +67,10 @@ def test_shapes(name, tiny_world):
 
 
 def test_causal_later_items_do_not_change_earlier_outputs(name, tiny_world):
-    model = _model(name, tiny_world)
+    model = small_model(name, tiny_world)
     if not spec_of(model).causal:
         pytest.skip(f"{name} is not causal (SPEC.causal is False)")
-    batch = _batch(tiny_world, lengths=(9, 9))
+    batch = random_batch(tiny_world, lengths=(9, 9))
     changed = batch.item_seq.clone()
     changed[:, 5:] = (changed[:, 5:] % tiny_world.n_items) + 1  # new items after position 4
     for t in range(5):
@@ -107,8 +81,8 @@ def test_causal_later_items_do_not_change_earlier_outputs(name, tiny_world):
 
 
 def test_padding_invariance(name, tiny_world):
-    model = _model(name, tiny_world)
-    batch = _batch(tiny_world, lengths=(3, 5))
+    model = small_model(name, tiny_world)
+    batch = random_batch(tiny_world, lengths=(3, 5))
     trimmed = SeqBatch(batch.item_seq[:, :5], batch.seq_len)
     padded = SeqBatch(torch.nn.functional.pad(trimmed.item_seq, (0, 4)), batch.seq_len)
     torch.testing.assert_close(model.encode(trimmed), model.encode(padded))
@@ -117,10 +91,10 @@ def test_padding_invariance(name, tiny_world):
 
 
 def test_save_load_gives_identical_scores(name, tiny_world, tmp_path):
-    model = _model(name, tiny_world, seed=0)
+    model = small_model(name, tiny_world, seed=0)
     save_model(model, str(tmp_path / "m.safetensors"))
-    other = _model(name, tiny_world, seed=1)
-    batch = _batch(tiny_world)
+    other = small_model(name, tiny_world, seed=1)
+    batch = random_batch(tiny_world)
     assert not torch.equal(model.encode(batch), other.encode(batch))
     load_model(other, str(tmp_path / "m.safetensors"))
     assert torch.equal(scores(model, model.encode(batch)), scores(other, other.encode(batch)))
@@ -131,8 +105,8 @@ GOLDEN_LOSS = {"sasrec": 4.10165, "unisrec": 5.61010, "vqrec": 6.42061, "missrec
 
 
 def test_golden_fixed_init_loss(name, tiny_world):
-    model = _model(name, tiny_world, seed=0)
-    loss = model.loss(_batch(tiny_world, seed=3))
+    model = small_model(name, tiny_world, seed=0)
+    loss = model.loss(random_batch(tiny_world, seed=3))
     assert float(loss.detach()) == pytest.approx(GOLDEN_LOSS[name], abs=1e-4)
 
 
@@ -168,7 +142,7 @@ def _check_spec(name: str, model, world) -> set[str]:
           and all(any(k.startswith(prefix) for k in state) for prefix in spec.item_state if prefix != "word_drop_table")))
     config_fields = {f.name for f in dataclasses.fields(cls.Config)}
     check("architecture_keys", bool(spec.architecture_keys) and set(spec.architecture_keys) <= config_fields)
-    seq_repr = model.encode(_batch(world))
+    seq_repr = model.encode(random_batch(world))
     check("score", callable(spec.score) and score(model, seq_repr, model.item_embeddings()).shape == (4, model.n_items + 1))
     ok = isinstance(spec.recipe, Recipe)
     for kind in ("train", "pretrain", "finetune"):
@@ -183,7 +157,7 @@ def _check_spec(name: str, model, world) -> set[str]:
 
 
 def test_every_registered_model_makes_every_declaration(name, tiny_world):
-    model = _model(name, tiny_world)
+    model = small_model(name, tiny_world)
     assert model_class(name).Config is type(load_config(model=name).model_config)
     assert _check_spec(name, model, tiny_world) == {f.name for f in dataclasses.fields(ModelSpec)}, "a ModelSpec field is not checked here"
     phases = model.phases("train")
@@ -217,7 +191,7 @@ def test_one_score_rule_for_evaluation_and_recommendation(tiny_world):
         SPEC = dataclasses.replace(SASRec.SPEC, score=lambda model, u, rows: -(u @ rows.T))
 
     torch.manual_seed(0)
-    plain = _model("sasrec", tiny_world)
+    plain = small_model("sasrec", tiny_world)
     negated = Negated(load_config(model="sasrec", overrides=SMALL["sasrec"]).model_config, ItemInputs(n_items=tiny_world.n_items),
                       MAX_SEQ_LEN)
     negated.load_state_dict(plain.state_dict())
@@ -256,3 +230,83 @@ def test_no_declaration_is_read_with_a_getattr_fallback():
     offending = {str(p.relative_to(root)): hits for p in sorted(root.rglob("*.py")) if p != root / "models" / "spec.py"
                  for hits in [declaration_fallbacks(p.read_text(encoding="utf-8"))] if hits}
     assert offending == {}
+
+
+@pytest.mark.parametrize("same_target", ["mask", "reference"])
+@pytest.mark.parametrize("with_extra", [False, True], ids=["no-extra", "extra"])
+@pytest.mark.parametrize("with_groups", [False, True], ids=["no-groups", "groups"])
+def test_in_batch_contrastive_matches_an_independent_formula(same_target, with_extra, with_groups):
+    g = torch.Generator().manual_seed(0)
+    n, d = 9, 6
+    query, keys, extra = (torch.randn(n, d, generator=g) for _ in range(3))
+    key_ids = torch.tensor([4, 7, 4, 2, 9, 7, 4, 1, 3])  # item 4 three times, item 7 twice
+    groups = torch.tensor([0, 0, 1, 2, 2, 3, 1, 4, 4])  # rows 0/2 share item 4 across users, 2/6 within one
+    args = dict(same_target=same_target, extra=extra if with_extra else None, groups=groups if with_groups else None)
+    got = layers.in_batch_contrastive(query, keys, key_ids, 0.2, **args)
+    assert float(got) == pytest.approx(infonce_by_hand(query, keys, key_ids, 0.2, **args), rel=1e-5)
+
+
+def test_the_same_target_rules_and_groups_really_differ():
+    """The fixture above is not degenerate: each option changes the loss."""
+    g = torch.Generator().manual_seed(1)
+    query, keys, extra = (torch.randn(9, 6, generator=g) for _ in range(3))
+    key_ids = torch.tensor([4, 7, 4, 2, 9, 7, 4, 1, 3])
+    groups = torch.tensor([0, 0, 1, 2, 2, 3, 1, 4, 4])
+    values = {infonce_by_hand(query, keys, key_ids, 0.2, st, e, gr)
+              for st in ("mask", "reference") for e in (None, extra) for gr in (None, groups)}
+    assert len(values) == 8
+
+
+@pytest.mark.parametrize("name", ["unisrec", "vqrec"])
+def test_transductive_id_embedding_is_added_to_inputs_and_candidates(name, tiny_world):
+    model = small_model(name, tiny_world, extra=TRANSDUCTIVE)
+    assert small_model(name, tiny_world).item_id_emb is None  # inductive: no ID embedding at all
+    item = 7
+    with_item = SeqBatch(torch.tensor([[3, item, 9, 12]]), torch.tensor([4]))  # the item inside the history
+    without = SeqBatch(torch.tensor([[3, 11, 9, 12]]), torch.tensor([4]))
+    before = model.encode(with_item), model.encode(without), model.item_embeddings().detach().clone()
+    with torch.no_grad():
+        model.item_id_emb.weight[item] += torch.randn(model.item_id_emb.weight.shape[1])
+    after = model.encode(with_item), model.encode(without), model.item_embeddings()
+    assert not torch.allclose(before[0], after[0])  # input side
+    assert torch.equal(before[1], after[1])
+    changed = [i for i in range(tiny_world.n_items + 1) if not torch.equal(before[2][i], after[2][i])]
+    assert changed == [item]  # candidate side, that item only
+
+
+# ---- the encoder's causal and key-padding masks together ----------------------------------------------
+@pytest.fixture
+def encoder():
+    torch.manual_seed(0)
+    return layers.TransformerEncoder(2, 16, 2, 24, 0.0, 0.0, 1e-12).eval()
+
+
+def test_causal_with_key_padding_on_right_padded_rows(encoder):
+    x = torch.randn(3, 7, 16, generator=torch.Generator().manual_seed(1))
+    lengths = torch.tensor([7, 4, 2])
+    padding = torch.arange(7)[None, :] >= lengths[:, None]
+    both = encoder(x, causal=True, key_padding=padding)
+    causal_only = encoder(x, causal=True)
+    real = ~padding
+    torch.testing.assert_close(both[real], causal_only[real], atol=1e-5, rtol=1e-5)
+    # a later key never reaches an earlier query: change the padding and, in row 0, the real items after position 2
+    changed = x.clone()
+    changed[padding] = torch.randn(int(padding.sum()), 16)
+    changed[0, 3:] += 1.0
+    again = encoder(changed, causal=True, key_padding=padding)
+    keep = real.clone()
+    keep[0, 3:] = False
+    torch.testing.assert_close(again[keep], both[keep], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(again[0, 3:], both[0, 3:])
+
+
+def test_causal_with_key_padding_masks_left_padding(encoder):
+    x = torch.randn(1, 4, 16, generator=torch.Generator().manual_seed(2))
+    pad = torch.randn(1, 3, 16, generator=torch.Generator().manual_seed(3))
+    left = torch.cat([pad, x], dim=1)
+    padding = torch.tensor([[True, True, True, False, False, False, False]])
+    out = encoder(left, causal=True, key_padding=padding)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[:, 3:], encoder(x, causal=True), atol=1e-5, rtol=1e-5)
+    unmasked = encoder(left, causal=True)
+    assert not torch.allclose(unmasked[:, 3:], out[:, 3:])  # without the padding mask the padding leaks in

@@ -9,8 +9,8 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
+from doubles import CLI_CPU
 from textrec.cli import main
 from textrec.data.dataset import Dataset
 from textrec.data.synthetic import WorldSpec, make_domain
@@ -21,16 +21,11 @@ from textrec.quant.codes import (
     quantize_datasets,
 )
 
-CPU = ["train.device=cpu", "train.num_threads=1", "eval.ks=[10]", "--quiet"]
+CPU = CLI_CPU
 SMALL = ["model.hidden_size=32", "model.inner_size=32", "train.batch_size=256", "train.epochs=1", *CPU]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
+from doubles import cli_json
 from textrec.cli import main
+from textrec.data.dataset import Dataset
 from textrec.data.synthetic import COLORS, WorldSpec, make_domain
+from textrec.errors import DataError
+from textrec.serve.catalogue import read_new_items
 
 SMALL = ["model.hidden_size=32", "model.inner_size=32", "model.hidden_dropout=0.1", "model.attn_dropout=0.1",
          "train.batch_size=256", "train.lr=0.003", "train.epochs=12", "train.patience=12", "train.device=cpu"]
@@ -27,7 +32,6 @@ def test_new_item_is_recommended_without_retraining(garden, tmp_path, capsys, mo
     run = tmp_path / model
     assert main(["train", str(garden), "--model", model, "--out", str(run), "--quiet", *SMALL]) == 0
     capsys.readouterr()
-    from textrec.data.dataset import Dataset
 
     ds = Dataset.load(garden)
     # a history of vintage items ending in red: the rule says the next item is vintage and orange
@@ -93,3 +97,42 @@ def test_a_text_model_does_not_read_the_image_column(garden, tmp_path, capsys):
     assert main(["recommend", str(run), "--items", "garden-00001", "--new-items", str(new)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "new item 'NEW-2' has neither a text nor an attribute (unisrec reads item texts)" in err[0], err
+
+
+TINY = ["model.hidden_size=16", "model.inner_size=16", "train.epochs=1", "train.batch_size=64", "train.device=cpu"]
+
+
+def test_new_items_with_byte_order_mark(tmp_path):
+    path = tmp_path / "new.csv"
+    path.write_text("item,text\nN1,A new pen\nN2,A new ink\n", encoding="utf-8-sig")
+    assert read_new_items(path) == (["N1", "N2"], ["A new pen", "A new ink"])
+
+
+# ---- a duplicate key in --new-items -------------------------------------------------------------------
+def test_new_items_duplicate_key(tmp_path):
+    path = tmp_path / "new.csv"
+    path.write_text('item,text\nN1,A new pen\nN2,"A new\nink"\nN1,Another pen\n', encoding="utf-8")
+    with pytest.raises(DataError, match=re.escape(f"{path}:5: duplicate item 'N1'")):
+        read_new_items(path)
+
+
+# ---- recommend --new-items says where each new item ranks -------------------------------------------------
+def test_recommend_reports_the_rank_of_new_items(world_dir, tmp_path, capsys):
+    assert main(["encode", str(world_dir), "--encoder", "hashing-32", "--json"]) == 0
+    run = tmp_path / "run"
+    assert main(["train", str(world_dir), "--model", "unisrec", "--out", str(run), "--quiet", *TINY]) == 0
+    new = tmp_path / "new.csv"
+    new.write_text("item,text\nN1,Zorblat orange hammer. Tools.\nN2,Zorblat blue saw, vintage. Tools.\n")
+    capsys.readouterr()
+    argv = ["recommend", str(run), "--items", "tools-00001,tools-00002", "--new-items", str(new)]
+    full = cli_json(capsys, [*argv, "-k", "100", "--json"])
+    everything = [r["item"] for r in full["recommendations"]]
+    assert len(everything) == 60  # 62 items less the two in the history
+    ranks = {r["item"]: r for r in full["new_items"]}
+    assert set(ranks) == {"N1", "N2"}
+    for key, r in ranks.items():
+        assert r["rank"] == everything.index(key) + 1 and r["score"] == pytest.approx(full["recommendations"][r["rank"] - 1]["score"])
+    assert main([*argv, "-k", "1"]) == 0
+    out = capsys.readouterr().out
+    for key, r in ranks.items():
+        assert f"new item {key} ranks {r['rank']} of 60" in out

@@ -9,12 +9,34 @@ import pytest
 
 faiss = pytest.importorskip("faiss")
 
+import re
+
+import pytest
+
+from doubles import cli_json
+from textrec.cli import main
 from textrec.data.dataset import Dataset  # noqa: E402
 from textrec.errors import ConfigError, DataError, NotFoundError  # noqa: E402
-from textrec.quant.codes import PAD_CODE, code_statistics, load_item_codes, quantize_dataset, quantize_datasets  # noqa: E402
-from textrec.quant.faiss_io import build_index, export_index, import_index, pack_codes, parse_index, unpack_codes  # noqa: E402
+from textrec.quant.codes import (  # noqa: E402
+    PAD_CODE,
+    code_statistics,
+    load_item_codes,
+    quantize_dataset,
+    quantize_datasets,
+)
+from textrec.quant.faiss_io import (  # noqa: E402
+    build_index,
+    export_index,
+    import_index,
+    pack_codes,
+    parse_index,
+    unpack_codes,
+)
 from textrec.quant.pq import ItemQuantizer  # noqa: E402
-from textrec.text.encode import encode_dataset  # noqa: E402
+from textrec.text.encode import (
+    encode_dataset,  # noqa: E402
+    load_item_embeddings,
+)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SCIENTIFIC_INDEX = SHARED_DATA / "amazon-scientific-unisrec" / "Scientific.OPQ32,IVF1,PQ32x8.strict.index"
@@ -222,7 +244,6 @@ def test_quantize_datasets_jointly(domains, tmp_path):
     target = quantize_dataset(domains[2], quantizer=out)
     assert target.name == "hashing-48-mean-opq8x16-joint" and target.n_fit == 0
     q = ItemQuantizer.load(out)
-    from textrec.text.encode import load_item_embeddings
 
     emb, _ = load_item_embeddings(domains[2])
     np.testing.assert_array_equal(load_item_codes(domains[2])[0][1:], q.encode(emb[1:]))
@@ -243,7 +264,8 @@ def test_scientific_import_maps_strict_items(tmp_path):
     assert info["n_unseen"] == 12 and codes[1:].min() >= 0 and res.collisions == info["collisions"]
 
 
-@pytest.mark.parametrize("n, dim, codebook_size", [(100, 32, 16), (240, 32, 64), (300, 32, 64), (300, 384, 64), (400, 384, 64)])
+@pytest.mark.parametrize("n, dim, codebook_size", [(100, 32, 16), (240, 32, 64), (300, 32, 64), (300, 384, 64),
+                                                          pytest.param(400, 384, 64, marks=pytest.mark.slow)])  # 35 s
 def test_small_training_sets_fit_safely(n, dim, codebook_size):
     """faiss' OPQ training aborts the process with fewer vectors than dimensions; ours never asks for that."""
     x = np.random.default_rng(0).standard_normal((n, dim)).astype(np.float32)
@@ -270,3 +292,30 @@ def test_rotation_is_learnt_below_the_dimension():
     np.testing.assert_allclose(learnt.rotation @ learnt.rotation.T, np.eye(256), atol=1e-4)
     again = ItemQuantizer(256, 8, 16, opq_iterations=10).fit(x, seed=3)
     np.testing.assert_array_equal(again.encode(x), learnt.encode(x))  # deterministic for a seed
+
+
+# ---- quantize reports progress, collisions and codebook usage in words -------------------------------
+def test_quantize_reports_progress_collisions_and_usage(world_dir, capsys):
+    pytest.importorskip("faiss")
+    from textrec.quant.codes import code_statistics, load_item_codes
+
+    assert main(["encode", str(world_dir), "--encoder", "hashing-32", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["quantize", str(world_dir), "--codebooks", "4", "--codebook-size", "8"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"training OPQ rotation and PQ codebooks \(4 x 8\) on [\d,]+ vectors", err), err
+    assert re.search(r"encoding 60 items", err), err
+    line = err.strip().splitlines()[-1]
+    m = re.fullmatch(r"codes 'hashing-32-mean-opq4x8': 60 items, 4 codebooks x 8 codewords; (\d+) items share their "
+                     r"full code with another item \(collisions\); codebook usage: mean ([\d.]+)/8 codewords used per "
+                     r"codebook \(min (\d+)\); (\d+\.\d) s; wrote (\S+)", line)
+    assert m, line
+    codes, _ = load_item_codes(world_dir)
+    stats = code_statistics(codes[1:], 8)
+    assert int(m[1]) == stats["collisions"] and int(m[3]) == stats["codebook_usage_min"]
+    assert float(m[2]) == pytest.approx(stats["codebook_usage_mean"], abs=0.05) and Path(m[5]).exists()
+    out = cli_json(capsys, ["quantize", str(world_dir), "--codebooks", "4", "--codebook-size", "8", "--name", "again", "--json"])
+    assert out["collisions"] == stats["collisions"] and out["codebook_usage"] == stats["codebook_usage"]
+    assert out["codebook_usage_min"] == stats["codebook_usage_min"]
+    assert out["codebook_usage_mean"] == pytest.approx(stats["codebook_usage_mean"])
+    assert out["collision_groups"] == stats["collision_groups"] and out["seconds"] == round(out["seconds"], 3)

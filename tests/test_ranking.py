@@ -1,6 +1,5 @@
 """Full ranking: exact ties across item chunks, float32 whatever the caller's autocast, MRR / AUC."""
 
-import inspect
 
 import numpy as np
 import pytest
@@ -112,7 +111,7 @@ def test_nan_target_ranks_last_among_the_remaining_candidates():
 class _LinearScorer(torch.nn.Module):
     """Test double of the model surface whose scores go through a Linear, so autocast would change them."""
 
-    SPEC = ModelSpec()  # the default score rule: an inner product with item_embeddings
+    SPEC = ModelSpec()
 
     def __init__(self, n_items: int, dim: int = 16):
         super().__init__()
@@ -132,7 +131,7 @@ class _LinearScorer(torch.nn.Module):
 
 
 class _ConstantScorer(torch.nn.Module):
-    SPEC = ModelSpec()  # the default score rule: an inner product with item_embeddings
+    SPEC = ModelSpec()
 
     def __init__(self, n_items: int):
         super().__init__()
@@ -189,18 +188,18 @@ def test_constant_scores_get_auc_zero_pessimistic_and_half_random():
     assert "mrr" not in masked.metrics and "auc" not in evaluate(model, batcher, ks=(10,)).metrics
 
 
-def test_evaluate_signature_and_bad_arguments():
-    params = inspect.signature(evaluate).parameters
-    assert [(name, p.default) for name, p in params.items()] == [
-        ("model", inspect.Parameter.empty),
-        ("batcher", inspect.Parameter.empty),
-        ("ks", (10, 50)),
-        ("mask_history", False),
-        ("item_chunk", 65536),
-        ("ties", "pessimistic"),
-        ("extra", ()),
-    ]
-    model, batcher = _ConstantScorer(10), EvalBatcher(eval_examples(_random_dataset(10, 4), "test", 50))
+def test_evaluate_defaults_and_bad_arguments():
+    # what a call with only (model, batcher) does: recall, MRR and NDCG at 10 and 50, pessimistic ties (a constant scorer's
+    # target ranks last), history items kept as candidates, no extra metrics
+    n_items = 10
+    model, batcher = _ConstantScorer(n_items), EvalBatcher(eval_examples(_random_dataset(n_items, 4), "test", 50))
+    plain = evaluate(model, batcher)
+    assert set(plain.metrics) == {f"{m}@{k}" for m in ("recall", "mrr", "ndcg") for k in (10, 50)}
+    assert plain.n_candidates.tolist() == [n_items] * len(plain.ranks)  # history not masked by default
+    assert plain.ranks.tolist() == (plain.n_candidates - 1).tolist()  # every tied candidate counted ahead
+    assert (evaluate(model, batcher, mask_history=True).n_candidates < plain.n_candidates).all()
+    chunked = evaluate(model, batcher, item_chunk=3)
+    assert chunked.ranks.tolist() == plain.ranks.tolist()
     with pytest.raises(ValueError, match="auc"):
         evaluate(model, batcher, extra=("aucc",))
     with pytest.raises(ValueError, match="pessimistic"):

@@ -17,6 +17,7 @@ import signal
 import numpy as np
 import pytest
 
+from doubles import one_line_error
 from textrec.cli import main
 from textrec.data.dataset import Dataset, check_dataset_hash
 from textrec.errors import DataError
@@ -39,16 +40,6 @@ def write_csv(folder, n_users=40, n_items=25, seed=0, user_prefix="u", text=lamb
     items = ["item,text"] + [f"i{i},{text(i)}" for i in range(n_items)]
     (folder / "items.csv").write_bytes(("\n".join(items) + "\n").encode(encoding))
     return folder
-
-
-def one_line_error(capsys, argv, *fragments) -> str:
-    capsys.readouterr()
-    assert main([str(a) for a in argv]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("textrec: error: "), err
-    for fragment in fragments:
-        assert fragment in err[0], err[0]
-    return err[0]
 
 
 def prepare(src, out, *extra) -> int:

@@ -15,6 +15,7 @@ import shutil
 import pytest
 import torch
 
+from doubles import one_line_error
 from textrec.cli import main
 from textrec.data.synthetic import WorldSpec, make_domain
 
@@ -35,16 +36,6 @@ def sasrec_run(datasets):
     run = datasets / "sasrec"
     assert main(["train", str(datasets / "tools"), "--model", "sasrec", "--out", str(run), "--quiet", *TINY]) == 0
     return run
-
-
-def _one_line_error(capsys, argv, *fragments) -> str:
-    capsys.readouterr()
-    assert main([str(a) for a in argv]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("textrec: error: "), err
-    for fragment in fragments:
-        assert fragment in err[0], err[0]
-    return err[0]
 
 
 def _user(data) -> str:
@@ -73,8 +64,8 @@ def test_changed_weights_are_refused_by_their_checksum(tmp_path, capsys, dataset
     shutil.copytree(sasrec_run, run)
     _damage(run / "model.safetensors", how)
     expected = f"{run}/model.safetensors is damaged or was changed after training (checksum mismatch)"
-    _one_line_error(capsys, ["evaluate", run], expected)
-    _one_line_error(capsys, ["recommend", run, "--user", _user(datasets / "tools")], expected)
+    one_line_error(capsys, ["evaluate", run], expected)
+    one_line_error(capsys, ["recommend", run, "--user", _user(datasets / "tools")], expected)
     assert json.loads((run / "checksums.json").read_text())["model.safetensors"]["sha256"]
 
 
@@ -84,7 +75,7 @@ def test_runs_without_checksums_load_and_unreadable_weights_are_one_line(tmp_pat
     (run / "checksums.json").unlink(missing_ok=True)  # a run written before checksums were kept
     for how in ("truncated", "empty"):
         _damage(run / "model.safetensors", how)
-        _one_line_error(capsys, ["evaluate", run], f"{run}/model.safetensors is damaged or from another config (")
+        one_line_error(capsys, ["evaluate", run], f"{run}/model.safetensors is damaged or from another config (")
         shutil.copy(sasrec_run / "model.safetensors", run / "model.safetensors")
     assert main(["evaluate", str(run), "--json"]) == 0  # intact: loads, unverified
     assert "not verified" in capsys.readouterr().err
@@ -96,7 +87,7 @@ def test_config_edited_to_other_sizes_is_one_line(tmp_path, capsys, sasrec_run):
     config = json.loads((run / "config.json").read_text())
     config["model"].update(hidden_size=32, inner_size=32)
     (run / "config.json").write_text(json.dumps(config))
-    line = _one_line_error(capsys, ["evaluate", run], f"{run}/model.safetensors is damaged or from another config (")
+    line = one_line_error(capsys, ["evaluate", run], f"{run}/model.safetensors is damaged or from another config (")
     assert len(line) < 300  # not load_state_dict's page of size mismatches
 
 
@@ -105,7 +96,7 @@ def test_resume_refuses_changed_state_and_weights(tmp_path, capsys, datasets, sa
         run = tmp_path / name
         shutil.copytree(sasrec_run, run)
         _damage(run / name, "flipped")
-        _one_line_error(capsys, ["train", datasets / "tools", "--model", "sasrec", "--out", run, "--quiet", "--resume", *TINY],
+        one_line_error(capsys, ["train", datasets / "tools", "--model", "sasrec", "--out", run, "--quiet", "--resume", *TINY],
                         f"{run}/{name} is damaged or was changed after training (checksum mismatch)")
 
 
@@ -117,7 +108,7 @@ def test_finetune_refuses_changed_pretrained_weights(tmp_path, capsys, datasets)
     assert main(["pretrain", str(tmp_path / "tools"), "--model", "vqrec", "--out", str(pre), "--quiet", *TINY]) == 0
     _damage(pre / "model.safetensors", "flipped")
     out = tmp_path / "ft"
-    _one_line_error(capsys, ["finetune", tmp_path / "kitchen", "--init", pre, "--out", out, "--quiet", *TINY],
+    one_line_error(capsys, ["finetune", tmp_path / "kitchen", "--init", pre, "--out", out, "--quiet", *TINY],
                     f"{pre}/model.safetensors is damaged or was changed after training (checksum mismatch)")
     assert not out.exists()
 
@@ -177,10 +168,10 @@ def test_a_failed_start_leaves_no_run_directory(tmp_path, capsys, datasets, sasr
     else:
         argv = ["train", tools, "--model", "sasrec", "--out", out, "--quiet", *TINY, *bad]
         fixed = ["train", tools, "--model", "sasrec", "--out", out, "--quiet", *TINY]
-    _one_line_error(capsys, argv, fragment)
+    one_line_error(capsys, argv, fragment)
     assert not out.exists()
     out.mkdir()
-    _one_line_error(capsys, argv, fragment)
+    one_line_error(capsys, argv, fragment)
     assert out.is_dir() and not any(out.iterdir())
     assert main([str(a) for a in fixed]) == 0  # no --overwrite needed
     assert (out / "model.safetensors").exists()
@@ -204,7 +195,7 @@ def test_vqrec_run_keeps_its_codes_when_the_dataset_gains_others(tmp_path, capsy
     assert main(["recommend", str(run), "--user", _user(data), "--json"]) == 0
     for f in (data / "codes").glob("a.*"):
         f.unlink()
-    _one_line_error(capsys, ["evaluate", run], "'a'", "trained with")
+    one_line_error(capsys, ["evaluate", run], "'a'", "trained with")
 
 
 def test_unisrec_run_keeps_its_embeddings_when_the_dataset_gains_others(tmp_path, capsys, datasets):
@@ -221,7 +212,7 @@ def test_unisrec_run_keeps_its_embeddings_when_the_dataset_gains_others(tmp_path
     assert main(["recommend", str(run), "--user", _user(data), "--json"]) == 0
     for f in (data / "embeddings").glob("hashing-32*"):
         f.unlink()
-    _one_line_error(capsys, ["recommend", run, "--user", _user(data)], "'hashing-32-mean'", "trained with")
+    one_line_error(capsys, ["recommend", run, "--user", _user(data)], "'hashing-32-mean'", "trained with")
 
 
 # ---- 4. resume traces ----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,12 @@ from textrec.data.dataset import Dataset
 from textrec.errors import DataError, NotFoundError
 from textrec.text.augment import word_drop, word_drop_texts
 from textrec.text.cache import EmbeddingCache, text_hashes
-from textrec.text.encode import attach_embeddings, encode_dataset, encode_texts, load_item_embeddings
+from textrec.text.encode import (
+    attach_embeddings,
+    encode_dataset,
+    encode_texts,
+    load_item_embeddings,
+)
 from textrec.text.encoders import HashingEncoder, get_encoder
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -282,3 +288,50 @@ def test_fully_cached_encode_never_imports_torch(tiny_bert, toy_dir, tmp_path):
     runs = [json.loads(subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout)
             for _ in range(2)]
     assert runs == [[40, 0, True], [0, 40, False]]
+
+
+# ---- an interrupted encode keeps the chunks it finished --------------------------------------------------
+class DyingEncoder(CountingEncoder):
+    """Encodes ``lives`` calls, then dies the way a killed process stops: mid-way."""
+
+    def __init__(self, lives: int) -> None:
+        super().__init__(dim=32)
+        self.lives = lives
+
+    def encode(self, texts):
+        if self.lives == 0:
+            raise KeyboardInterrupt
+        self.lives -= 1
+        return super().encode(texts)
+
+
+def test_killed_encode_resumes_from_the_cache(tmp_path, world_dir, monkeypatch):
+    import textrec.text.encode as encode_mod
+
+    monkeypatch.setattr(encode_mod, "CHUNK_TEXTS", 25, raising=False)
+    cache = tmp_path / "cache"
+    n_distinct = len(set(Dataset.load(world_dir).item_texts))
+    with pytest.raises(KeyboardInterrupt):
+        encode_dataset(world_dir, encoder=DyingEncoder(lives=2), cache=cache, progress=False)
+    assert len(EmbeddingCache("hashing-v1:32", "mean", 512, 32, cache)) == 50  # two chunks of 25 were kept
+    rerun = CountingEncoder(dim=32)
+    res = encode_dataset(world_dir, encoder=rerun, cache=cache, progress=False)
+    assert (res.n_cached, res.n_encoded) == (50, n_distinct - 50) and len(rerun.seen) == n_distinct - 50
+    table, _ = load_item_embeddings(world_dir)
+    fresh = encode_dataset(world_dir, encoder=CountingEncoder(dim=32), cache=False, progress=False, name="fresh")
+    np.testing.assert_array_equal(table, np.load(fresh.path))
+
+
+# ---- several embeddings / codes: say how to choose ---------------------------------------------------------
+def test_several_embeddings_or_codes_say_how_to_choose(world_dir):
+    encode_dataset(world_dir, encoder="hashing-16", cache=False, progress=False)
+    encode_dataset(world_dir, encoder="hashing-32", cache=False, progress=False)
+    with pytest.raises(NotFoundError, match=re.escape(
+            f"several item embeddings in {world_dir} (hashing-16-mean, hashing-32-mean); choose one with data.embeddings=NAME")):
+        load_item_embeddings(world_dir)
+    from textrec.quant.codes import load_item_codes, random_codes
+
+    random_codes(world_dir, 4, 8, name="a")
+    random_codes(world_dir, 4, 8, name="b")
+    with pytest.raises(NotFoundError, match=re.escape(f"several item codes in {world_dir} (a, b); choose one with data.codes=NAME")):
+        load_item_codes(world_dir)

@@ -5,17 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from test_models import _batch, _model
+from doubles import item_inputs, random_batch, small_model
 from textrec.config import load_config
 from textrec.data.batching import EvalBatcher
 from textrec.data.dataset import Dataset
 from textrec.data.split import eval_examples, training_item_ids
 from textrec.data.synthetic import WorldSpec, make_domain
 from textrec.eval.ranking import evaluate
+from textrec.models.spec import ItemInputs
 from textrec.models.unisrec import MoEAdaptor
 from textrec.text.encoders import HashingEncoder
-from textrec.models.spec import ItemInputs
 from textrec.train.inputs import build_model
 from textrec.train.loop import fit
 from textrec.train.run import make_batchers
@@ -30,20 +31,20 @@ def test_moe_starts_with_uniform_gates_and_is_a_mixture():
 
 
 def test_pretrain_loss_and_same_target_handling(tiny_world):
-    model = _model("unisrec", tiny_world).train()
+    model = small_model("unisrec", tiny_world).train()
     torch.manual_seed(0)
-    loss = model.pretrain_loss(_batch(tiny_world, lengths=(9, 9, 9, 9)))
+    loss = model.pretrain_loss(random_batch(tiny_world, lengths=(9, 9, 9, 9)))
     loss.backward()
     assert torch.isfinite(loss) and model.adaptor.weight.grad.abs().sum() > 0
     # with every target identical, masking leaves only the positive: the item term is exactly 0
     model.eval()
     assert float(model._contrast(torch.randn(6, 34), torch.randn(6, 34), torch.full((6,), 5))) == pytest.approx(0.0, abs=1e-6)
-    ref = _model("unisrec", tiny_world, extra=["model.same_target=reference"]).eval()
+    ref = small_model("unisrec", tiny_world, extra=["model.same_target=reference"]).eval()
     assert float(ref._contrast(torch.randn(6, 34), torch.randn(6, 34), torch.full((6,), 5))) > 1.0  # 5 extra exp(0) terms
 
 
 def test_item_drop_keeps_the_first_item_and_order(tiny_world):
-    model = _model("unisrec", tiny_world, extra=["model.item_drop_ratio=0.5"])
+    model = small_model("unisrec", tiny_world, extra=["model.item_drop_ratio=0.5"])
     seq = torch.tensor([[1, 2, 3, 4, 5, 6, 0, 0], [7, 8, 9, 0, 0, 0, 0, 0]])
     torch.manual_seed(3)
     new_seq, new_len, text = model.augment(seq, torch.tensor([6, 3]))
@@ -55,7 +56,6 @@ def test_item_drop_keeps_the_first_item_and_order(tiny_world):
 
 
 def test_word_drop_view_swaps_text_rows(tiny_world):
-    from test_models import item_inputs
 
     inputs = item_inputs("unisrec", tiny_world)
     inputs.word_drop_embeddings = inputs.text_embeddings + 100.0
@@ -103,3 +103,45 @@ def test_inductive_unisrec_recommends_items_never_seen_in_training(model_name, i
         assert recall > 5 * chance  # measured 0.91 with chance 0.083
     else:  # an ID model knows nothing about never-seen items
         assert recall < 1.5 * chance  # measured 0.0
+
+
+# ---- MoE adaptor and VQ-Rec's semi-synthetic negative ----------------------------------------------------
+def _moe():
+    torch.manual_seed(0)
+    moe = MoEAdaptor(6, 4, 3, dropout=0.0, std=0.5)
+    with torch.no_grad():
+        moe.bias.copy_(torch.randn(3, 6))
+        moe.w_gate.copy_(torch.randn(6, 3))
+        moe.w_noise.copy_(torch.randn(6, 3))
+    return moe
+
+
+def _moe_by_hand(moe, x, noise=None):
+    """sum_k g_k(x) W_k (x - b_k), gates softmax(x W_g [+ noise * (softplus(x W_n) + 0.01)]), in float64."""
+    x, W, b = x.double(), moe.weight.detach().double(), moe.bias.detach().double()
+    logits = x @ moe.w_gate.detach().double()
+    if noise is not None:
+        logits = logits + noise.double() * (F.softplus(x @ moe.w_noise.detach().double()) + 0.01)
+    gates = logits.softmax(dim=-1)
+    return sum(gates[:, k:k + 1] * ((x - b[k]) @ W[k]) for k in range(W.shape[0]))
+
+
+def test_moe_whitening_subtracts_the_bias_before_projecting():
+    moe = _moe().eval()
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(moe(x).double(), _moe_by_hand(moe, x), atol=1e-5, rtol=1e-5)
+    assert torch.equal(moe(x), moe(x))  # evaluation is deterministic
+    with torch.no_grad():
+        moe.bias.neg_()
+        flipped = moe(x)
+        moe.bias.neg_()
+    assert not torch.allclose(flipped, moe(x), atol=1e-3)  # the bias really enters (its sign matters)
+
+
+def test_moe_gate_noise_is_active_in_training(monkeypatch):
+    moe = _moe().train()
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(2))
+    assert not torch.allclose(moe(x), moe(x))  # no dropout here: only the gate noise differs
+    noise = torch.randn(5, 3, generator=torch.Generator().manual_seed(3))
+    monkeypatch.setattr(torch, "randn_like", lambda t: noise.to(t.dtype))
+    torch.testing.assert_close(moe(x).double(), _moe_by_hand(moe, x, noise), atol=1e-5, rtol=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import requires_shared
+from textrec.cli import main
+from textrec.data.formats import read_dataset
 from textrec.data.formats.common import PrepareOptions
 from textrec.data.formats.unisrec import read_unisrec
 from textrec.data.split import eval_examples, prefix_rows
@@ -143,3 +146,36 @@ def test_scientific_reproduces_the_published_split():
 def _read_keys(path: Path) -> list[str]:
     pairs = [line.split("\t") for line in path.read_text().splitlines()]
     return [k for k, _ in sorted(pairs, key=lambda p: int(p[1]))]
+
+
+def _unisrec(root: Path) -> Path:
+    root.mkdir(parents=True)
+    _write_atomic(root, {u: [(u + j) % 12 for j in range(6)] for u in range(8)}, 12)
+    return root
+
+
+# ---- a UniSRec dataset without its .text file -----------------------------------------------------------
+def test_unisrec_without_text_file_is_an_error(tmp_path, capsys):
+    raw = _unisrec(tmp_path / "raw")
+    (raw / "Toy.text").unlink()
+    assert main(["prepare", str(raw), "--format", "unisrec", "--out", str(tmp_path / "data")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{raw / 'Toy.text'}: file not found" in err[0], err
+    # asked for explicitly, it prepares with a warning, and encode then refuses the all-empty catalogue
+    assert main(["prepare", str(raw), "--format", "unisrec", "--out", str(tmp_path / "data"), "--keep-items-without-text"]) == 0
+    assert "warning:" in capsys.readouterr().err
+    assert main(["encode", str(tmp_path / "data"), "--encoder", "hashing"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "every item text" in err[0] and "is empty" in err[0], err
+
+
+# ---- an unknown item token in a .inter file ----------------------------------------------------------
+def test_unisrec_unknown_item_names_the_inter_file_and_line(tmp_path):
+    raw = _unisrec(tmp_path / "raw")
+    path = raw / "Toy.valid.inter"
+    lines = path.read_text().splitlines(keepends=True)
+    user, hist, _ = lines[3].rstrip("\n").split("\t")
+    lines[3] = f"{user}\t{hist}\t99\n"
+    path.write_text("".join(lines))
+    with pytest.raises(DataError, match=re.escape(f"{path}:4: unknown item '99' (not in Toy.item2index)")):
+        read_dataset(raw, "unisrec")

@@ -5,30 +5,24 @@ models that cannot (SASRec: item IDs; transductive: a weight per item; another t
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
+from doubles import CLI_CPU, cli_json
 from textrec.cli import main
 from textrec.data.dataset import Dataset
 from textrec.data.synthetic import WorldSpec, make_domain
 
 TINY = ["model.backbone=random", "model.hidden_size=32", "model.n_heads=2", "model.inner_size=37", "model.n_layers=2",
         "model.init_std=0.1", "model.hidden_dropout=0", "model.attn_dropout=0"]
-CPU = ["train.device=cpu", "train.num_threads=1", "eval.ks=[10]", "--quiet"]
+CPU = CLI_CPU
 SMALL = ["model.hidden_size=32", "model.inner_size=32", "train.batch_size=256", "train.epochs=3", *CPU]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _permuted_copy(ds: Dataset, seed: int) -> Dataset:
@@ -53,9 +47,6 @@ def world(tmp_path_factory):
     return root
 
 
-def _json(capsys, argv: list[str]) -> dict:
-    assert main(argv) == 0, capsys.readouterr().err
-    return json.loads(capsys.readouterr().out)
 
 
 def _fingerprint(folder: Path) -> dict[str, tuple[int, str]]:
@@ -78,9 +69,9 @@ def test_recformer_ranks_another_catalogue_zero_shot(world, tmp_path, capsys):
                  "train.grad_accum=1", "train.warmup_steps=0", "train.epochs=2", "train.eval_every=1", "train.lr=1e-3"]) == 0
     capsys.readouterr()
     before = _fingerprint(run)
-    own = _json(capsys, ["evaluate", str(run), "--json"])
+    own = cli_json(capsys, ["evaluate", str(run), "--json"])
     assert own["zero_shot"] is False
-    garden = _json(capsys, ["evaluate", str(run), "--data", str(world / "garden"), "--json"])
+    garden = cli_json(capsys, ["evaluate", str(run), "--data", str(world / "garden"), "--json"])
     assert garden["zero_shot"] is True and garden["users"] == 70 and garden["data"] == str((world / "garden").resolve())
     assert all(math.isfinite(garden[k]) for k in ("recall@10", "ndcg@10", "mrr@10"))
     assert main(["evaluate", str(run), "--data", str(world / "garden")]) == 0  # the human table names what happens
@@ -94,7 +85,7 @@ def test_recformer_ranks_another_catalogue_zero_shot(world, tmp_path, capsys):
     loaded = load_run(run, device="cpu")
     loaded.model.clear_item_table()
     want = evaluate(loaded.model, EvalBatcher(eval_examples(loaded.dataset, "test", 50), 256), (10,), False, 65536).metrics
-    permuted = _json(capsys, ["evaluate", str(run), "--data", str(world / "tools-permuted"), "--json"])
+    permuted = cli_json(capsys, ["evaluate", str(run), "--data", str(world / "tools-permuted"), "--json"])
     assert permuted["zero_shot"] is True
     assert {k: permuted[k] for k in want} == pytest.approx(want, abs=1e-9)
     assert _fingerprint(run) == before  # nothing was written to the run
@@ -107,9 +98,9 @@ def test_pretrained_recformer_zero_shot_and_recommend_by_attributes(world, tmp_p
     capsys.readouterr()
     assert main(["evaluate", str(pre)]) == 2
     assert "--data DIR" in capsys.readouterr().err
-    res = _json(capsys, ["evaluate", str(pre), "--data", str(world / "garden"), "--json"])
+    res = cli_json(capsys, ["evaluate", str(pre), "--data", str(world / "garden"), "--json"])
     assert res["zero_shot"] is True and math.isfinite(res["ndcg@10"])
-    recs = _json(capsys, ["recommend", str(pre), "--data", str(world / "garden"), "--items", "garden-00001", "-k", "5", "--json"])
+    recs = cli_json(capsys, ["recommend", str(pre), "--data", str(world / "garden"), "--items", "garden-00001", "-k", "5", "--json"])
     assert len(recs["recommendations"]) == 5 and all(r["item"].startswith("garden-") for r in recs["recommendations"])
 
 
@@ -124,11 +115,11 @@ def test_unisrec_inductive_zero_shot_matches_its_own_ranking_on_the_same_content
     run = tmp_path / "unisrec"
     assert main(["train", str(encoded / "tools"), "--model", "unisrec", "--out", str(run), "model.mode=inductive", *SMALL]) == 0
     capsys.readouterr()
-    own = _json(capsys, ["evaluate", str(run), "--json"])
-    permuted = _json(capsys, ["evaluate", str(run), "--data", str(encoded / "tools-permuted"), "--json"])
+    own = cli_json(capsys, ["evaluate", str(run), "--json"])
+    permuted = cli_json(capsys, ["evaluate", str(run), "--data", str(encoded / "tools-permuted"), "--json"])
     assert permuted["zero_shot"] is True
     assert permuted["ndcg@10"] == pytest.approx(own["ndcg@10"], abs=1e-9) and permuted["recall@10"] == own["recall@10"]
-    garden = _json(capsys, ["evaluate", str(run), "--data", str(encoded / "garden"), "--json"])
+    garden = cli_json(capsys, ["evaluate", str(run), "--data", str(encoded / "garden"), "--json"])
     assert garden["zero_shot"] is True and math.isfinite(garden["ndcg@10"])
 
 
@@ -167,7 +158,7 @@ def test_text_model_reads_a_new_item_given_by_attributes_alone(encoded, tmp_path
         w.writeheader()
         w.writerow({"item": "COPY", **copied})
     capsys.readouterr()
-    out = _json(capsys, ["recommend", str(run), "--items", "tools-00001", "--new-items", str(path), "-k", "40", "--json"])
+    out = cli_json(capsys, ["recommend", str(run), "--items", "tools-00001", "--new-items", str(path), "-k", "40", "--json"])
     scores = {r["item"]: r["score"] for r in out["recommendations"]}
     assert scores["COPY"] == pytest.approx(scores["tools-00004"], abs=1e-6)
     assert next(r["text"] for r in out["recommendations"] if r["item"] == "COPY") == \
