@@ -65,7 +65,9 @@ def crash_at(argv: list[str], k: int | None, count_file: Path | None = None) -> 
 
             for name in STEPS:
                 setattr(os, name, wrap(getattr(os, name)))
-            code = main([str(a) for a in argv])
+            # one thread: a forked child must not use the OpenMP team its parent (pytest) may have started,
+            # whose threads do not exist in the child (libgomp then waits for them forever)
+            code = main([str(a) for a in argv] + ["--threads", "1"])
             if count_file is not None:
                 count_file.write_text(str(seen[0]))
         finally:
