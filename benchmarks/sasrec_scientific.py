@@ -7,8 +7,8 @@ time of the test split and peak memory, and writes them to docs/RESULTS.md.
 
 RecBole runs in its own virtual environment (never a textrec dependency), created with::
 
-    python3 -m venv /work/recbole-venv && /work/recbole-venv/bin/pip install torch==2.13.0 && \\
-      /work/recbole-venv/bin/pip install recbole==1.2.1 numpy==1.26.4 pandas==2.2.3 'scipy<1.14' \\
+    python3 -m venv $RECBOLE_VENV && $RECBOLE_VENV/bin/pip install torch==2.13.0 && \\
+      $RECBOLE_VENV/bin/pip install recbole==1.2.1 numpy==1.26.4 pandas==2.2.3 'scipy<1.14' \\
       'scikit-learn<1.6' 'setuptools<81'
 
 Usage::
