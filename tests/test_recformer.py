@@ -28,13 +28,7 @@ TINY = ["model.backbone=random", "model.hidden_size=32", "model.n_heads=2", "mod
 CPU = ["train.device=cpu", "train.num_threads=1", "eval.ks=[10]"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is faster than two contending ones (and leaves a core to other work)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread beats two contending ones
 
 
 @pytest.fixture(scope="module")

@@ -313,14 +313,20 @@ def test_a_full_disk_during_prepare_is_one_line_and_leaves_the_old_dataset(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "raw"]  # no temporary folder left
 
 
-def test_a_full_disk_while_saving_a_checkpoint_keeps_the_last_complete_one(tmp_path, capsys, monkeypatch):
-    import torch
-
+def _trained_sasrec(tmp_path):
+    """(the train command, its run directory) of a SASRec run trained on a small prepared CSV dataset."""
     write_csv(tmp_path / "raw")
     assert prepare(tmp_path / "raw", tmp_path / "data") == 0
     run = tmp_path / "run"
     argv = ["train", str(tmp_path / "data"), "--model", "sasrec", "--out", str(run), "--quiet", *TINY]
     assert main(argv) == 0
+    return argv, run
+
+
+def test_a_full_disk_while_saving_a_checkpoint_keeps_the_last_complete_one(tmp_path, capsys, monkeypatch):
+    import torch
+
+    argv, run = _trained_sasrec(tmp_path)
     state = (run / "state.pt").read_bytes()
     monkeypatch.setattr(torch, "save", lambda obj, where, *a, **k: _no_space(where))
     one_line_error(capsys, [*argv, "--resume", "train.epochs=2"], "No space left on device")
@@ -368,11 +374,7 @@ def test_a_full_disk_reported_by_a_serialiser_is_one_line(tmp_path, capsys, monk
     import textrec.train.loop as loop
     from safetensors import SafetensorError
 
-    write_csv(tmp_path / "raw")
-    assert prepare(tmp_path / "raw", tmp_path / "data") == 0
-    run = tmp_path / "run"
-    argv = ["train", str(tmp_path / "data"), "--model", "sasrec", "--out", str(run), "--quiet", *TINY]
-    assert main(argv) == 0
+    argv, run = _trained_sasrec(tmp_path)
     weights = (run / "model.safetensors").read_bytes()
     if writer == "safetensors":  # what safetensors raises on a full disk
         def fail(*args, **kwargs):

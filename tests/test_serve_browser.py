@@ -6,6 +6,7 @@ otherwise. ``TEXTREC_SERVE_SCREENSHOT=docs/figures/serve.png`` also saves the pa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -36,28 +37,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    sync_playwright = _browser_or_skip()
+@contextlib.contextmanager
+def _serving(app):
+    """``app`` under uvicorn on a free loopback port, in a thread, for the block; yields the base URL."""
     import uvicorn
 
-    from textrec.serve.app import create_app
-    from textrec.serve.service import Service
-
-    root = tmp_path_factory.mktemp("browser")
-    run = train(make_world(root), root / "unisrec", "unisrec", epochs=12)
     port = _free_port()
-    app = create_app(Service(run, journal=root / "journal.jsonl"))
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.time() + 20
     while not srv.started and time.time() < deadline:
         time.sleep(0.05)
-    assert srv.started, "the server did not start"
-    yield f"http://127.0.0.1:{port}", sync_playwright
-    srv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        assert srv.started, "the server did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    sync_playwright = _browser_or_skip()
+    from textrec.serve.app import create_app
+    from textrec.serve.service import Service
+
+    root = tmp_path_factory.mktemp("browser")
+    run = train(make_world(root), root / "unisrec", "unisrec", epochs=12)
+    with _serving(create_app(Service(run, journal=root / "journal.jsonl"))) as url:
+        yield url, sync_playwright
 
 
 def test_page_search_session_recommendations_and_a_new_item(server, tmp_path):
@@ -106,29 +115,18 @@ def test_page_search_session_recommendations_and_a_new_item(server, tmp_path):
 
 def test_page_asks_for_the_api_key_once_for_writes(tmp_path):
     sync_playwright = _browser_or_skip()
-    import uvicorn
-
     from textrec.serve.app import create_app
     from textrec.serve.service import Service
 
     run = train(make_world(tmp_path), tmp_path / "unisrec", "unisrec", epochs=1)
-    port = _free_port()
-    app = create_app(Service(run, journal=tmp_path / "journal.jsonl"), api_key="page-key-123")
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    try:
-        assert srv.started, "the server did not start"
+    with _serving(create_app(Service(run, journal=tmp_path / "journal.jsonl"), api_key="page-key-123")) as url:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM if CHROMIUM.exists() else shutil.which("chromium")),
                                         args=["--no-sandbox", "--disable-background-networking"])
             page = browser.new_page()
             asked = []
             page.on("dialog", lambda d: (asked.append(d.message), d.accept("page-key-123")))
-            page.goto(f"http://127.0.0.1:{port}")
+            page.goto(url)
             page.fill("#new-key", "NEW-1")
             page.fill("#new-text", NEW_TEXT)
             page.click("#add")
@@ -139,6 +137,3 @@ def test_page_asks_for_the_api_key_once_for_writes(tmp_path):
             page.wait_for_selector("#add-status:has-text('added NEW-2')")
             assert len(asked) == 1 and "API key" in asked[0]
             browser.close()
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
