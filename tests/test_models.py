@@ -310,3 +310,53 @@ def test_causal_with_key_padding_masks_left_padding(encoder):
     torch.testing.assert_close(out[:, 3:], encoder(x, causal=True), atol=1e-5, rtol=1e-5)
     unmasked = encoder(left, causal=True)
     assert not torch.allclose(unmasked[:, 3:], out[:, 3:])  # without the padding mask the padding leaks in
+
+
+def test_length_groups_partition_rows_at_the_least_padded_cost():
+    torch.manual_seed(0)
+    seq_len = torch.cat([torch.full((30,), 50), torch.randint(1, 6, (200,)), torch.randint(10, 20, (40,))])
+    seq_len = seq_len[torch.randperm(len(seq_len))]
+    groups = layers.length_groups(seq_len, overhead=64)
+    rows = torch.cat([r for r, _ in groups])
+    assert sorted(rows.tolist()) == list(range(len(seq_len)))  # every row exactly once
+    assert all(int(seq_len[r].max()) == w for r, w in groups)  # each group as wide as its longest row
+    area = sum(len(r) * w for r, w in groups)
+    assert int(seq_len.sum()) <= area < 0.5 * len(seq_len) * 50  # padded to 50 everywhere: over twice the positions
+    # exhaustive check of optimality on few distinct lengths: every split of the sorted distinct lengths
+    small = torch.tensor([1, 1, 1, 2, 7, 7, 8, 20, 3, 3])
+    values = sorted(set(small.tolist()))
+    counts = [int((small == v).sum()) for v in values]
+    best = min(
+        sum(sum(counts[i:j]) * values[j - 1] + 5 for i, j in zip((0, *cuts), (*cuts, len(values))))
+        for k in range(len(values)) for cuts in __import__("itertools").combinations(range(1, len(values)), k)
+    )
+    got = layers.length_groups(small, overhead=5)
+    assert sum(len(r) * w + 5 for r, w in got) == best
+    assert len(layers.length_groups(small, overhead=10**9)) == 1
+
+
+@pytest.mark.parametrize("kind", ["loss", "pretrain_loss"])
+def test_encoding_rows_grouped_by_length_changes_no_loss_and_no_gradient(name, kind, tiny_world, monkeypatch):
+    """The models that encode a batch in groups of similar length (``layers.by_length``) compute the same losses
+    and gradients as one padded pass (no dropout, so the values are comparable)."""
+    model = small_model(name, tiny_world)
+    if not hasattr(model, kind):
+        pytest.skip(f"{name} has no {kind}")
+    lengths = (1, 2, 2, 3, MAX_SEQ_LEN, MAX_SEQ_LEN - 1, 4)
+    batch = random_batch(tiny_world, lengths=lengths)._replace(users=torch.arange(len(lengths)))
+
+    def run(overhead: int):
+        monkeypatch.setattr(layers, "GROUP_OVERHEAD_POSITIONS", overhead)
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(5)
+        loss = getattr(model, kind)(batch)
+        loss.backward()
+        return loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    assert len(layers.length_groups(batch.seq_len, overhead=0)) > 1
+    grouped, grouped_grads = run(0)
+    whole, whole_grads = run(10**9)  # one group: the whole padded batch
+    torch.testing.assert_close(grouped, whole, atol=1e-5, rtol=1e-5)
+    assert grouped_grads.keys() == whole_grads.keys() and grouped_grads
+    for k in whole_grads:
+        torch.testing.assert_close(grouped_grads[k], whole_grads[k], atol=1e-5, rtol=1e-4, msg=k)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from textrec.data.dataset import Dataset
-from textrec.data.split import eval_examples, prefix_rows, train_windows, training_item_ids
+from textrec.data.split import eval_examples, prefix_rows, sample_examples, train_windows, training_item_ids
 
 
 def _pairs_from_rows(rows, max_seq_len):
@@ -64,3 +64,27 @@ def test_chunked_windows_train_every_target_once(tiny_world):
     assert per_user(chunked) == per_user(exact)  # the same targets, once each
     assert chunked.inputs.size < exact.inputs.size
     assert (chunked.lengths <= 4).all() and (chunked.lengths >= 1).all()
+
+
+def test_a_validation_sample_keeps_whole_users_and_is_fixed_by_its_seed(tiny_world):
+    full = eval_examples(tiny_world, "valid", 5)
+    n = len(full.users) // 3
+    sample = sample_examples(full, n, seed=7)
+    assert len(sample.users) == n and np.all(np.diff(sample.users) > 0)  # distinct users, in user order
+    assert np.array_equal(sample_examples(full, n, seed=7).users, sample.users)
+    assert not np.array_equal(sample_examples(full, n, seed=8).users, sample.users)
+    for i, u in enumerate(sample.users):  # every kept user's history, target and untruncated items, unchanged
+        assert np.array_equal(sample.histories[i], full.histories[u]) and sample.targets[i] == full.targets[u]
+        mine = sample.full_items[sample.full_offsets[i]:sample.full_offsets[i + 1]]
+        assert np.array_equal(mine, full.full_items[full.full_offsets[u]:full.full_offsets[u + 1]])
+    assert sample_examples(full, 0, seed=7) is full and sample_examples(full, len(full.users), seed=7) is full
+
+
+def test_pretraining_validates_on_a_sample_of_users_by_default():
+    from textrec.config import load_config
+    from textrec.errors import ConfigError
+
+    assert load_config(model="unisrec", kind="pretrain").eval.valid_users == 50_000
+    assert load_config(model="unisrec").eval.valid_users == 0  # training and fine-tuning validate on everyone
+    with pytest.raises(ConfigError, match="eval.valid_users"):
+        load_config(model="unisrec", overrides=["eval.valid_users=-1"])

@@ -126,7 +126,7 @@ def test_vqrec_semi_synthetic_negative_is_in_the_pretraining_loss(tiny_world):
         # independently: the in-batch InfoNCE plus one extra logit per row, its semi-synthetic item
         m = with_fake
         mask = batch.targets > 0
-        h, targets = m.hidden(batch.item_seq)[mask], batch.targets[mask]
+        h, targets = m.hidden(batch.item_seq, batch.seq_len)[mask], batch.targets[mask]
         users = batch.users[:, None].expand_as(batch.targets)[mask]
         torch.manual_seed(3)
         fake = m.item_vectors(targets, index=m._fake_index(targets))

@@ -155,6 +155,26 @@ def eval_examples(ds: Dataset, split: Split, max_seq_len: int) -> EvalExamples:
     )
 
 
+def sample_examples(examples: EvalExamples, n: int, seed: int) -> EvalExamples:
+    """At most ``n`` of ``examples`` (0 = all): a uniform sample without replacement drawn with ``seed``, in user order."""
+    total = len(examples.users)
+    if n <= 0 or total <= n:
+        return examples
+    keep = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
+    starts, ends = examples.full_offsets[keep], examples.full_offsets[keep + 1]
+    lengths = ends - starts
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)  # position inside each kept history
+    return EvalExamples(
+        histories=examples.histories[keep],
+        lengths=examples.lengths[keep],
+        targets=examples.targets[keep],
+        users=examples.users[keep],
+        full_offsets=offsets,
+        full_items=examples.full_items[np.repeat(starts, lengths) + within],
+    )
+
+
 def training_item_ids(ds: Dataset) -> np.ndarray:
     """Sorted ids of the items that occur in some user's training part (the references' "strict" items)."""
     off = ds.seq_offsets

@@ -60,8 +60,8 @@ from torch import Tensor, nn
 
 from textrec.collective import global_mean
 from textrec.data.batching import SeqBatch
-from textrec.models.layers import (TransformerEncoder, check_encoder_config, in_batch_contrastive, init_weights, item_drop,
-                                   last_position, next_item_positions, position_users)
+from textrec.models.layers import (TransformerEncoder, by_length, check_encoder_config, in_batch_contrastive, init_weights,
+                                   item_drop, last_position, next_item_positions, position_users)
 from textrec.models.spec import ItemInputs, ModelSpec, Phase, PhaseKind, Recipe, train_all, train_all_but
 
 
@@ -173,14 +173,18 @@ class UniSRec(nn.Module):
             v = v + self.item_id_emb(ids)
         return v
 
-    def hidden(self, item_seq: Tensor, text: Tensor | None = None) -> Tensor:
-        """(B, L) item ids (and optionally their (B, L, d_text) text rows) -> (B, L, D) causal states."""
+    def hidden(self, item_seq: Tensor, seq_len: Tensor, text: Tensor | None = None) -> Tensor:
+        """(B, L) item ids of rows ``seq_len`` long (and optionally their (B, L, d_text) text rows) -> (B, L, D)
+        causal states, computed per group of rows of similar length (``by_length``: exact, less padding)."""
+        return by_length(self._hidden, item_seq, seq_len, text)
+
+    def _hidden(self, item_seq: Tensor, text: Tensor | None) -> Tensor:
         positions = torch.arange(item_seq.shape[1], device=item_seq.device)
         x = self.item_vectors(item_seq, text) + self.pos_emb(positions)
         return self.encoder(self.dropout(self.norm(x)))
 
     def encode(self, batch: SeqBatch) -> Tensor:
-        return F.normalize(last_position(self.hidden(batch.item_seq), batch.seq_len), dim=-1)  # (B, D)
+        return F.normalize(last_position(self.hidden(batch.item_seq, batch.seq_len), batch.seq_len), dim=-1)  # (B, D)
 
     def item_embeddings(self) -> Tensor:
         ids = torch.arange(self.n_items + 1, device=self.text_table.device)
@@ -189,7 +193,7 @@ class UniSRec(nn.Module):
     # ---- losses ------------------------------------------------------------------------------
     def loss(self, batch: SeqBatch) -> Tensor:
         """Cross-entropy over all items of cos(sequence, item) / temperature."""
-        h, targets = next_item_positions(self.hidden(batch.item_seq), batch.targets)  # (N, D), (N,)
+        h, targets = next_item_positions(self.hidden(batch.item_seq, batch.seq_len), batch.targets)  # (N, D), (N,)
         items = self.item_embeddings()[1:]  # (n_items, D)
         logits = F.normalize(h, dim=-1) @ items.T / self.cfg.temperature
         return global_mean(F.cross_entropy(logits.float(), targets - 1, reduction="none"))
@@ -199,13 +203,13 @@ class UniSRec(nn.Module):
 
     def pretrain_loss(self, batch: SeqBatch) -> Tensor:
         """L_si + lambda_ss * L_ss over a (multi-domain) batch of training windows."""
-        hidden = self.hidden(batch.item_seq)  # (B, L, D)
+        hidden = self.hidden(batch.item_seq, batch.seq_len)  # (B, L, D)
         h, targets = next_item_positions(hidden, batch.targets)  # (N, D), (N,)
         loss = self._contrast(h, self.item_vectors(targets), targets, position_users(batch.targets, batch.users))
         if self.cfg.lambda_ss > 0:
             seq = last_position(hidden, batch.seq_len)  # (B, D)
             aug_seq, aug_len, aug_text = self.augment(batch.item_seq, batch.seq_len)
-            aug = last_position(self.hidden(aug_seq, aug_text), aug_len)  # (B, D)
+            aug = last_position(self.hidden(aug_seq, aug_len, aug_text), aug_len)  # (B, D)
             last_target = batch.targets[torch.arange(len(batch.seq_len)), batch.seq_len - 1]
             loss = loss + self.cfg.lambda_ss * self._contrast(seq, aug, last_target, batch.users)
         return loss

@@ -66,8 +66,8 @@ from torch import Tensor, nn
 
 from textrec.collective import global_mean
 from textrec.data.batching import SeqBatch
-from textrec.models.layers import (TransformerEncoder, check_encoder_config, in_batch_contrastive, init_weights, item_drop,
-                                   last_position, next_item_positions, position_users)
+from textrec.models.layers import (TransformerEncoder, by_length, check_encoder_config, in_batch_contrastive, init_weights,
+                                   item_drop, last_position, next_item_positions, position_users)
 from textrec.models.spec import ItemInputs, ModelSpec, Phase, PhaseKind, Recipe, train_all
 
 
@@ -200,13 +200,19 @@ class VQRec(nn.Module):
         return v
 
     # ---- encoders ----------------------------------------------------------------------------
-    def hidden(self, item_seq: Tensor, table: Tensor | None = None) -> Tensor:
-        positions = torch.arange(item_seq.shape[1], device=item_seq.device)
-        x = self.item_vectors(item_seq, table) + self.pos_emb(positions)
-        return self.encoder(self.dropout(self.norm(x)))  # (B, L, h)
+    def hidden(self, item_seq: Tensor, seq_len: Tensor, table: Tensor | None = None) -> Tensor:
+        """(B, L) item ids of rows ``seq_len`` long -> (B, L, h) causal states, computed per group of rows of
+        similar length (``by_length``: exact, less padding)."""
+
+        def encode(seq: Tensor) -> Tensor:
+            positions = torch.arange(seq.shape[1], device=seq.device)
+            x = self.item_vectors(seq, table) + self.pos_emb(positions)
+            return self.encoder(self.dropout(self.norm(x)))
+
+        return by_length(encode, item_seq, seq_len)
 
     def encode(self, batch: SeqBatch) -> Tensor:
-        return F.normalize(last_position(self.hidden(batch.item_seq), batch.seq_len), dim=-1)  # (B, h)
+        return F.normalize(last_position(self.hidden(batch.item_seq, batch.seq_len), batch.seq_len), dim=-1)  # (B, h)
 
     def item_embeddings(self) -> Tensor:
         ids = torch.arange(self.n_items + 1, device=self.code_index.device)
@@ -215,7 +221,7 @@ class VQRec(nn.Module):
     # ---- losses ------------------------------------------------------------------------------
     def loss(self, batch: SeqBatch) -> Tensor:
         table = self.code_table()  # one permutation sample per step, shared by input and candidates
-        h, targets = next_item_positions(self.hidden(batch.item_seq, table), batch.targets)  # (N, h), (N,)
+        h, targets = next_item_positions(self.hidden(batch.item_seq, batch.seq_len, table), batch.targets)  # (N, h), (N,)
         ids = torch.arange(1, self.n_items + 1, device=h.device)
         items = F.normalize(self.item_vectors(ids, table), dim=-1)  # (n_items, h)
         logits = F.normalize(h, dim=-1) @ items.T / self.cfg.temperature
@@ -232,7 +238,7 @@ class VQRec(nn.Module):
 
     def pretrain_loss(self, batch: SeqBatch) -> Tensor:
         """Eq. 8: in-batch (mixed-domain) negatives plus one semi-synthetic negative per row."""
-        hidden = self.hidden(batch.item_seq)
+        hidden = self.hidden(batch.item_seq, batch.seq_len)
         h, targets = next_item_positions(hidden, batch.targets)  # (N, h), (N,)
         fake = self.item_vectors(targets, index=self._fake_index(targets)) if self.cfg.semi_synthetic else None
         users = position_users(batch.targets, batch.users)
@@ -240,7 +246,7 @@ class VQRec(nn.Module):
         if self.cfg.lambda_ss > 0:
             seq = last_position(hidden, batch.seq_len)
             aug_seq, aug_len = item_drop(batch.item_seq, batch.seq_len, self.cfg.item_drop_ratio)
-            aug = last_position(self.hidden(aug_seq), aug_len)
+            aug = last_position(self.hidden(aug_seq, aug_len), aug_len)
             last_target = batch.targets[torch.arange(len(batch.seq_len)), batch.seq_len - 1]
             loss = loss + self.cfg.lambda_ss * in_batch_contrastive(seq, aug, last_target, self.cfg.temperature,
                                                                     self.cfg.same_target, groups=batch.users)

@@ -19,7 +19,7 @@ from textrec import __version__
 from textrec.config import RunConfig, format_setting
 from textrec.data.batching import EvalBatcher, TrainBatcher, cut_mask, keep_rows
 from textrec.data.dataset import Dataset
-from textrec.data.split import eval_examples, prefix_rows, train_windows
+from textrec.data.split import eval_examples, prefix_rows, sample_examples, train_windows
 from textrec.errors import ConfigError
 from textrec.models import model_class
 from textrec.models.spec import Phase, spec_of
@@ -32,6 +32,7 @@ from textrec.runs import (  # noqa: F401 (load_run, LoadedRun, ... re-exported: 
     trained_on,
     writing_run,
 )
+from textrec.train import distributed
 from textrec.train.inputs import build_model, load_item_inputs
 from textrec.train.loop import FitResult, fit, resolve_device, seed_everything
 
@@ -92,7 +93,12 @@ def make_batchers(
                            sample_per_user=rows_kind == "sampled", targets_per_row=cap)
     if model is not None and hasattr(model, "row_sizes"):
         train_b.bucket_by(model.row_sizes(train_b.inputs, train_b.lengths.to(train_b.device)))
-    valid_b = EvalBatcher(eval_examples(ds, "valid", L), cfg.eval.batch_size, device)
+    all_valid = eval_examples(ds, "valid", L)
+    valid = sample_examples(all_valid, cfg.eval.valid_users, cfg.train.seed)
+    if len(valid.users) < len(all_valid.users) and distributed.is_writer():
+        log.info(f"validation (early stopping) on a fixed sample of {len(valid.users):,} of {len(all_valid.users):,} users "
+                 "(eval.valid_users; the test split is whole)")
+    valid_b = EvalBatcher(valid, cfg.eval.batch_size, device)
     test_b = EvalBatcher(eval_examples(ds, "test", L), cfg.eval.batch_size, device)
     return train_b, valid_b, test_b
 
