@@ -84,7 +84,7 @@ def test_pretraining_validates_on_a_sample_of_users_by_default():
     from textrec.config import load_config
     from textrec.errors import ConfigError
 
-    assert load_config(model="unisrec", kind="pretrain").eval.valid_users == 50_000
+    assert load_config(model="unisrec", kind="pretrain").eval.valid_users == 20_000
     assert load_config(model="unisrec").eval.valid_users == 0  # training and fine-tuning validate on everyone
     with pytest.raises(ConfigError, match="eval.valid_users"):
         load_config(model="unisrec", overrides=["eval.valid_users=-1"])

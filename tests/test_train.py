@@ -582,3 +582,13 @@ def test_adamw_puts_biases_and_layernorm_weights_in_a_zero_decay_group(tiny_worl
     assert groups == {0.1: decay, 0.0: no_decay}
     flat = loop.make_optimizer(model, TrainConfig(optimizer="adamw", weight_decay=0.1, no_decay_1d=False))
     assert [g["weight_decay"] for g in flat.param_groups] == [0.1]
+
+
+def test_limit_batches_caps_every_epoch(small_dir, tmp_path, spy_optimizers):
+    cfg = load_config(model="sasrec", overrides=["train.epochs=2", "train.batch_size=16", "train.limit_batches=3",
+                                                 "model.hidden_size=8", "model.inner_size=8", *CPU])
+    train_run(small_dir, cfg, tmp_path / "run", quiet=True)
+    (made,) = spy_optimizers
+    assert {int(s["step"]) for s in made["opt"].state.values()} == {2 * 3}  # 2 epochs of 3 batches, not of every batch
+    with pytest.raises(ConfigError, match="train.limit_batches"):
+        load_config(model="sasrec", overrides=["train.limit_batches=-1"])

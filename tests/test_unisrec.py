@@ -145,3 +145,27 @@ def test_moe_gate_noise_is_active_in_training(monkeypatch):
     noise = torch.randn(5, 3, generator=torch.Generator().manual_seed(3))
     monkeypatch.setattr(torch, "randn_like", lambda t: noise.to(t.dtype))
     torch.testing.assert_close(moe(x).double(), _moe_by_hand(moe, x, noise), atol=1e-5, rtol=1e-5)
+
+
+def test_the_adaptor_maps_a_whole_catalogue_in_chunks_without_gradients(monkeypatch):
+    from textrec.models.unisrec import MoEAdaptor
+
+    torch.manual_seed(0)
+    adaptor = MoEAdaptor(12, 6, 3, 0.2, 0.5).eval()
+    with torch.no_grad():
+        adaptor.w_gate.normal_()  # gates that differ per row
+    x = torch.randn(2, 50, 12)
+    with torch.no_grad():
+        whole = adaptor(x)
+        monkeypatch.setattr(MoEAdaptor, "CHUNK", 7)
+        chunked = adaptor(x)
+    assert chunked.shape == (2, 50, 6)
+    torch.testing.assert_close(chunked, whole)
+    calls = []
+    monkeypatch.setattr(MoEAdaptor, "_mix", lambda self, rows: calls.append(len(rows)) or torch.zeros(len(rows), 6))
+    with torch.no_grad():
+        adaptor(x)
+    assert max(calls) <= 7 and sum(calls) == 100
+    calls.clear()
+    adaptor(x)  # with gradients: one pass (backward needs every row's intermediate anyway)
+    assert calls == [100]

@@ -247,7 +247,7 @@ class _Trainer:
             if fresh:
                 pr.optimizer_phase, pr.opt_steps = index, 0
                 epochs = ph.epochs if ph.epochs is not None else self.tc.epochs - pr.epoch
-                pr.schedule_steps = max(1, min(epochs, self.tc.epochs - pr.epoch) * -(-len(self.train) // self.tc.grad_accum))
+                pr.schedule_steps = max(1, min(epochs, self.tc.epochs - pr.epoch) * -(-self.epoch_batches() // self.tc.grad_accum))
         ph.trainable(self.model)
         if ph.optimizer == "keep":
             held = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
@@ -288,6 +288,10 @@ class _Trainer:
             self._steps[index] = torch.compile(fn, dynamic=True) if self.tc.compile else fn
         return self._steps[index]
 
+    def epoch_batches(self) -> int:
+        """Batches in one epoch: all of the plan, or at most ``train.limit_batches``."""
+        return min(len(self.train), self.tc.limit_batches) if self.tc.limit_batches > 0 else len(self.train)
+
     def train_epoch(self, epoch: int) -> tuple[float, dict]:
         """One epoch of the current phase: (mean loss, what the phase's epoch hook reported)."""
         ph, pr, tc = self.phases[self.progress.phase], self.progress, self.tc
@@ -300,7 +304,7 @@ class _Trainer:
         step, opt = self.step_fn(), self.optimizer
         params = [p for p in self.model.parameters() if p.requires_grad]
         loss_sum, n_batches = torch.zeros((), device=self.device), 0
-        batches = self.train.plan()
+        batches = self.train.plan()[: self.epoch_batches()]
         opt.zero_grad(set_to_none=True)
         for i, rows in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}", leave=False, disable=not show_progress(not self.quiet), file=sys.stderr)):
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
