@@ -370,7 +370,7 @@ def load_item_codes(data_dir: str | Path, name: str | None = None) -> tuple[np.n
     path = data_dir / CODES_DIR / f"{name}.npy"
     info = read_json(path.with_suffix(".json")) if path.with_suffix(".json").exists() else {}
     check_dataset_hash(info.get("dataset_content_hash", "none recorded"), meta, path)
-    codes = np.load(path)
+    codes = np.load(path, mmap_mode="r")  # read-only, paged in as used
     if codes.ndim != 2 or codes.shape[0] != meta["n_items"] + 1:
         raise DataError(f"{path}: shape {codes.shape}, expected ({meta['n_items'] + 1}, n_codebooks)")
     return codes, {**info, "path": str(path)}

@@ -255,7 +255,7 @@ def load_item_embeddings(data_dir: str | Path, name: str | None = None) -> tuple
         path = data_dir / "features" / f"{name}.npy"
         info = {"name": name, "kind": "dataset_feature", "source": str(path)}
     try:
-        table = np.load(path)
+        table = np.load(path, mmap_mode="r")  # read-only, paged in as used: merging or the model copies what it keeps
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: cannot read embeddings ({e})") from None
     if table.ndim != 2 or table.shape[0] != meta["n_items"] + 1:

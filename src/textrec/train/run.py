@@ -135,6 +135,7 @@ def train_run(
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed)
     model = build_model(cfg, inputs).to(device)
+    del inputs  # the model holds its own copy of the item tables: do not keep a second one through training
     phases = phases if phases is not None else model.phases("train")
     train_b, valid_b, test_b = make_batchers(ds, cfg, device, model=model)
     with writing_run(out, config, resume, overwrite):

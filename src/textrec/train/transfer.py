@@ -64,6 +64,7 @@ def pretrain_run(
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed)
     model = build_model(cfg, inputs).to(device)
+    del inputs  # the model holds its own copy of the item tables: do not keep a second one through training
     phases = model.phases("pretrain")
     train_b, valid_b, _ = make_batchers(merged, cfg, device, pretraining=True, domains=domain_of_rows(datasets))
     with writing_run(out, config, resume, overwrite):
@@ -130,6 +131,7 @@ def finetune_run(
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed)
     model = build_model(cfg, inputs)
+    del inputs  # the model holds its own copy of the item tables: do not keep a second one through training
     phases = model.phases("finetune")
     fresh = load_pretrained(model, init_dir)
     model.to(device)
