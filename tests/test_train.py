@@ -424,7 +424,7 @@ def test_only_hooks_returning_nothing_leave_no_hook_means(small_dir, tmp_path):
     cfg = load_config(model="sasrec", overrides=[*SASREC, "train.epochs=2", "train.batch_size=128"])
     train_run(small_dir, cfg, tmp_path / "run", quiet=True, phases=[Phase("silent", train_all, on_epoch_start=lambda m, e: None)])
     assert "epoch_hook_means" not in json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert all(set(r) <= {"epoch", "loss", "train_seconds", "valid", "eval_seconds", "improved"} for r in _log(tmp_path / "run"))
+    assert all(set(r) <= {"epoch", "loss", "train_seconds", "valid", "eval_seconds", "improved", "peak_memory_mb"} for r in _log(tmp_path / "run"))
 
 
 @pytest.mark.parametrize("report, message", [({"loss": 1.0}, "uses itself"), ({"n": torch.tensor(1.0)}, "Tensor"),

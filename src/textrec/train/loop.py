@@ -452,13 +452,14 @@ def _run_epochs(trainer: _Trainer, valid: EvalBatcher, result: FitResult, state_
                 _save_best(trainer)
             else:
                 pr.bad_evals += 1
+        record["peak_memory_mb"] = _peak_memory_mb(trainer.device)  # so far: resident set (CPU), allocated (CUDA)
         logger.log(record)
         if state_path is not None:
             trainer.save_state(state_path, result)
     logger.close()
 
 
-_RECORD_KEYS = frozenset({"epoch", "loss", "train_seconds", "phase", "valid", "eval_seconds", "improved"})
+_RECORD_KEYS = frozenset({"epoch", "loss", "train_seconds", "phase", "valid", "eval_seconds", "improved", "peak_memory_mb"})
 
 
 def _hook_report(phase: Phase, report) -> dict:
