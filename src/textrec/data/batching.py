@@ -116,8 +116,9 @@ class TrainBatcher:
         if batching not in ("bucket", "random", "stratified"):
             raise ValueError(f"batching must be 'bucket', 'random' or 'stratified', not {batching!r}")
         self.device = torch.device(device)
-        self.inputs = torch.as_tensor(windows.inputs, dtype=torch.long, device=self.device)
-        self.targets = torch.as_tensor(windows.targets, dtype=torch.long, device=self.device)
+        # int32 on the device (half the memory of a million windows); each batch is widened to long
+        self.inputs = torch.as_tensor(windows.inputs, dtype=torch.int32, device=self.device)
+        self.targets = torch.as_tensor(windows.targets, dtype=torch.int32, device=self.device)
         self.lengths = torch.as_tensor(windows.lengths, dtype=torch.long)  # batch planning stays on CPU
         self.sizes = self.lengths  # what "bucket" sorts rows by (``bucket_by``: e.g. a text model's tokens per row)
         self.n_targets = torch.as_tensor(windows.n_targets, dtype=torch.long)
@@ -201,11 +202,11 @@ class TrainBatcher:
         """The batch of training rows ``rows`` (CPU indices), trimmed to its longest row."""
         width = max(1, int(self.lengths[rows].max()))  # rows with an empty history keep their target in column 0
         rows_d = rows.to(self.device)
-        targets = self.targets[rows_d, :width]
+        targets = self.targets[rows_d, :width].long()
         if self.targets_per_row > 0 and width > self.targets_per_row:
             targets = self._subsample(targets)
         return SeqBatch(
-            item_seq=self.inputs[rows_d, :width],
+            item_seq=self.inputs[rows_d, :width].long(),
             seq_len=self.lengths[rows].to(self.device),
             targets=targets,
             domain=None if self.domains is None else self.domains[rows_d],

@@ -75,8 +75,9 @@ def sampled_cut(cfg: RunConfig, pretraining: bool) -> str:
 
 def make_batchers(
     ds: Dataset, cfg: RunConfig, device, pretraining: bool = False, domains: np.ndarray | None = None, model=None
-) -> tuple[TrainBatcher, EvalBatcher, EvalBatcher]:
-    """Training rows as the model needs them, and the validation and test histories, on ``device``.
+) -> tuple[TrainBatcher, EvalBatcher, EvalBatcher | None]:
+    """Training rows as the model needs them, and the validation and test histories, on ``device`` (no test
+    histories in pre-training, which never tests: on a million users they would hold 600 MB).
 
     ``domains`` (one per user row of ``ds``): the source domain of each user, for stratified batches.
     ``model`` with a ``row_sizes(item_seq, seq_len)`` method (Recformer: tokens per row): buckets sort by it.
@@ -92,14 +93,14 @@ def make_batchers(
     train_b = TrainBatcher(rows, cfg.train.batch_size, device, batching, seed=cfg.train.seed, domains=row_domains,
                            sample_per_user=rows_kind == "sampled", targets_per_row=cap)
     if model is not None and hasattr(model, "row_sizes"):
-        train_b.bucket_by(model.row_sizes(train_b.inputs, train_b.lengths.to(train_b.device)))
+        train_b.bucket_by(model.row_sizes(train_b.inputs.long(), train_b.lengths.to(train_b.device)))
     all_valid = eval_examples(ds, "valid", L)
     valid = sample_examples(all_valid, cfg.eval.valid_users, cfg.train.seed)
     if len(valid.users) < len(all_valid.users) and distributed.is_writer():
         log.info(f"validation (early stopping) on a fixed sample of {len(valid.users):,} of {len(all_valid.users):,} users "
                  "(eval.valid_users; the test split is whole)")
     valid_b = EvalBatcher(valid, cfg.eval.batch_size, device)
-    test_b = EvalBatcher(eval_examples(ds, "test", L), cfg.eval.batch_size, device)
+    test_b = None if pretraining else EvalBatcher(eval_examples(ds, "test", L), cfg.eval.batch_size, device)
     return train_b, valid_b, test_b
 
 
