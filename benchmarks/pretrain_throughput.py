@@ -142,7 +142,8 @@ def render(res: dict) -> str:
         f"{res['threads']} torch thread(s), the same {res['batches']} batches spread over one epoch's plan, after two "
         f"warm-up batches. {res['domains']} domains, {res['interactions']:,} interactions, "
         f"{res['rows']['unisrec' if 'unisrec' in res['rows'] else next(iter(res['rows']))]['after']['epoch_targets']:,} "
-        "training targets an epoch (at most 8 per window, `data.pretrain_targets_per_row`).",
+        "training targets an epoch (at most 8 per window, `data.pretrain_targets_per_row`). Load average at the "
+        f"start: {res.get('load_average', '?')} (before and after share whatever else ran, alternating per model).",
         "",
         "| model | before targets/s | after targets/s | speed-up | positions computed / real (before -> after) | "
         "projected epoch, min (before -> after) | interactions/s (after) |",
@@ -173,6 +174,7 @@ def main() -> None:
     revision = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "src"], capture_output=True, text=True).stdout.strip()
     rows = {}
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         before_src = export_revision(a.baseline, Path(tmp))
         for model in a.models:
@@ -186,7 +188,8 @@ def main() -> None:
         "command": "python benchmarks/pretrain_throughput.py " + " ".join(
             x for x in sys.argv[1:] if not x.startswith("/") and "/" not in x),
         "baseline": a.baseline, "revision": revision + ("+changes" if dirty else ""), "threads": a.threads,
-        "batches": a.batches, "domains": len(data), "interactions": interactions_of(data), "rows": rows, "machine": machine(),
+        "batches": a.batches, "domains": len(data), "interactions": interactions_of(data), "rows": rows,
+        "machine": {**machine(), "torch_threads": a.threads}, "load_average": round(load, 1),
     }
     print(render(res))
     if not a.no_write:
