@@ -592,3 +592,16 @@ def test_limit_batches_caps_every_epoch(small_dir, tmp_path, spy_optimizers):
     assert {int(s["step"]) for s in made["opt"].state.values()} == {2 * 3}  # 2 epochs of 3 batches, not of every batch
     with pytest.raises(ConfigError, match="train.limit_batches"):
         load_config(model="sasrec", overrides=["train.limit_batches=-1"])
+
+
+def test_long_epochs_report_progress_lines_where_no_bar_is_drawn(caplog):
+    from textrec.log import ProgressLines
+
+    with caplog.at_level("INFO", logger="textrec"):
+        lines = ProgressLines("epoch 3", 40, every=0.0)  # stderr is not a terminal under pytest: lines, not a bar
+        lines.update(10)
+        lines.update(40)  # the end: the epoch's own line follows, no progress line
+        ProgressLines("epoch 4", 40, every=3600.0).update(10)  # not due yet
+        ProgressLines("epoch 5", 40, every=0.0, enabled=False).update(10)  # --quiet, or not the writing rank
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(msgs) == 1 and msgs[0].startswith("epoch 3: 10/40 (25%)") and "min left" in msgs[0]

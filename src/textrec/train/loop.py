@@ -55,7 +55,7 @@ from textrec.config import RunConfig, TrainConfig
 from textrec.data.batching import EvalBatcher, TrainBatcher
 from textrec.errors import CheckpointError, TextrecError
 from textrec.io import atomic_path, checksummed_path, storage_failure, write_json
-from textrec.log import show_progress
+from textrec.log import ProgressLines, show_progress
 from textrec.models.spec import Phase
 from textrec.runs import _first_problem, load_weights, verify_checkpoint  # noqa: F401 (re-exported)
 from textrec.runs import resolve_device as _resolve_device
@@ -306,7 +306,9 @@ class _Trainer:
         loss_sum, n_batches = torch.zeros((), device=self.device), 0
         batches = self.train.plan()[: self.epoch_batches()]
         opt.zero_grad(set_to_none=True)
+        lines = ProgressLines(f"epoch {epoch + 1}", len(batches), enabled=not self.quiet and self.writer)
         for i, rows in enumerate(tqdm(batches, desc=f"epoch {epoch + 1}", leave=False, disable=not show_progress(not self.quiet), file=sys.stderr)):
+            lines.update(i)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 loss = step(distributed.shard(self.train.batch(rows)))
             (loss if tc.grad_accum == 1 else loss / tc.grad_accum).backward()
