@@ -162,10 +162,13 @@ class Recipe:
     def marker(self, name: str) -> Path:
         return self.work / "done" / f"{name}.json"
 
-    def textrec(self, log: str, args: list, json_out: bool = True) -> dict | None:
-        """Run ``textrec ARGS`` with its output appended to WORK/logs/LOG.{stdout,stderr}; None on --dry-run."""
+    def textrec(self, log: str, args: list, json_out: bool = True, nproc: int = 1) -> dict | None:
+        """Run ``textrec ARGS`` with its output appended to WORK/logs/LOG.{stdout,stderr}; None on --dry-run.
+        ``nproc`` > 1: under ``torchrun --standalone --nproc-per-node NPROC`` (data-parallel, one process per core)."""
         args = [str(a) for a in args] + (["--json"] if json_out else [])
-        line = "textrec " + " ".join(shlex.quote(a) for a in args)
+        launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)] if nproc > 1 else []
+        line = ("torchrun --standalone --nproc-per-node {} -m ".format(nproc) if nproc > 1 else "") + "textrec " + " ".join(
+            shlex.quote(a) for a in args)
         if self.args.dry_run:
             print(f"would run: {line}")
             return None
@@ -178,7 +181,7 @@ class Recipe:
             out.write(stamp), err.write(stamp)
             out.flush(), err.flush()
             start = out.tell()
-            self.child = subprocess.Popen([sys.executable, "-m", "textrec.cli", *args], stdout=out, stderr=err,
+            self.child = subprocess.Popen([sys.executable, *launcher, "-m", "textrec.cli", *args], stdout=out, stderr=err,
                                           env={**os.environ, **thread_env(self.args.threads)})
             _, status, usage = os.wait4(self.child.pid, 0)  # this child's own rusage: its peak memory
             self.child.returncode = rc = os.waitstatus_to_exitcode(status)
@@ -297,7 +300,7 @@ class Recipe:
             again = ["--resume"] if run.is_dir() and any(run.iterdir()) else []
         rec = self.textrec(f"pretrain-{name}", ["pretrain", *map(self.data_dir, self.domains), "--model", model, "--out", run,
                                                 *again, *PRETRAIN_CPU, *PRETRAIN_MODEL.get(model, []), *overrides,
-                                                *self.args.pt_set])
+                                                *self.args.pt_set], nproc=self.args.nproc)
         if rec is not None:
             write_json(self.marker(f"pretrain-{name}"), {**rec, "inputs": hashes, "run": str(run)})
 
@@ -447,6 +450,7 @@ def main() -> None:
     p.add_argument("--codebooks", type=int, default=32)
     p.add_argument("--codebook-size", type=int, default=256)
     p.add_argument("--pt-epochs", type=int, default=10, help="pre-training epoch budget (train.epochs)")
+    p.add_argument("--nproc", type=int, default=1, help="pre-training processes (torchrun, data-parallel; --threads each)")
     p.add_argument("--pt-set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides for pretrain")
     p.add_argument("--redo", default="", help="comma-separated steps to rerun although done (pretrain: --overwrite)")
     p.add_argument("--dry-run", action="store_true", help="print the commands still to run; run nothing")
