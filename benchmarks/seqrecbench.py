@@ -346,6 +346,12 @@ def shorten(text: str, recipe: Recipe) -> str:
     return text.replace(str(recipe.work), "$PT_WORK").replace(str(recipe.source), source)
 
 
+def _last_command(log: Path) -> str:
+    """The command line of the latest start stamped in a step's log (``=== TIME COMMAND``)."""
+    stamps = [x for x in log.read_text(errors="replace").splitlines() if x.startswith("=== ")] if log.is_file() else []
+    return stamps[-1].split(" ", 2)[2] if stamps else "?"
+
+
 def record(recipe: Recipe) -> dict:
     """What the work folder holds, for benchmarks/results: counts, step costs, pre-training curves, commands."""
     summary = recipe.summary()
@@ -366,6 +372,24 @@ def record(recipe: Recipe) -> dict:
         if name.startswith("quantize-"):
             entry["collisions"] = sum(x.get("collisions", 0) for x in rec["summary"].get("results", []))
         steps[name] = entry
+    finished_runs = {Path(rec["run"]).name for rec in summary["steps"].values() if rec and rec.get("run")}
+    for run in sorted((recipe.work / "runs").glob("*")) if (recipe.work / "runs").is_dir() else []:
+        if run.name in finished_runs or not (run / "log.jsonl").is_file():
+            continue
+        # a pre-training still running (or stopped before its end): its epochs so far, from its log
+        log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()]
+        if not log:
+            continue
+        seconds = sum(r.get("train_seconds", 0) + r.get("eval_seconds", 0) for r in log)
+        peaks = [r["peak_memory_mb"] for r in log if r.get("peak_memory_mb")]
+        steps[f"pretrain-{run.name} (running)"] = {
+            "command": shorten(_last_command(recipe.work / "logs" / f"pretrain-{run.name}.stderr"), recipe),
+            "seconds": seconds, "peak_rss_mb": max(peaks) if peaks else None, "running": True,
+            "epochs_run": len(log), "best_epoch": max(log, key=lambda r: (r.get("valid") or {}).get("ndcg@10", -1))["epoch"],
+            "seconds_per_epoch": seconds / len(log),
+            "train_seconds_per_epoch": sum(r.get("train_seconds", 0) for r in log) / len(log),
+            "curve": [{"epoch": r["epoch"], "loss": r.get("loss"), "valid_ndcg@10": (r.get("valid") or {}).get("ndcg@10")}
+                      for r in log]}
     return {"section": recipe.section, "machine": machine(), "work": recipe.work.name, "max_users": recipe.args.max_users,
             "domains": domains, "steps": steps, "runs": {}, "commands": [], "argv": [shorten(a, recipe) for a in sys.argv]}
 
@@ -393,15 +417,19 @@ def render(r: dict) -> str:
         curve = " ".join(f"{c['valid_ndcg@10']:.4f}" for c in x.get("curve", []) if c.get("valid_ndcg@10") is not None)
         epochs = f"{x['epochs_run']} ({x['best_epoch']})" if x.get("epochs_run") else "-"
         spe = f"{x['seconds_per_epoch']:.0f}" if x.get("seconds_per_epoch") else "-"
-        lines.append(f"| {name} | {x['seconds']:.0f} | {x['peak_rss_mb']:,.0f} | {epochs} | {spe} | {curve or '-'} |")
+        peak = f"{x['peak_rss_mb']:,.0f}" if x.get("peak_rss_mb") else "-"
+        lines.append(f"| {name} | {x['seconds']:.0f} | {peak} | {epochs} | {spe} | {curve or '-'} |")
     if total[1]:
         lines += ["", f"Merged validation ranks each user's validation item among all {total[1]:,} items of the corpus "
                       f"(chance R@10 {10 / total[1]:.5f}); a variant's, among the items of its domains."]
     losses = {name: " ".join(f"{c['loss']:.3f}" for c in x["curve"]) for name, x in r["steps"].items() if x.get("curve")}
     if losses:
         lines += ["", "Training loss by epoch: " + "; ".join(f"{k}: {v}" for k, v in losses.items()) + "."]
+    if any(x.get("running") for x in r["steps"].values()):
+        lines += ["", "A step marked (running) has not finished: its seconds are its epochs so far (training and validation), "
+                      "its peak memory that of the run's rank-0 process as its log records it."]
     lines += ["", "Commands (`textrec prepare` and `encode` are run once per domain, as for the first):", "", "```",
-              *[x["command"] for x in r["steps"].values()], "```"]
+              *[x["command"] for x in r["steps"].values() if not x.get("running")], "```"]
     return "\n".join(lines)
 
 
