@@ -53,8 +53,12 @@ def _reference(seq, table, targets, exclude=None):
     return ahead, tied, n_candidates
 
 
+@pytest.mark.parametrize("keep", [True, False])  # the first pass's chunks kept for the second, or scored again
 @pytest.mark.parametrize("masked", [False, True])
-def test_chunked_ranks_and_ties_equal_unchunked_and_brute_force(masked):
+def test_chunked_ranks_and_ties_equal_unchunked_and_brute_force(masked, keep, monkeypatch):
+    import textrec.eval.ranking as ranking
+
+    monkeypatch.setattr(ranking, "KEEP_SCORES", 2**27 if keep else 0)
     failures = []
     for seed in range(60):
         seq, table, targets, exclude = _tied_case(seed)

@@ -23,7 +23,8 @@ Protocol (the references' RecBole ``mode: full``, REFERENCE_NOTES section 0):
   during training and ``textrec evaluate`` give the same numbers;
 * the item table is built once per evaluation, scores are chunked over users (the eval batch) and over
   distinct item vectors (``item_chunk``), so memory stays bounded for large catalogues. With more than
-  one chunk, the chunks holding targets are scored twice (once to read the targets' scores).
+  one chunk, the targets' scores are read in a first pass; its score matrices are kept for the second while a
+  batch's scores fit ``KEEP_SCORES`` (512 MB), else the chunks holding targets are scored twice.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from textrec.eval.metrics import EXTRA, compute_metrics
 from textrec.models.spec import dot_score, score
 
 TIES = ("pessimistic", "random")
+KEEP_SCORES = 2**27  # scores of one eval batch kept between ranking's two passes (4 bytes each)
 
 
 @dataclass
@@ -119,10 +121,14 @@ def rank_targets(
     b = torch.arange(n_batch, device=device)
     target_u = items.inverse[targets - 1]  # (B,) row of each target in items.vectors
     cache: dict[int, Tensor] = {}
+    # the first pass's score matrices are kept for the second while they hold at most KEEP_SCORES scores in all
+    # (a batch of 256 users against 500k items: 512 MB); beyond that only the last one is, and the rest are scored again
+    keep_all = n_batch * n_unique <= KEEP_SCORES
 
-    def chunk_scores(lo: int) -> Tensor:  # one entry: the first pass's last chunk starts the second pass
+    def chunk_scores(lo: int) -> Tensor:
         if lo not in cache:
-            cache.clear()
+            if not keep_all:
+                cache.clear()
             cache[lo] = score_rows(seq_repr, items.vectors[lo : lo + item_chunk]).float()  # (B, chunk)
         return cache[lo]
 
@@ -139,8 +145,12 @@ def rank_targets(
     for lo in reversed(range(0, n_unique, item_chunk)):
         s, t = chunk_scores(lo), target_score[:, None]  # (B, chunk), (B, 1)
         counts = items.counts[lo : lo + item_chunk]  # (chunk,) items behind each score
-        ahead += torch.where(s >= t, counts, 0).sum(dim=1)
-        tied += torch.where(s == t, counts, 0).sum(dim=1)
+        if bool((counts == 1).all()):  # no merged duplicates here: count the comparisons (half the time of weighing them)
+            ahead += (s >= t).sum(dim=1)
+            tied += (s == t).sum(dim=1)
+        else:
+            ahead += torch.where(s >= t, counts, 0).sum(dim=1)
+            tied += torch.where(s == t, counts, 0).sum(dim=1)
         sel = (ex_u >= lo) & (ex_u < lo + item_chunk)
         rows, ex_s = ex_rows[sel], s[ex_rows[sel], ex_u[sel] - lo]  # (p,) the excluded pairs in this chunk
         ahead.index_add_(0, rows, -(ex_s >= target_score[rows]).long())
