@@ -41,6 +41,7 @@ MODEL_SETTINGS = {  # the corpus recipe's per-model settings (seqrecbench.PRETRA
                 "model.image_feature=", "train.batch_size=512"],
 }
 COMMON = ["data.long_sequences=chunked", "train.device=cpu"]
+VALID_USERS = 2000  # validation users ranked against the whole merged catalogue, per model and tree
 
 # what one measuring process runs, under the source tree on its PYTHONPATH (only library calls both trees have)
 MEASURE = r"""
@@ -91,7 +92,22 @@ for i, rows in enumerate(chosen):
         targets += int((batch.targets > 0).sum())
         real += int(batch.seq_len.clamp(min=1).sum())
         padded += computed(batch.seq_len, batch.item_seq.shape[1])
+# validation: VALID users of the merged validation split ranked against the whole merged catalogue
+import dataclasses
+import numpy as np
+from textrec.data.batching import EvalBatcher
+from textrec.data.split import eval_examples
+from textrec.eval.ranking import evaluate
+examples = eval_examples(merged, "valid", cfg.data.max_seq_len)
+keep = np.sort(np.random.default_rng(0).choice(len(examples.users), size=min(args["valid"], len(examples.users)), replace=False))
+examples = dataclasses.replace(examples, histories=examples.histories[keep], lengths=examples.lengths[keep],
+                               targets=examples.targets[keep], users=examples.users[keep])
+model.eval()
+t0 = time.perf_counter()
+evaluate(model, EvalBatcher(examples, cfg.eval.batch_size, "cpu"), cfg.eval.ks, item_chunk=cfg.eval.item_chunk)
+valid_seconds = time.perf_counter() - t0
 print(json.dumps({
+    "valid_users": len(keep), "valid_seconds": valid_seconds,
     "targets": targets, "seconds": seconds, "real_positions": real, "padded_positions": padded,
     "epoch_targets": train_b.total_targets, "epoch_batches": len(plan),
     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -117,7 +133,7 @@ def export_revision(rev: str, into: Path) -> Path:
 
 def measure(src: Path, model: str, data: list[Path], batches: int, threads: int) -> dict:
     args = {"model": model, "overrides": COMMON + MODEL_SETTINGS[model], "data": [str(d) for d in data],
-            "batches": batches, "threads": threads}
+            "batches": batches, "threads": threads, "valid": VALID_USERS}
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": str(threads)}
     out = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(args)], env=env, capture_output=True, text=True)
     if out.returncode != 0:
@@ -146,15 +162,16 @@ def render(res: dict) -> str:
         f"start: {res.get('load_average', '?')} (before and after share whatever else ran, alternating per model).",
         "",
         "| model | before targets/s | after targets/s | speed-up | positions computed / real (before -> after) | "
-        "projected epoch, min (before -> after) | interactions/s (after) |",
-        "|---|---:|---:|---:|---|---|---:|",
+        "projected epoch, min (before -> after) | interactions/s (after) | validation s per 1,000 users (before -> after) |",
+        "|---|---:|---:|---:|---|---|---:|---|",
     ]
     for model, row in res["rows"].items():
         b, a = row["before"], row["after"]
         lines.append(
             f"| {model} | {b['targets_per_s']:,.0f} | {a['targets_per_s']:,.0f} | {a['targets_per_s'] / b['targets_per_s']:.2f}x | "
             f"{b['padded_over_real']:.2f} -> {a['padded_over_real']:.2f} | {b['epoch_seconds'] / 60:.1f} -> "
-            f"{a['epoch_seconds'] / 60:.1f} | {res['interactions'] / a['epoch_seconds']:,.0f} |")
+            f"{a['epoch_seconds'] / 60:.1f} | {res['interactions'] / a['epoch_seconds']:,.0f} | "
+            f"{b['valid_seconds'] / b['valid_users'] * 1000:.1f} -> {a['valid_seconds'] / a['valid_users'] * 1000:.1f} |")
     lines += ["", "Positions computed / real: the after column counts what the grouped encoder computes "
               "(`layers.by_length`: groups of rows of similar length), the before column the padded batch."]
     return "\n".join(lines)
