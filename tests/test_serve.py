@@ -326,3 +326,74 @@ def test_a_filter_ranks_only_the_given_items_exactly(runs, tmp_path, index_kind)
     assert got["unknown_candidates"] == ["no-such-item"]  # and the history item is never a candidate
     r = c.post("/recommend", json={"items": history, "filter": {"items": []}})
     assert r.status_code == 422 and r.json()["field"] == "filter.items"
+
+
+# ---- items given with their feature vectors (a model that reads feature tables) ------------------------------
+
+@pytest.fixture(scope="module")
+def missrec_run(tmp_path_factory):
+    """An inductive MISSRec on one 16-d feature table of unknown origin (as UniSRec's feat1CLS ships with a dataset):
+    a new item's row can only come from the request."""
+    from textrec.cli import main
+    from textrec.data.synthetic import WorldSpec, make_domain
+    from textrec.text.encoders import HashingEncoder
+
+    root = tmp_path_factory.mktemp("missrec")
+    ds = make_domain("garden", WorldSpec(n_items=40, n_users=120, min_len=5, max_len=10, noise=0.1), seed=3)
+    feats = np.zeros((ds.n_items + 1, 16), dtype=np.float32)
+    feats[1:] = HashingEncoder(16).encode(ds.item_texts)
+    ds.features["feat1CLS"] = feats
+    ds.save(root / "data")
+    assert main(["train", str(root / "data"), "--model", "missrec", "--out", str(root / "run"), "--quiet", 'data.features=["feat1CLS"]',
+                 'model.image_feature=""', "model.mode=inductive", "model.hidden_size=16", "model.n_heads=2", "model.inner_size=16",
+                 "train.epochs=1", "train.batch_size=128", "train.device=cpu", "train.num_threads=1"]) == 0
+    return root / "run", ds, feats
+
+
+def test_new_items_given_by_feature_vectors_score_from_them_and_survive_a_restart(missrec_run, tmp_path):
+    run, ds, feats = missrec_run
+    c = client(run, tmp_path)
+    history = ds.item_keys[:2]
+    before = {r["item"]: r["score"] for r in c.post("/recommend", json={"items": history, "k": 100}).json()["recommendations"]}
+    twin_of = ds.item_keys[9]  # item id 10: a new item with its vector scores exactly as it (inductive: the row is all it has)
+    twin = {"key": "TWIN", "features": {"feat1CLS": feats[10].tolist()}}  # no text: this model reads none
+    other = {"key": "OTHER", "text": NEW_TEXT, "features": {"feat1CLS": (-feats[10]).tolist()}}
+    r = c.post("/items", json={"items": [twin, other]})
+    assert r.status_code == 200, r.text
+    full = c.post("/recommend", json={"items": history, "k": 100}).json()["recommendations"]
+    scores = {x["item"]: x["score"] for x in full}
+    assert scores["TWIN"] == pytest.approx(before[twin_of], abs=1e-5)
+    assert scores["OTHER"] != pytest.approx(scores["TWIN"], abs=1e-3)  # the vector, not the text, made the row
+    # an update with another vector changes the score; a restart replays the journal with the vectors in it
+    c.post("/items", json={"items": [{"key": "OTHER", "features": {"feat1CLS": feats[12].tolist()}}]})
+    full = c.post("/recommend", json={"items": history, "k": 100}).json()["recommendations"]
+    assert {x["item"]: x["score"] for x in full}["OTHER"] == pytest.approx(before[ds.item_keys[11]], abs=1e-5)
+    again = client(run, tmp_path)
+    assert again.post("/recommend", json={"items": history, "k": 100}).json()["recommendations"] == full
+
+
+def test_bad_feature_vectors_get_4xx_naming_the_field(missrec_run, runs, tmp_path):
+    run, _, feats = missrec_run
+    c = client(run, tmp_path)
+    good = {"key": "GOOD", "features": {"feat1CLS": feats[3].tolist()}}
+    row = feats[3].tolist()
+    cases = [
+        ({"nope": row}, "items[1].features.nope", "unknown feature table 'nope'"),
+        ({"feat1CLS": row[:15]}, "items[1].features.feat1CLS", "16-d, got 15"),
+        ({"feat1CLS": [*row[:15], 1e39]}, "items[1].features.feat1CLS", "not a finite float32"),  # finite only in float64
+        ({"feat1CLS": [*row[:15], "0.5"]}, "items[1].features.feat1CLS[15]", "number"),
+        ({"feat1CLS": []}, "items[1].features.feat1CLS", "at least 1"),
+        ({}, "items[1]", "'features'"),
+    ]
+    for features, field, why in cases:
+        r = c.post("/items", json={"items": [good, {"key": "BAD", "features": features}]})
+        assert r.status_code == 422 and r.json()["field"] == field and why in r.json()["error"], (features, r.text)
+    nan = '{"items": [{"key": "BAD", "features": {"feat1CLS": [NaN' + ", 0.0" * 15 + ']}}]}'
+    r = c.post("/items", content=nan.encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["field"] == "items[0].features.feat1CLS[0]" and "finite" in r.json()["error"]
+    assert not (tmp_path / "journal.jsonl").exists() and c.get("/items/GOOD").status_code == 404  # nothing half-added
+    # a model without feature tables refuses vectors with the reason; SASRec takes no new items at all
+    r = client(runs["unisrec"], tmp_path / "u").post("/items", json={"items": [{"key": "N", "text": NEW_TEXT, "features": {"x": [1.0]}}]})
+    assert r.status_code == 422 and r.json()["field"] == "items[0].features" and "reads no feature tables" in r.json()["error"]
+    r = client(runs["sasrec"], tmp_path / "s").post("/items", json={"items": [{"key": "N", "features": {"x": [1.0]}}]})
+    assert r.status_code == 409

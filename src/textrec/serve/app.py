@@ -6,7 +6,7 @@ Routes (OpenAPI schema at ``/docs``):
   with scores and texts, and the history keys the catalogue does not know (``unknown``); a filter ranks only
   the given items (scored exactly); ``POST /recommend/batch`` ``{requests: [...]}``;
 * ``GET /items/{key}``; ``GET /items?q=&limit=`` (the page's search);
-* ``POST /items`` ``{items: [{key, text?, attributes?}, ...]}`` adds or updates items; ``DELETE /items/{key}``;
+* ``POST /items`` ``{items: [{key, text?, attributes?, features?}, ...]}`` adds or updates items; ``DELETE /items/{key}``;
   both refused with ``--read-only``, and guarded by ``X-API-Key`` when an API key file is given;
 * ``GET /healthz``, ``GET /metrics`` (Prometheus text), ``GET /stats``; the page at ``/``.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Annotated
 
 from textrec.errors import DataError, NotFoundError, TextrecError
-from textrec.serve.service import CannotAddError, ReadOnlyError, Service
+from textrec.serve.service import CannotAddError, FieldError, ReadOnlyError, Service
 
 log = logging.getLogger("textrec.serve.app")
 
@@ -170,7 +170,7 @@ def _error_handlers(app) -> None:
     async def textrec_error(request, exc: TextrecError):
         status = 404 if isinstance(exc, NotFoundError) else 403 if isinstance(exc, ReadOnlyError) else \
             409 if isinstance(exc, CannotAddError) else 422
-        return _error(status, str(exc))
+        return _error(status, str(exc), exc.field if isinstance(exc, FieldError) else None)
 
     @app.exception_handler(Unauthorized)
     async def unauthorized(request, exc: Unauthorized):
