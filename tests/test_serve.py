@@ -149,6 +149,31 @@ def test_metrics_and_health(runs, tmp_path):
     assert "<title>textrec</title>" in c.get("/").text and c.get("/static/app.js").status_code == 200
 
 
+@pytest.mark.parametrize("assets", ["fastapi-offline", "none"])
+def test_api_docs_load_only_from_this_server(runs, tmp_path, monkeypatch, assets):
+    """/docs references only same-origin URLs, each answered: it works with no internet."""
+    import re
+    import sys
+
+    if assets == "none":
+        monkeypatch.setitem(sys.modules, "fastapi_offline", None)  # not installed: a plain page of the routes
+    else:
+        pytest.importorskip("fastapi_offline")
+    c = client(runs["vqrec"], tmp_path)
+    r = c.get("/docs")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "://" not in r.text, r.text  # no absolute URL: no CDN, no font host, no validator badge
+    urls = re.findall(r"""(?:src|href)=["']([^"']+)""", r.text) + re.findall(r"url: '([^']+)'", r.text)
+    assert "/openapi.json" in urls
+    for url in urls:
+        assert url.startswith("/") and c.get(url).status_code == 200, url
+    if assets != "none":
+        assert "/docs-static/swagger-ui-bundle.js" in urls and "/docs-static/swagger-ui.css" in urls
+    else:
+        assert "POST /recommend" in r.text
+    assert c.get("/redoc").status_code == 404  # ReDoc would fetch its logo from its maker's CDN
+
+
 def test_pq_index_scores_vqrec_from_its_codes(runs, tmp_path):
     exact = client(runs["vqrec"], tmp_path, index_kind="exact")
     pq = client(runs["vqrec"], tmp_path / "pq", index_kind="pq")
