@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from serve_runs import make_world, train
+from serve_runs import make_world, train, train_missrec_on_features
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -357,22 +357,7 @@ def test_a_filter_ranks_only_the_given_items_exactly(runs, tmp_path, index_kind)
 
 @pytest.fixture(scope="module")
 def missrec_run(tmp_path_factory):
-    """An inductive MISSRec on one 16-d feature table of unknown origin (as UniSRec's feat1CLS ships with a dataset):
-    a new item's row can only come from the request."""
-    from textrec.cli import main
-    from textrec.data.synthetic import WorldSpec, make_domain
-    from textrec.text.encoders import HashingEncoder
-
-    root = tmp_path_factory.mktemp("missrec")
-    ds = make_domain("garden", WorldSpec(n_items=40, n_users=120, min_len=5, max_len=10, noise=0.1), seed=3)
-    feats = np.zeros((ds.n_items + 1, 16), dtype=np.float32)
-    feats[1:] = HashingEncoder(16).encode(ds.item_texts)
-    ds.features["feat1CLS"] = feats
-    ds.save(root / "data")
-    assert main(["train", str(root / "data"), "--model", "missrec", "--out", str(root / "run"), "--quiet", 'data.features=["feat1CLS"]',
-                 'model.image_feature=""', "model.mode=inductive", "model.hidden_size=16", "model.n_heads=2", "model.inner_size=16",
-                 "train.epochs=1", "train.batch_size=128", "train.device=cpu", "train.num_threads=1"]) == 0
-    return root / "run", ds, feats
+    return train_missrec_on_features(tmp_path_factory.mktemp("missrec"))
 
 
 def test_new_items_given_by_feature_vectors_score_from_them_and_survive_a_restart(missrec_run, tmp_path):
@@ -405,7 +390,7 @@ def test_bad_feature_vectors_get_4xx_naming_the_field(missrec_run, runs, tmp_pat
     cases = [
         ({"nope": row}, "items[1].features.nope", "unknown feature table 'nope'"),
         ({"feat1CLS": row[:15]}, "items[1].features.feat1CLS", "16-d, got 15"),
-        ({"feat1CLS": [*row[:15], 1e39]}, "items[1].features.feat1CLS", "not a finite float32"),  # finite only in float64
+        ({"feat1CLS": [*row[:15], 1e39]}, "items[1].features.feat1CLS[15]", "less than or equal"),  # float32 would be inf
         ({"feat1CLS": [*row[:15], "0.5"]}, "items[1].features.feat1CLS[15]", "number"),
         ({"feat1CLS": []}, "items[1].features.feat1CLS", "at least 1"),
         ({}, "items[1]", "'features'"),
@@ -417,8 +402,16 @@ def test_bad_feature_vectors_get_4xx_naming_the_field(missrec_run, runs, tmp_pat
     r = c.post("/items", content=nan.encode(), headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["field"] == "items[0].features.feat1CLS[0]" and "finite" in r.json()["error"]
     assert not (tmp_path / "journal.jsonl").exists() and c.get("/items/GOOD").status_code == 404  # nothing half-added
-    # a model without feature tables refuses vectors with the reason; SASRec takes no new items at all
-    r = client(runs["unisrec"], tmp_path / "u").post("/items", json={"items": [{"key": "N", "text": NEW_TEXT, "features": {"x": [1.0]}}]})
+    # the schema says what this run takes: its one table at its width, nothing else
+    features = c.get("/openapi.json").json()["components"]["schemas"]["ItemIn"]["properties"]["features"]
+    assert features["additionalProperties"] is False and list(features["properties"]) == ["feat1CLS"]
+    assert features["properties"]["feat1CLS"]["minItems"] == features["properties"]["feat1CLS"]["maxItems"] == 16
+    # a model without feature tables refuses vectors with the reason (and its schema has no features); SASRec takes no
+    # new items at all
+    unisrec = client(runs["unisrec"], tmp_path / "u")
+    item = unisrec.get("/openapi.json").json()["components"]["schemas"]["ItemIn"]
+    assert "features" not in item["properties"] and item["additionalProperties"] is False
+    r = unisrec.post("/items", json={"items": [{"key": "N", "text": NEW_TEXT, "features": {"x": [1.0]}}]})
     assert r.status_code == 422 and r.json()["field"] == "items[0].features" and "reads no feature tables" in r.json()["error"]
     r = client(runs["sasrec"], tmp_path / "s").post("/items", json={"items": [{"key": "N", "features": {"x": [1.0]}}]})
     assert r.status_code == 409

@@ -297,6 +297,28 @@ def _api_routes(app, service: Service, api_key: str | None) -> None:
         return service.delete_item(key)
 
 
+def _features_in_schema(app, service: Service) -> None:
+    """The schema's ``features`` of a new item says what this run takes: its feature tables, each at its width, and
+    no other; none at all for a model without feature tables (then ``features`` is an unknown field)."""
+    from textrec.serve.catalogue import feature_dims
+
+    dims, build = feature_dims(service.run), app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            item = build()["components"]["schemas"]["ItemIn"]  # build() caches the schema it returns
+            generic = item["properties"].pop("features")
+            if dims:
+                vector = generic["additionalProperties"]
+                item["properties"]["features"] = {**generic, "additionalProperties": False,
+                                                  "properties": {n: {**vector, "minItems": d, "maxItems": d} for n, d in dims.items()}}
+            else:
+                item["anyOf"] = [rule for rule in item["anyOf"] if rule["required"] != ["features"]]
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
 def create_app(service: Service, api_key: str | None = None):
     """The FastAPI application over ``service``; writes need ``api_key`` in ``X-API-Key`` when it is given."""
     _fastapi()
@@ -311,6 +333,7 @@ def create_app(service: Service, api_key: str | None = None):
     _page_routes(app, service, metrics)
     _docs_routes(app)
     _api_routes(app, service, api_key)
+    _features_in_schema(app, service)
     return app
 
 

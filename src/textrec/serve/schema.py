@@ -17,8 +17,11 @@ from textrec.serve.service import MAX_BATCH, MAX_CANDIDATES, MAX_FEATURE_DIM, MA
 Key = Annotated[StrictStr, Field(min_length=1, max_length=200)]
 Text = Annotated[StrictStr, Field(max_length=MAX_TEXT)]
 Attributes = Annotated[dict[Key, Text], Field(max_length=50)]
-# {feature table: its row for the item}; the table and the row's width are checked against the run (``Service``)
-Vector = Annotated[list[Annotated[StrictFloat, Field(allow_inf_nan=False)]], Field(min_length=1, max_length=MAX_FEATURE_DIM)]
+# {feature table: its row for the item}; the table and the row's width are checked against the run (``Service``), and
+# the app's schema names this run's tables and widths (``textrec.serve.app``)
+FLOAT32_MAX = 3.4028234663852886e38  # a vector is stored as float32: a larger number would become infinite
+Number = Annotated[StrictFloat, Field(allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
+Vector = Annotated[list[Number], Field(min_length=1, max_length=MAX_FEATURE_DIM)]
 Features = Annotated[dict[Key, Vector], Field(max_length=8)]
 
 
