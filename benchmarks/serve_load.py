@@ -321,11 +321,12 @@ def render(results: dict) -> str:
     lines += [""] + [f"- {n}" for n in notes if n]
     if results.get("earlier_1m"):
         lines += ["", "Earlier runs of this script at 1M items (faiss IVF), for comparison under their own load:", "",
-                  "| date | load | clients | client p50 ms | client p99 ms | server p99 ms | recall@10 |", "|---|---|---|---|---|---|---|"]
+                  "| date | load | clients | requests | client p50 ms | client p99 ms | server p99 ms | recall@10 |",
+                  "|---|---|---|---|---|---|---|---|"]
         for e in results["earlier_1m"]:
             for r in e["rows"]:
-                lines.append(f"| {e['date']} | {e['load']} | {r['clients']} | {r['p50_ms']} | {r['p99_ms']} | {r['server_p99_ms']} | "
-                             f"{r['index']['recall_at_10']:.3f} |")
+                lines.append(f"| {e['date']} | {e['load']} | {r['clients']} | {r['requests']} | {r['p50_ms']} | {r['p99_ms']} | "
+                             f"{r['server_p99_ms']} | {r['index']['recall_at_10']:.3f} |")
     return "\n".join(lines)
 
 
