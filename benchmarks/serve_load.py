@@ -2,6 +2,9 @@
 
 Scenarios (each against a fresh server process, each bounded by ``--requests`` and ``--seconds``):
 
+* Amazon Scientific: a UniSRec trained for 2 epochs on ``../shared/data/amazon-scientific-unisrec`` (prepared and
+  MiniLM-encoded under ``benchmarks/.work`` as the other benchmarks do, trained once and reused; about 4 minutes
+  the first time), 1 and 16 clients (``--no-scientific`` leaves it out);
 * a trained run (default: a UniSRec trained here on the synthetic garden world, hidden size ``--hidden``; or
   ``--run RUN``): single recommendations with 1 and 16 concurrent clients, then 16 clients while a 17th adds an
   item every ``--add-every`` seconds (``POST /items``: encoded, inserted, journaled);
@@ -15,10 +18,13 @@ Each request is ``POST /recommend`` with a real user's history (k=10). Latency i
 (request sent -> response read), so it includes HTTP and JSON; ``server_p50_ms`` / ``server_p99_ms`` are the
 server's own time (its ``Server-Timing`` header: from the request reaching the app to the answer being ready).
 The server runs one uvicorn worker with torch and faiss at one thread, on httptools and uvloop when they are
-installed (the ``serve`` extra; recorded as ``server_stack``). Results go to ``benchmarks/results/serve_load.json``.
+installed (the ``serve`` extra; recorded as ``server_stack``). Each row records the machine's 1-minute load average
+when it started and ended (``load_avg_1m``): on a shared machine, latency is mostly waiting for a CPU. Results go
+to ``benchmarks/results/serve_load.json`` and, rendered from it, to the ``serve_load`` section of docs/RESULTS.md.
 
     python benchmarks/serve_load.py                       # the whole benchmark (about 6 minutes on 2 busy cores)
-    python benchmarks/serve_load.py --sizes 100000 --requests 200 --seconds 10   # a short one
+    python benchmarks/serve_load.py --sizes 100000 --requests 200 --seconds 10 --no-write   # a short one
+    python benchmarks/serve_load.py --render-only         # the RESULTS.md section again from the JSON
 """
 
 from __future__ import annotations
@@ -37,9 +43,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, machine
+from _common import ROOT, _shorten_path, machine, machine_line, render_saved, update_results
 
-RESULTS = ROOT / "benchmarks" / "results" / "serve_load.json"
+SECTION = "serve_load"
+RESULTS = ROOT / "benchmarks" / "results" / f"{SECTION}.json"
 
 
 # ---- the server side (run in a subprocess: --serve) -------------------------------------------------
@@ -210,6 +217,34 @@ def bench_run(work: Path, hidden: int) -> Path:
     return run
 
 
+def scientific_run() -> Path:
+    """A short UniSRec run on Amazon Scientific (MiniLM text), made once under ``benchmarks/.work`` and reused."""
+    from _common import SHARED_DATA, WORK, prepare, textrec
+
+    data = prepare("scientific", SHARED_DATA / "amazon-scientific-unisrec", "unisrec")
+    run = WORK / "runs" / "serve-unisrec-scientific"
+    if not (run / "model.safetensors").exists():
+        textrec("train", data, "--model", "unisrec", "--out", run, "--quiet", "--overwrite", "train.epochs=2",
+                "train.device=cpu", "train.num_threads=1")
+    return run
+
+
+def scientific_facts(run: Path) -> dict:
+    """What the Scientific rows serve: the command that trained it, its size and its test accuracy."""
+    from textrec.serve.service import load_run_for_serving
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    ds = load_run_for_serving(run).dataset
+    return {"command": "textrec train $WORK/data/scientific --model unisrec train.epochs=2 train.device=cpu train.num_threads=1",
+            "items": ds.n_items, "users": ds.n_users, "epochs": metrics["epochs_run"],
+            "test_recall@10": metrics["test"]["recall@10"], "test_ndcg@10": metrics["test"]["ndcg@10"]}
+
+
+def command_line() -> str:
+    """This script's command line as run (for the results), without machine paths."""
+    return " ".join(["python benchmarks/serve_load.py", *(_shorten_path(a).replace(str(ROOT) + "/", "") for a in sys.argv[1:])])
+
+
 def histories_of(run: Path, n: int = 500) -> list[list[str]]:
     from textrec.serve.service import load_run_for_serving
 
@@ -217,6 +252,116 @@ def histories_of(run: Path, n: int = 500) -> list[list[str]]:
     rng = np.random.default_rng(0)
     users = rng.choice(ds.n_users, size=min(n, ds.n_users), replace=False)
     return [[ds.item_keys[i - 1] for i in ds.sequence(int(u))[-20:]] for u in users]
+
+
+def scenario_rows(name: str, run: Path, kind: str, pad: int, args, work: Path, adds: bool) -> list[dict]:
+    """One fresh server over ``run`` (``pad`` synthetic items, index ``kind``): a row per client count, then (``adds``)
+    16 clients while items are added. Each row has the machine's 1-minute load average when it started and ended."""
+    histories = histories_of(run)
+    journal = Path(tempfile.mkdtemp(dir=work)) / "journal.jsonl"
+    server = Server(run, kind, pad, journal, args.noise)
+    rows = []
+    try:
+        plan = [(clients, None) for clients in args.clients] + ([(max(args.clients), args.add_every)] if adds else [])
+        for clients, add_every in plan:
+            load_start = round(os.getloadavg()[0], 2)
+            r = load(server.url, histories, clients, args.requests, args.seconds, add_every=add_every)
+            row = {"scenario": name if add_every is None else f"{name}, adding items under load", "run": run.name,
+                   "catalogue": server.info["index"]["items"], "index": server.info["index"], "build_s": server.info["build_s"],
+                   **r, "load_avg_1m": [load_start, round(os.getloadavg()[0], 2)]}
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+            if adds and add_every is None and clients == args.clients[-1]:
+                rows[-1]["healthz_floor"] = floor(server.url)
+    finally:
+        server.stop()
+    return rows
+
+
+def render(results: dict) -> str:
+    """The docs/RESULTS.md section: one row per scenario and client count, with the load average beside it."""
+    m = results["machine"]
+    stack = " and ".join(k for k, v in results.get("server_stack", {}).items() if v) or "h11 and asyncio"
+    lines = ["## Serving: load and latency (`textrec serve`)", "",
+             f"Machine: {machine_line(m)}; uvicorn on {stack}, one worker, torch and faiss at one thread. "
+             f"Command: `{results['command']}`. Each row is a fresh server on 127.0.0.1 answering `POST /recommend` "
+             f"(k=10, a real user's last 20 items) until {results['settings']['requests']} requests are answered or "
+             f"{results['settings']['seconds']:g} s pass. Client latency includes HTTP and JSON; server latency is the app's "
+             "own time (its `Server-Timing` header). Load average: the machine's 1-minute load average when the row "
+             f"started and ended ({m['cores']} cores).", "",
+             "| scenario | catalogue | index | recall@10 vs exact | clients | client p50 ms | client p99 ms | server p50 ms | "
+             "server p99 ms | req/s | errors | load avg |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results["scenarios"]:
+        ix = r["index"]
+        kind = {"exact": "exact", "ivf": f"faiss IVF ({ix.get('nlist')} cells, nprobe {ix.get('nprobe')})",
+                "hnsw": "faiss HNSW", "pq": "PQ codes"}.get(ix["kind"], ix["kind"])
+        recall = "exact" if ix.get("recall_at_10") is None else f"{ix['recall_at_10']:.3f}"
+        load = r.get("load_avg_1m") or ["-", "-"]
+        lines.append(f"| {r['scenario']} | {r['catalogue']:,} | {kind} | {recall} | {r['clients']} | {r['p50_ms']} | {r['p99_ms']} | "
+                     f"{r['server_p50_ms']} | {r['server_p99_ms']} | {r['req_per_s']} | {r['errors']} | {load[0]} → {load[1]} |")
+    notes = [target_line(results)]
+    for r in results["scenarios"]:
+        if "adds" in r:
+            a = r["adds"]
+            notes.append(f"{r['scenario']}: a 17th client added {a['added']} items ({a['errors']} errors), "
+                         f"{a['p50_ms']} ms p50 and {a['max_ms']} ms at most per add.")
+        if "healthz_floor" in r:
+            f = r["healthz_floor"]
+            notes.append(f"An empty `GET /healthz` from one client ({r['scenario']}): {f['p50_ms']} ms p50, {f['p99_ms']} ms p99.")
+    sci = results.get("scientific")
+    if sci:
+        notes.append(f"Scientific: `{sci['command']}` ({sci['items']:,} items, {sci['users']:,} users; test recall@10 "
+                     f"{sci['test_recall@10']:.4f}, NDCG@10 {sci['test_ndcg@10']:.4f} after {sci['epochs']} epochs: a short run, "
+                     "served for its latency, not its accuracy).")
+    synth = "The synthetic rows serve a UniSRec (hidden size {hidden}) trained on a 1,000-item synthetic world, with {sizes} vectors " \
+            "added around its items (each a random item's vector plus noise of {noise:g} of its norm)."
+    notes.append(synth.format(hidden=results["settings"]["hidden"], noise=results["settings"]["noise"],
+                              sizes=" / ".join(f"{n:,}" for n in results["settings"]["sizes"])))
+    lines += [""] + [f"- {n}" for n in notes if n]
+    if results.get("earlier_1m"):
+        lines += ["", "Earlier runs of this script at 1M items (faiss IVF), for comparison under their own load:", "",
+                  "| date | load | clients | requests | client p50 ms | client p99 ms | server p99 ms | recall@10 |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for e in results["earlier_1m"]:
+            for r in e["rows"]:
+                lines.append(f"| {e['date']} | {e['load']} | {r['clients']} | {r['requests']} | {r['p50_ms']} | {r['p99_ms']} | "
+                             f"{r['server_p99_ms']} | {r['index']['recall_at_10']:.3f} |")
+    return "\n".join(lines)
+
+
+def target_line(results: dict) -> str:
+    """The issue's target, read off the largest faiss catalogue: p99 < 20 ms (one client) at recall@10 >= 0.95, and
+    16 clients without errors."""
+    faiss = [r for r in results["scenarios"] if r["index"]["kind"] in ("ivf", "hnsw")]
+    if not faiss:
+        return "No faiss rows in this run."
+    n = max(r["catalogue"] for r in faiss)
+    rows = [r for r in faiss if r["catalogue"] == n]
+    one = next((r for r in rows if r["clients"] == 1), None)
+    many = [r for r in rows if r["clients"] > 1]
+    if one is None:
+        return ""
+    met = one["p99_ms"] < 20 and one["index"]["recall_at_10"] >= 0.95
+    return (f"**Target at {n:,} items** (top-10 p99 under 20 ms through faiss at recall@10 >= 0.95, 16 clients without errors): "
+            f"{'met' if met else 'not met'} in this run: one client's p99 {one['p99_ms']} ms as the client saw it "
+            f"({one['server_p99_ms']} ms inside the server) at recall@10 {one['index']['recall_at_10']:.3f}, at load average "
+            f"{one['load_avg_1m'][0]}-{one['load_avg_1m'][1]} on {results['machine']['cores']} cores"
+            + "".join(f"; {r['clients']} clients: {r['errors']} errors" for r in many) + ".")
+
+
+def earlier_1m(path: Path) -> list[dict]:
+    """The 1M faiss rows of the results file about to be replaced, kept beside the new ones (and those it kept)."""
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    rows = [r for r in old["scenarios"] if r.get("catalogue", 0) >= 1_000_000 and r["index"]["kind"] in ("ivf", "hnsw")
+            and "adds" not in r]
+    if not rows:
+        return old.get("earlier_1m", [])
+    load = (f"{rows[0]['load_avg_1m'][0]}-{rows[0]['load_avg_1m'][1]}" if "load_avg_1m" in rows[0]
+            else old["machine"].get("note") or "not recorded")
+    return old.get("earlier_1m", []) + [{"date": old["machine"]["date"], "load": load, "rows": rows}]
 
 
 def main() -> None:
@@ -229,7 +374,10 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=30, help="at most this long per scenario")
     p.add_argument("--add-every", type=float, default=0.25, help="seconds between adds in the adding-under-load scenario")
     p.add_argument("--noise", type=float, default=0.5, help="spread of the synthetic items around the run's items (relative)")
+    p.add_argument("--no-scientific", action="store_true", help="leave out the Amazon Scientific run")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--no-write", action="store_true", help="do not update docs/RESULTS.md (the JSON is still written)")
+    p.add_argument("--render-only", action="store_true", help="rewrite the RESULTS.md section from the saved JSON")
     # server mode (internal)
     p.add_argument("--serve", help=argparse.SUPPRESS)
     p.add_argument("--index", default="auto", help=argparse.SUPPRESS)
@@ -240,41 +388,37 @@ def main() -> None:
     if args.serve:
         serve(args)
         return
+    if args.render_only:
+        render_saved(Path(args.out), SECTION, render, args.no_write)
+        return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     work = Path(os.environ.get("TEXTREC_BENCH_WORK", Path.home() / ".cache" / "textrec-work" / "serve-bench"))
     work.mkdir(parents=True, exist_ok=True)
     run = Path(args.run) if args.run else bench_run(work, args.hidden)
-    histories = histories_of(run)
     import importlib.util
 
     # uvicorn uses these when they are installed (the serve extra has them): its fast HTTP parser and event loop
     stack = {name: importlib.util.find_spec(name) is not None for name in ("httptools", "uvloop")}
-    results = {"machine": machine(), "run": run.name, "server_stack": stack, "settings": {k: getattr(args, k) for k in
-               ("sizes", "clients", "requests", "seconds", "add_every", "noise", "hidden")}, "scenarios": []}
-    scenarios = [("trained", 0, "exact")] + [(f"{n:,} items", n, kind) for n in args.sizes for kind in ("exact", "ivf")]
-    for name, pad, kind in scenarios:
-        journal = Path(tempfile.mkdtemp(dir=work)) / "journal.jsonl"
-        server = Server(run, kind, pad, journal, args.noise)
-        try:
-            for clients in args.clients:
-                r = load(server.url, histories, clients, args.requests, args.seconds)
-                row = {"scenario": name, "catalogue": server.info["index"]["items"], "index": server.info["index"],
-                       "build_s": server.info["build_s"], **r}
-                results["scenarios"].append(row)
-                print(json.dumps(row), file=sys.stderr, flush=True)
-            if pad == 0:
-                results["healthz_floor"] = floor(server.url)
-                print(json.dumps({"healthz_floor": results["healthz_floor"]}), file=sys.stderr, flush=True)
-                r = load(server.url, histories, max(args.clients), args.requests, args.seconds, add_every=args.add_every)
-                row = {"scenario": f"{name}, adding items under load", "index": server.info["index"], **r}
-                results["scenarios"].append(row)
-                print(json.dumps(row), file=sys.stderr, flush=True)
-        finally:
-            server.stop()
+    results = {"machine": machine(), "command": command_line(), "run": run.name, "server_stack": stack,
+               "settings": {k: getattr(args, k) for k in ("sizes", "clients", "requests", "seconds", "add_every", "noise", "hidden")},
+               "scenarios": []}
+    if not args.no_scientific:
+        sci = scientific_run()
+        results["scientific"] = scientific_facts(sci)
+        results["scenarios"] += scenario_rows("Amazon Scientific (UniSRec)", sci, "auto", 0, args, work, adds=False)
+    results["scenarios"] += scenario_rows("synthetic, trained items", run, "exact", 0, args, work, adds=True)
+    for n in args.sizes:
+        for kind in ("exact", "ivf"):
+            results["scenarios"] += scenario_rows(f"synthetic, {n:,} added", run, kind, n, args, work, adds=False)
+    results["earlier_1m"] = earlier_1m(Path(args.out))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
+    md = render(results)
+    print(md)
+    if not args.no_write:
+        update_results(SECTION, md)
 
 
 if __name__ == "__main__":

@@ -23,3 +23,22 @@ def make_world(root: Path) -> Path:
 def train(data: Path, out: Path, model: str, epochs: int = 4) -> Path:
     assert main(["train", str(data), "--model", model, "--out", str(out), "--quiet", *SMALL, f"train.epochs={epochs}"]) == 0
     return out
+
+
+def train_missrec_on_features(root: Path, dim: int = 16):
+    """An inductive MISSRec on one ``dim``-d feature table ``feat1CLS`` of unknown origin (as UniSRec's ships with a
+    dataset), over a 40-item garden world: a new item's row can only come from ``POST /items``' ``features``.
+    Returns (run, dataset, the table (n_items + 1, dim))."""
+    import numpy as np
+
+    from textrec.text.encoders import HashingEncoder
+
+    ds = make_domain("garden", WorldSpec(n_items=40, n_users=120, min_len=5, max_len=10, noise=0.1), seed=3)
+    feats = np.zeros((ds.n_items + 1, dim), dtype=np.float32)
+    feats[1:] = HashingEncoder(dim).encode(ds.item_texts)
+    ds.features["feat1CLS"] = feats
+    ds.save(root / "data")
+    assert main(["train", str(root / "data"), "--model", "missrec", "--out", str(root / "run"), "--quiet", 'data.features=["feat1CLS"]',
+                 'model.image_feature=""', "model.mode=inductive", "model.hidden_size=16", "model.n_heads=2", "model.inner_size=16",
+                 "train.epochs=1", "train.batch_size=128", "train.device=cpu", "train.num_threads=1"]) == 0
+    return root / "run", ds, feats

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from serve_runs import make_world, train
+from serve_runs import make_world, train, train_missrec_on_features
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -147,6 +147,31 @@ def test_metrics_and_health(runs, tmp_path):
     timing = c.post("/recommend", json={"items": ["garden-00001"]}).headers["server-timing"]
     assert timing.startswith("app;dur=") and 0 < float(timing.split("=")[1]) < 10_000
     assert "<title>textrec</title>" in c.get("/").text and c.get("/static/app.js").status_code == 200
+
+
+@pytest.mark.parametrize("assets", ["fastapi-offline", "none"])
+def test_api_docs_load_only_from_this_server(runs, tmp_path, monkeypatch, assets):
+    """/docs references only same-origin URLs, each answered: it works with no internet."""
+    import re
+    import sys
+
+    if assets == "none":
+        monkeypatch.setitem(sys.modules, "fastapi_offline", None)  # not installed: a plain page of the routes
+    else:
+        pytest.importorskip("fastapi_offline")
+    c = client(runs["vqrec"], tmp_path)
+    r = c.get("/docs")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "://" not in r.text, r.text  # no absolute URL: no CDN, no font host, no validator badge
+    urls = re.findall(r"""(?:src|href)=["']([^"']+)""", r.text) + re.findall(r"url: '([^']+)'", r.text)
+    assert "/openapi.json" in urls
+    for url in urls:
+        assert url.startswith("/") and c.get(url).status_code == 200, url
+    if assets != "none":
+        assert "/docs-static/swagger-ui-bundle.js" in urls and "/docs-static/swagger-ui.css" in urls
+    else:
+        assert "POST /recommend" in r.text
+    assert c.get("/redoc").status_code == 404  # ReDoc would fetch its logo from its maker's CDN
 
 
 def test_pq_index_scores_vqrec_from_its_codes(runs, tmp_path):
@@ -326,3 +351,67 @@ def test_a_filter_ranks_only_the_given_items_exactly(runs, tmp_path, index_kind)
     assert got["unknown_candidates"] == ["no-such-item"]  # and the history item is never a candidate
     r = c.post("/recommend", json={"items": history, "filter": {"items": []}})
     assert r.status_code == 422 and r.json()["field"] == "filter.items"
+
+
+# ---- items given with their feature vectors (a model that reads feature tables) ------------------------------
+
+@pytest.fixture(scope="module")
+def missrec_run(tmp_path_factory):
+    return train_missrec_on_features(tmp_path_factory.mktemp("missrec"))
+
+
+def test_new_items_given_by_feature_vectors_score_from_them_and_survive_a_restart(missrec_run, tmp_path):
+    run, ds, feats = missrec_run
+    c = client(run, tmp_path)
+    history = ds.item_keys[:2]
+    before = {r["item"]: r["score"] for r in c.post("/recommend", json={"items": history, "k": 100}).json()["recommendations"]}
+    twin_of = ds.item_keys[9]  # item id 10: a new item with its vector scores exactly as it (inductive: the row is all it has)
+    twin = {"key": "TWIN", "features": {"feat1CLS": feats[10].tolist()}}  # no text: this model reads none
+    other = {"key": "OTHER", "text": NEW_TEXT, "features": {"feat1CLS": (-feats[10]).tolist()}}
+    r = c.post("/items", json={"items": [twin, other]})
+    assert r.status_code == 200, r.text
+    full = c.post("/recommend", json={"items": history, "k": 100}).json()["recommendations"]
+    scores = {x["item"]: x["score"] for x in full}
+    assert scores["TWIN"] == pytest.approx(before[twin_of], abs=1e-5)
+    assert scores["OTHER"] != pytest.approx(scores["TWIN"], abs=1e-3)  # the vector, not the text, made the row
+    # an update with another vector changes the score; a restart replays the journal with the vectors in it
+    c.post("/items", json={"items": [{"key": "OTHER", "features": {"feat1CLS": feats[12].tolist()}}]})
+    full = c.post("/recommend", json={"items": history, "k": 100}).json()["recommendations"]
+    assert {x["item"]: x["score"] for x in full}["OTHER"] == pytest.approx(before[ds.item_keys[11]], abs=1e-5)
+    again = client(run, tmp_path)
+    assert again.post("/recommend", json={"items": history, "k": 100}).json()["recommendations"] == full
+
+
+def test_bad_feature_vectors_get_4xx_naming_the_field(missrec_run, runs, tmp_path):
+    run, _, feats = missrec_run
+    c = client(run, tmp_path)
+    good = {"key": "GOOD", "features": {"feat1CLS": feats[3].tolist()}}
+    row = feats[3].tolist()
+    cases = [
+        ({"nope": row}, "items[1].features.nope", "unknown feature table 'nope'"),
+        ({"feat1CLS": row[:15]}, "items[1].features.feat1CLS", "16-d, got 15"),
+        ({"feat1CLS": [*row[:15], 1e39]}, "items[1].features.feat1CLS[15]", "less than or equal"),  # float32 would be inf
+        ({"feat1CLS": [*row[:15], "0.5"]}, "items[1].features.feat1CLS[15]", "number"),
+        ({"feat1CLS": []}, "items[1].features.feat1CLS", "at least 1"),
+        ({}, "items[1]", "'features'"),
+    ]
+    for features, field, why in cases:
+        r = c.post("/items", json={"items": [good, {"key": "BAD", "features": features}]})
+        assert r.status_code == 422 and r.json()["field"] == field and why in r.json()["error"], (features, r.text)
+    nan = '{"items": [{"key": "BAD", "features": {"feat1CLS": [NaN' + ", 0.0" * 15 + ']}}]}'
+    r = c.post("/items", content=nan.encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["field"] == "items[0].features.feat1CLS[0]" and "finite" in r.json()["error"]
+    assert not (tmp_path / "journal.jsonl").exists() and c.get("/items/GOOD").status_code == 404  # nothing half-added
+    # the schema says what this run takes: its one table at its width, nothing else
+    features = c.get("/openapi.json").json()["components"]["schemas"]["ItemIn"]["properties"]["features"]
+    assert features["additionalProperties"] is False and list(features["properties"]) == ["feat1CLS"]
+    assert features["properties"]["feat1CLS"]["minItems"] == features["properties"]["feat1CLS"]["maxItems"] == 16
+    # a model without feature tables refuses vectors with the reason (and its schema has no features); SASRec takes no
+    # new items at all
+    unisrec = client(runs["unisrec"], tmp_path / "u")
+    item = unisrec.get("/openapi.json").json()["components"]["schemas"]["ItemIn"]
+    assert "features" not in item["properties"] and item["additionalProperties"] is False
+    r = unisrec.post("/items", json={"items": [{"key": "N", "text": NEW_TEXT, "features": {"x": [1.0]}}]})
+    assert r.status_code == 422 and r.json()["field"] == "items[0].features" and "reads no feature tables" in r.json()["error"]
+    r = client(runs["sasrec"], tmp_path / "s").post("/items", json={"items": [{"key": "N", "features": {"x": [1.0]}}]})
+    assert r.status_code == 409

@@ -113,6 +113,23 @@ def test_page_search_session_recommendations_and_a_new_item(server, tmp_path):
         browser.close()
 
 
+def test_api_docs_render_with_no_internet(server):
+    """Swagger UI at /docs draws every route from files this server sends; any other host is refused and noted."""
+    url, sync_playwright = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM if CHROMIUM.exists() else shutil.which("chromium")),
+                                    args=["--no-sandbox", "--disable-background-networking"])
+        page = browser.new_page()
+        outside, errors = [], []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(url) else
+                   (outside.append(route.request.url), route.abort()))
+        page.goto(url + "/docs")
+        page.wait_for_selector(".opblock-summary-path[data-path='/recommend']", timeout=20_000)
+        assert page.locator(".opblock").count() >= 7 and not outside and not errors, (outside, errors)
+        browser.close()
+
+
 def test_page_asks_for_the_api_key_once_for_writes(tmp_path):
     sync_playwright = _browser_or_skip()
     from textrec.serve.app import create_app

@@ -4,7 +4,8 @@ size bounded.
 
 Each route gets ``TEXTREC_SERVE_FUZZ_EXAMPLES`` generated requests (default 25) that follow the schema and as many
 that break it (fixed seeds); under ``-m slow`` ``TEXTREC_SERVE_FUZZ_EXAMPLES_SLOW`` (default 300) against a writable
-VQ-Rec server, a SASRec server (which cannot add items: 409) and a read-only one behind an API key.
+VQ-Rec server, a SASRec server (which cannot add items: 409) and a read-only one behind an API key. A MISSRec server
+on a feature table checks the ``features`` of new items, whose schema names this run's table and width.
 ``TEXTREC_SERVE_FUZZ_REPORT`` names a JSON file that gets the cases tried and held per route
 (``benchmarks/reliability_table.py``).
 """
@@ -18,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from serve_runs import make_world, train
+from serve_runs import make_world, train, train_missrec_on_features
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -42,14 +43,16 @@ def runs(tmp_path_factory):
     return {m: train(world, root / m, m, epochs=2) for m in ("vqrec", "sasrec")}
 
 
-def fuzz(app, examples: int) -> tuple[dict, list[str]]:
-    """Run schemathesis's checks on every operation of ``app``'s schema, positive and negative cases: ({route: {tried,
-    held}}, one line per distinct failure)."""
+def fuzz(app, examples: int, only: tuple[str, ...] = ()) -> tuple[dict, list[str]]:
+    """Run schemathesis's checks on every operation of ``app``'s schema (``only`` these, when given), positive and
+    negative cases: ({route: {tried, held}}, one line per distinct failure)."""
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     counts: dict[str, Counter] = {}
     failures: dict[tuple, str] = {}
     for result in schema.get_all_operations():
         op = result.ok()
+        if only and op.label not in only:
+            continue
         for mode in schemathesis.GenerationMode:
             try:
                 _given(op, mode, examples, counts.setdefault(op.label, Counter()), failures)()
@@ -95,8 +98,8 @@ def _report(name: str, report: dict) -> None:
     Path(path).write_text(json.dumps(saved, indent=2))
 
 
-def _check(name: str, app, examples: int) -> dict:
-    report, failures = fuzz(app, examples)
+def _check(name: str, app, examples: int, only: tuple[str, ...] = ()) -> dict:
+    report, failures = fuzz(app, examples, only)
     _report(name, report)
     assert not failures, f"{len(failures)} distinct schemathesis failure(s):\n\n" + "\n\n".join(failures)
     return report
@@ -106,6 +109,13 @@ def test_the_server_keeps_to_its_schema(runs, tmp_path):
     report = _check("vqrec", create_app(Service(runs["vqrec"], journal=tmp_path / "journal.jsonl")), EXAMPLES)
     for route in ("POST /recommend", "POST /recommend/batch", "POST /items", "GET /items", "DELETE /items/{key}"):
         assert report[route]["tried"] >= EXAMPLES, (route, report[route])
+
+
+def test_a_feature_table_model_keeps_to_its_schema(tmp_path):
+    """MISSRec takes new items by their feature vectors: the schema names its table and width, and holds to them."""
+    run, _, _ = train_missrec_on_features(tmp_path)
+    report = _check("missrec", create_app(Service(run, journal=tmp_path / "journal.jsonl")), EXAMPLES, only=("POST /items",))
+    assert report["POST /items"]["tried"] >= EXAMPLES
 
 
 @pytest.mark.slow

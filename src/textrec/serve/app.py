@@ -1,14 +1,18 @@
 """``textrec serve``: the HTTP API and the web page over a ``Service`` (FastAPI + uvicorn, the ``serve`` extra).
 
-Routes (OpenAPI schema at ``/docs``):
+Routes (the OpenAPI schema at ``/openapi.json``, browsable at ``/docs``):
 
 * ``POST /recommend`` ``{items: [keys] | user: key, k, exclude_history, filter: {items: [keys]}?}`` -> ranked items
   with scores and texts, and the history keys the catalogue does not know (``unknown``); a filter ranks only
   the given items (scored exactly); ``POST /recommend/batch`` ``{requests: [...]}``;
 * ``GET /items/{key}``; ``GET /items?q=&limit=`` (the page's search);
-* ``POST /items`` ``{items: [{key, text?, attributes?}, ...]}`` adds or updates items; ``DELETE /items/{key}``;
+* ``POST /items`` ``{items: [{key, text?, attributes?, features?}, ...]}`` adds or updates items; ``DELETE /items/{key}``;
   both refused with ``--read-only``, and guarded by ``X-API-Key`` when an API key file is given;
 * ``GET /healthz``, ``GET /metrics`` (Prometheus text), ``GET /stats``; the page at ``/``.
+
+``/docs`` (Swagger UI) loads its script and style from this server, never from a CDN, so it works offline: the
+files come from the ``fastapi-offline`` package (in the ``serve`` extra); without it, ``/docs`` is a plain page
+listing the routes. There is no ``/redoc``: ReDoc draws its logo from its maker's CDN.
 
 Every error is JSON ``{"error": "...", "field": "..."}`` with a 4xx status (a 500 says only "internal error" and
 is logged), never a stack trace. Request bodies are bounded (``MAX_BODY_BYTES``), as are histories, k, batches
@@ -23,7 +27,7 @@ from pathlib import Path
 from typing import Annotated
 
 from textrec.errors import DataError, NotFoundError, TextrecError
-from textrec.serve.service import CannotAddError, ReadOnlyError, Service
+from textrec.serve.service import CannotAddError, FieldError, ReadOnlyError, Service
 
 log = logging.getLogger("textrec.serve.app")
 
@@ -170,7 +174,7 @@ def _error_handlers(app) -> None:
     async def textrec_error(request, exc: TextrecError):
         status = 404 if isinstance(exc, NotFoundError) else 403 if isinstance(exc, ReadOnlyError) else \
             409 if isinstance(exc, CannotAddError) else 422
-        return _error(status, str(exc))
+        return _error(status, str(exc), exc.field if isinstance(exc, FieldError) else None)
 
     @app.exception_handler(Unauthorized)
     async def unauthorized(request, exc: Unauthorized):
@@ -202,6 +206,47 @@ def _page_routes(app, service: Service, metrics: Metrics) -> None:
     @app.get("/metrics", include_in_schema=False)
     def metrics_text():
         return Response(metrics.text(service), media_type=CONTENT_TYPE_LATEST)
+
+
+def _docs_routes(app) -> None:
+    """``/docs`` (Swagger UI) with its files served from here (module doc)."""
+    from fastapi import Request
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    try:
+        from importlib.resources import files
+
+        assets = Path(str(files("fastapi_offline") / "static"))
+    except ModuleNotFoundError:
+        assets = None
+    if assets is None or not (assets / "swagger-ui-bundle.js").exists():
+        @app.get("/docs", include_in_schema=False)
+        def routes_page(request: Request):
+            return HTMLResponse(_routes_html(app, request.scope.get("root_path", "")))
+        return
+    app.mount("/docs-static", StaticFiles(directory=assets), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger(request: Request):
+        at = request.scope.get("root_path", "") + "/docs-static"
+        return get_swagger_ui_html(openapi_url=request.scope.get("root_path", "") + app.openapi_url, title=f"{app.title} API",
+                                   swagger_js_url=f"{at}/swagger-ui-bundle.js", swagger_css_url=f"{at}/swagger-ui.css",
+                                   swagger_favicon_url=f"{at}/favicon.png",
+                                   swagger_ui_parameters={"validatorUrl": None})  # no badge fetched from swagger.io
+
+
+def _routes_html(app, root: str) -> str:
+    """A plain page of the routes and a link to the schema: ``/docs`` without ``fastapi-offline``."""
+    from html import escape
+
+    rows = "".join(f"<li><code>{escape(method.upper())} {escape(path)}</code> {escape(op.get('summary', ''))}</li>"
+                   for path, ops in app.openapi()["paths"].items() for method, op in ops.items())
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{escape(app.title)} API</title></head><body>"
+            f"<h1>{escape(app.title)} API</h1><p>The OpenAPI schema: <a href='{escape(root)}/openapi.json'>/openapi.json</a>. "
+            "For the interactive Swagger UI here, install <code>fastapi-offline</code> (in <code>textrec[serve]</code>).</p>"
+            f"<ul>{rows}</ul></body></html>")
 
 
 def _api_routes(app, service: Service, api_key: str | None) -> None:
@@ -252,19 +297,43 @@ def _api_routes(app, service: Service, api_key: str | None) -> None:
         return service.delete_item(key)
 
 
+def _features_in_schema(app, service: Service) -> None:
+    """The schema's ``features`` of a new item says what this run takes: its feature tables, each at its width, and
+    no other; none at all for a model without feature tables (then ``features`` is an unknown field)."""
+    from textrec.serve.catalogue import feature_dims
+
+    dims, build = feature_dims(service.run), app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            item = build()["components"]["schemas"]["ItemIn"]  # build() caches the schema it returns
+            generic = item["properties"].pop("features")
+            if dims:
+                vector = generic["additionalProperties"]
+                item["properties"]["features"] = {**generic, "additionalProperties": False,
+                                                  "properties": {n: {**vector, "minItems": d, "maxItems": d} for n, d in dims.items()}}
+            else:
+                item["anyOf"] = [rule for rule in item["anyOf"] if rule["required"] != ["features"]]
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+
 def create_app(service: Service, api_key: str | None = None):
     """The FastAPI application over ``service``; writes need ``api_key`` in ``X-API-Key`` when it is given."""
     _fastapi()
     from fastapi import FastAPI
 
     app = FastAPI(title="textrec", description=f"recommendations from the run {service.run_dir.name} ({service.run.cfg.model})",
-                  version="1")
+                  version="1", docs_url=None, redoc_url=None)  # /docs: _docs_routes, without a CDN
     app.state.service = service
     metrics = Metrics()
     app.add_middleware(BoundedAndMeasured, metrics=metrics)
     _error_handlers(app)
     _page_routes(app, service, metrics)
+    _docs_routes(app)
     _api_routes(app, service, api_key)
+    _features_in_schema(app, service)
     return app
 
 

@@ -40,7 +40,11 @@ tables: each table the model was built with (``ItemInputs.features``), by its or
 * a table of unknown origin (shipped with the dataset, e.g. UniSRec's ``feat1CLS`` / ``feat3CLS``, whose encoder
   is not at hand): zero rows masked as absent, and the report says so.
 
-An item may then be given by its image alone, unless the model reads texts (text embeddings, codes,
+A new item may also bring its own vector for a feature table (``NewItems.features``, ``POST /items``' ``features``):
+that row is taken as given (checked by ``given_feature_rows``: a table the model reads, its width, finite values),
+not encoded, and marked present.
+
+An item may then be given by its image (or its vectors) alone, unless the model reads texts (text embeddings, codes,
 attributes). Trained weights carry over. A per-item state entry is rebuilt from the extended inputs (e.g. a
 text table) or keeps its trained rows and grows by zero rows (e.g. an item-ID embedding), as the model's
 ``SPEC.item_state`` declares; every other entry is carried exactly as trained, its shape included (MISSRec's interest
@@ -85,12 +89,55 @@ class NewItems:
     texts: list[str]  # "" where only attributes were given (``add_items`` derives one)
     attributes: list[dict[str, str]] = field(default_factory=list)  # {} where only a text was given
     images: list[str] = field(default_factory=list)  # image file paths (read against the file's folder); "" = none
+    features: list[dict[str, np.ndarray]] = field(default_factory=list)  # given rows by feature table; {} = none given
 
     def __post_init__(self) -> None:
         if not self.attributes:
             self.attributes = [{} for _ in self.keys]
         if not self.images:
             self.images = ["" for _ in self.keys]
+        if not self.features:
+            self.features = [{} for _ in self.keys]
+
+
+class GivenFeatureError(DataError):
+    """A given feature vector that does not fit the run (``given_feature_rows``); ``table``: the table it names."""
+
+    def __init__(self, message: str, table: str) -> None:
+        super().__init__(message)
+        self.table = table
+
+
+def feature_dims(run: LoadedRun) -> dict[str, int]:
+    """{table: width} of the feature tables ``run``'s model reads; {} when it reads none (it cannot take vectors)."""
+    if "features" not in item_input_kinds(type(run.model), run.cfg.model_config):
+        return {}
+    return {name: int(t.values.shape[1]) for name, t in run.inputs.features.items()}
+
+
+def given_feature_rows(dims: dict[str, int], features) -> dict[str, np.ndarray]:
+    """One item's given vectors ({table: numbers}) as float32 rows, checked against ``dims`` (``feature_dims``).
+
+    Raises ``GivenFeatureError`` naming the table: one the model does not read, a vector of the wrong length,
+    or a value that is not a finite float32 (NaN, infinite, or beyond float32's range).
+    """
+    rows = {}
+    for name, values in features.items():
+        if name not in dims:
+            raise GivenFeatureError(f"unknown feature table {name!r} (the model reads: {', '.join(sorted(dims)) or 'none'})", name)
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                row = np.asarray(values, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise GivenFeatureError(f"feature table {name!r} needs a list of numbers", name) from None
+        if row.shape != (dims[name],):
+            got = f"{row.shape[0]} values" if row.ndim == 1 else f"shape {row.shape}"
+            raise GivenFeatureError(f"feature table {name!r} is {dims[name]}-d, got {got}", name)
+        if not np.isfinite(row).all():
+            bad = int(np.flatnonzero(~np.isfinite(row))[0])
+            raise GivenFeatureError(f"feature table {name!r}: value {bad} is not a finite float32 ({values[bad]!r})", name)
+        rows[name] = row
+    return rows
 
 
 def read_new_items(path: str | Path) -> tuple[list[str], list[str]]:
@@ -219,9 +266,14 @@ class NewFeatureRows(NamedTuple):
     encoded: list[str]  # keys of the new items that got a row
     missing: dict[str, str]  # key -> why it has no image (or no text) to encode: masked as absent
     unreadable: dict[str, str]  # key -> why its image file could not be read or decoded: masked as absent
+    given: tuple[str, ...] = ()  # keys of the new items whose row was given as a vector (not encoded)
 
     def line(self) -> str:
         """One line for stderr."""
+        if self.given:
+            rest = self._replace(n_new=self.n_new - len(self.given), given=())
+            line = f"feature table {self.table!r}: {len(self.given)} of {self.n_new} new item(s) given as vectors"
+            return line if rest.n_new == 0 else f"{line}; the other {rest.n_new}: {rest.line()}"
         if self.origin is None:
             return (f"note: feature table {self.table!r} has no record of the encoder that made it (e.g. it came with the "
                     f"dataset), so the {self.n_new} new item(s) get no {self.table!r} row: masked as absent")
@@ -289,6 +341,24 @@ def _device_name(device) -> str:
     return "cpu" if torch.device(device).type == "cpu" else str(device)
 
 
+def _table_rows(data_dir: Path, name: str, dim: int, items: NewItems, device: str) -> tuple[np.ndarray, np.ndarray, NewFeatureRows]:
+    """``new_feature_rows`` for the new items without a given vector of table ``name``; the given ones as given."""
+    given = [i for i, f in enumerate(items.features) if name in f]
+    if not given:
+        return new_feature_rows(data_dir, name, dim, items, device)
+    n_new = len(items.keys)
+    rows, present = np.zeros((n_new, dim), dtype=np.float32), np.zeros(n_new, dtype=bool)
+    rest = sorted(set(range(n_new)) - set(given))
+    report = NewFeatureRows(name, None, None, 0, [], {}, {})
+    if rest:
+        sub = NewItems(*([values[i] for i in rest] for values in (items.keys, items.texts, items.attributes, items.images)))
+        rows[rest], present[rest], report = new_feature_rows(data_dir, name, dim, sub, device)
+    for i in given:
+        rows[i], present[i] = items.features[i][name], True
+    keys = [items.keys[i] for i in given]
+    return rows, present, report._replace(n_new=n_new, encoded=[*report.encoded, *keys], given=tuple(keys))
+
+
 def _extend_inputs(run: LoadedRun, items: NewItems, encoder: str | None) -> tuple[ItemInputs, list[NewFeatureRows]]:
     """The run's item inputs with rows for the new items appended, kind by kind, and how each feature table got them."""
     data_dir = Path(run.config["dataset"]["path"])
@@ -304,7 +374,7 @@ def _extend_inputs(run: LoadedRun, items: NewItems, encoder: str | None) -> tupl
         new.codes = torch.cat([old.codes, torch.as_tensor(_new_codes(data_dir, record["codes"][0], texts, encoder))])
     if "features" in kinds:
         for name, t in old.features.items():
-            rows, present, report = new_feature_rows(data_dir, name, t.values.shape[1], items, _device_name(run.device))
+            rows, present, report = _table_rows(data_dir, name, t.values.shape[1], items, _device_name(run.device))
             new.features[name] = FeatureTable(torch.cat([t.values, torch.from_numpy(rows).to(t.values)]),
                                               torch.cat([t.present, torch.from_numpy(present).to(t.present)]))
             reports.append(report)
@@ -384,6 +454,19 @@ def add_items(run: LoadedRun, keys: list[str], texts: list[str], encoder: str | 
     return grown
 
 
+def _checked_features(run: LoadedRun, keys: list[str], features: list[dict]) -> list[dict[str, np.ndarray]]:
+    """The new items' given vectors as checked float32 rows (``given_feature_rows``); errors name the item."""
+    dims, out = feature_dims(run), []
+    for key, given in zip(keys, features):
+        if given and not dims:
+            raise DataError(f"new item {key!r}: {run.cfg.model} (in this configuration) reads no feature tables, so it takes no vectors")
+        try:
+            out.append(given_feature_rows(dims, given))
+        except GivenFeatureError as e:
+            raise DataError(f"new item {key!r}: {e}") from None
+    return out
+
+
 def grow_catalogue(run: LoadedRun, items: NewItems, encoder: str | None = None) -> tuple[LoadedRun, list[NewFeatureRows]]:
     """``add_items`` for a ``NewItems`` (``read_new_item_table``), with how each feature table got its rows."""
     if not spec_of(run.model).item_inputs:
@@ -397,17 +480,20 @@ def grow_catalogue(run: LoadedRun, items: NewItems, encoder: str | None = None) 
         raise DataError(f"new item {sorted(clash)[0]!r} is already in the catalogue")
     if len(set(keys)) != len(keys):
         raise DataError(f"new item {next(k for k in keys if keys.count(k) > 1)!r} is given twice")
-    if not len(attributes) == len(items.texts) == len(items.images) == len(keys):
-        raise DataError(f"{len(keys)} new items but {len(items.texts)} texts, {len(attributes)} attribute sets and "
-                        f"{len(items.images)} images")
+    features = items.features or [{} for _ in keys]  # a NewItems filled after it was made (read_new_item_table) has none
+    if not len(attributes) == len(items.texts) == len(items.images) == len(features) == len(keys):
+        raise DataError(f"{len(keys)} new items but {len(items.texts)} texts, {len(attributes)} attribute sets, "
+                        f"{len(items.images)} images and {len(features)} feature sets")
     fields = tuple((ds.meta.get("source") or {}).get("text_fields") or TEXT_FIELDS)
     texts = [t or derived_text(a, fields) for t, a in zip(items.texts, attributes)]
     kinds = item_input_kinds(type(run.model), run.cfg.model_config)
-    missing = next((k for k, t, i in zip(keys, texts, items.images) if not t and (not i or READS_TEXT & set(kinds))), None)
+    given = _checked_features(run, keys, features)
+    missing = next((k for k, t, i, f in zip(keys, texts, items.images, given)
+                    if not t and (not (i or f) or READS_TEXT & set(kinds))), None)
     if missing is not None:
         reads = f" ({run.cfg.model} reads item texts)" if READS_TEXT & set(kinds) else ""
         raise DataError(f"new item {missing!r} has neither a text nor an attribute{reads}")
-    items = NewItems(list(keys), texts, attributes, items.images)
+    items = NewItems(list(keys), texts, attributes, items.images, given)
     inputs, reports = _extend_inputs(run, items, encoder)
     model = run.build_model(inputs)  # its random initial weights are all replaced by the carried state
     _carry_state(run.model, model, len(keys))

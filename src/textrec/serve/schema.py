@@ -10,13 +10,19 @@ Imported by ``textrec.serve.app`` only when an app is built, so the core install
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator, model_validator
 
-from textrec.serve.service import MAX_BATCH, MAX_CANDIDATES, MAX_HISTORY, MAX_K, MAX_NEW_ITEMS, MAX_TEXT
+from textrec.serve.service import MAX_BATCH, MAX_CANDIDATES, MAX_FEATURE_DIM, MAX_HISTORY, MAX_K, MAX_NEW_ITEMS, MAX_TEXT
 
 Key = Annotated[StrictStr, Field(min_length=1, max_length=200)]
 Text = Annotated[StrictStr, Field(max_length=MAX_TEXT)]
 Attributes = Annotated[dict[Key, Text], Field(max_length=50)]
+# {feature table: its row for the item}; the table and the row's width are checked against the run (``Service``), and
+# the app's schema names this run's tables and widths (``textrec.serve.app``)
+FLOAT32_MAX = 3.4028234663852886e38  # a vector is stored as float32: a larger number would become infinite
+Number = Annotated[StrictFloat, Field(allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
+Vector = Annotated[list[Number], Field(min_length=1, max_length=MAX_FEATURE_DIM)]
+Features = Annotated[dict[Key, Vector], Field(max_length=8)]
 
 
 def _no_null_defaults(schema: dict) -> None:
@@ -34,7 +40,8 @@ def _one_history(schema: dict) -> None:
 def _has_content(schema: dict) -> None:
     _no_null_defaults(schema)
     schema["anyOf"] = [{"required": ["text"], "properties": {"text": {"pattern": r"\S"}}},
-                       {"required": ["attributes"], "properties": {"attributes": {"minProperties": 1}}}]
+                       {"required": ["attributes"], "properties": {"attributes": {"minProperties": 1}}},
+                       {"required": ["features"], "properties": {"features": {"minProperties": 1}}}]
 
 
 class Filter(BaseModel):
@@ -76,11 +83,12 @@ class ItemIn(BaseModel):
     key: Key
     text: Text = None  # type: ignore[assignment]
     attributes: Attributes = None  # type: ignore[assignment]
+    features: Features = None  # type: ignore[assignment]  # for a model that reads feature tables (MISSRec)
 
     @model_validator(mode="after")
     def has_content(self):
-        if not (self.text or "").strip() and not self.attributes:
-            raise ValueError("an item needs a non-empty 'text' or 'attributes'")
+        if not (self.text or "").strip() and not self.attributes and not self.features:
+            raise ValueError("an item needs a non-empty 'text', 'attributes' or 'features'")
         return self
 
 

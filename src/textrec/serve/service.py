@@ -38,6 +38,7 @@ MAX_BATCH = 64  # histories in one /recommend/batch
 MAX_CANDIDATES = 10_000  # items in one recommendation's filter
 MAX_NEW_ITEMS = 100  # items in one POST /items
 MAX_TEXT = 10_000  # characters of one item text
+MAX_FEATURE_DIM = 4096  # numbers in one given feature vector (POST /items' features)
 
 
 class ReadOnlyError(TextrecError):
@@ -46,6 +47,14 @@ class ReadOnlyError(TextrecError):
 
 class CannotAddError(TextrecError):
     """The model cannot score items it was not trained on."""
+
+
+class FieldError(DataError):
+    """Bad input in one field of a request; ``field`` names it as the API's errors do (``items[2].features.feat1CLS``)."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
 
 
 def load_run_for_serving(run_dir: str | Path, device: str = "cpu"):
@@ -293,14 +302,35 @@ class Service:
                                  f"serve a text model ({text_models}) to add items")
 
     def add_items(self, items: list[dict]) -> dict:
-        """Add or update items ({key, text?, attributes?}); they are recommendable by the next request. A key given
-        twice is added once, as its last version (as if sent in two requests)."""
+        """Add or update items ({key, text?, attributes?, features?}); they are recommendable by the next request. A
+        key given twice is added once, as its last version (as if sent in two requests). ``features``: {table:
+        numbers}, the item's row of each feature table named, for a model that reads feature tables."""
         self._check_writable()
+        self._check_features(items)
         items = list({it["key"]: it for it in items}.values())
         with self.write_lock:
             added = self._apply_add(items)
             self.journal.append({"op": "add", "items": items})
         return {"added": [self._item_dict(sid) for sid in added], "items": len(self.live)}
+
+    def _check_features(self, items: list[dict]) -> None:
+        """Every given vector fits the model (a table it reads, its width, finite), before anything is written."""
+        from textrec.serve.catalogue import GivenFeatureError, feature_dims, given_feature_rows
+
+        dims = feature_dims(self.run)
+        for i, it in enumerate(items):
+            if "features" not in it:
+                continue
+            if not dims:
+                from textrec.models import MODELS, model_class
+
+                takers = ", ".join(n for n in sorted(MODELS) if "features" in spec_of(model_class(n)).item_inputs)
+                raise FieldError(f"{self.run.cfg.model} (in this run's configuration) reads no feature tables, so it takes "
+                                 f"no vectors: give the item a text or attributes (feature tables: {takers})", f"items[{i}].features")
+            try:
+                given_feature_rows(dims, it["features"])
+            except GivenFeatureError as e:
+                raise FieldError(str(e), f"items[{i}].features.{e.table}") from None
 
     def delete_item(self, key: str) -> dict:
         self._check_writable()
@@ -333,7 +363,8 @@ class Service:
                 key = f"{it['key']}#v{self.n_model_keys}"
             taken.add(key)
             model_keys.append(key)
-        new = NewItems(model_keys, [it.get("text") or "" for it in items], [dict(it.get("attributes") or {}) for it in items])
+        new = NewItems(model_keys, [it.get("text") or "" for it in items], [dict(it.get("attributes") or {}) for it in items],
+                       features=[dict(it.get("features") or {}) for it in items])
         n_old = self.run.dataset.n_items
         grown, _ = grow_catalogue(self.run, new)
         texts = grown.dataset.item_texts[n_old:]  # derived from attributes where no text was given
