@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +128,9 @@ def test_packaging_strips_the_catalogue_tensors_and_keeps_everything_else(runs, 
     assert card["validation"]["curve"][-1]["epoch"] == 2 and card["weights"]["not_shipped"]
     assert card["command"].startswith(f"textrec pretrain tools garden --model {model}")
     assert f"# tiny-{model}" in (folder / "CARD.md").read_text()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {0o666 & ~umask}  # readable once installed
 
 
 def test_half_precision_only_where_its_scores_match_float32(runs, shipped, tmp_path):

@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from textrec.errors import CheckpointError, DataError, NotFoundError, TextrecError
-from textrec.io import CHECKSUMS, read_json, sha256_file, write_json, write_text
+from textrec.io import CHECKSUMS, _umask, read_json, sha256_file, write_json, write_text
 from textrec.models import model_class
 from textrec.models.spec import item_input_kinds, score, spec_of
 from textrec.pretrained import CARD, shipped_bytes, shipped_root
@@ -79,6 +79,7 @@ def package(
         raise TextrecError(f"{target} already exists (pass overwrite=True / --overwrite to replace it)")
     if verify_checkpoint(run / "model.safetensors") is None:
         log.warning("note: %s records no checksum of model.safetensors; its weights are not verified", run)
+    quantizer = _quantizer(run, cfg, config)
     skip = spec_of(model_class(cfg.model)).catalogue_keys
     state = load_file(str(run / "model.safetensors"))
     kept = {k: v for k, v in state.items() if not k.startswith(skip)}
@@ -92,11 +93,12 @@ def package(
     staging.mkdir()
     try:
         save_file({k: _stored(v, dtype) for k, v in kept.items()}, str(staging / "model.safetensors"))
+        os.chmod(staging / "model.safetensors", 0o666 & ~_umask())  # safetensors writes 0600: unreadable once installed
         write_json(staging / "config.json", shipped_config(config, name))
-        if (run / "quantizer.index").is_file():
-            shutil.copyfile(run / "quantizer.index", staging / "quantizer.index")
+        if quantizer is not None:
+            shutil.copyfile(quantizer, staging / "quantizer.index")
         size = sum(p.stat().st_size for p in staging.iterdir())
-        card = make_card(run, cfg, config, name, dtype, gaps, tolerance, n_checked, kept, dropped, size, terms,
+        card = make_card(run, cfg, config, name, dtype, gaps, tolerance, n_checked, kept, dropped, quantizer, size, terms,
                          command, packaged_with)
         write_json(staging / CARD, card)
         write_text(staging / "CARD.md", render_card(card))
@@ -128,6 +130,20 @@ def _check_can_package(run: Path, cfg, config: dict, name: str, terms: str) -> N
         raise TextrecError(f"{run}: {cfg.model} scores item IDs, so nothing of it transfers to another catalogue")
     if not terms or not terms.strip():
         raise TextrecError("the card needs the pre-training data's terms of use (terms=...)")
+
+
+def _quantizer(run: Path, cfg, config: dict) -> Path | None:
+    """The quantiser a code model's new catalogue is coded with: the run's bundled copy, else its recorded source
+    (either checked against the recorded sha1); None for a model that reads no item codes."""
+    from textrec.train.newcatalogue import run_quantizer
+
+    if "codes" not in item_input_kinds(model_class(cfg.model), cfg.model_config):
+        return None
+    found = run_quantizer(run, config.get("new_catalogue") or {})
+    if found is None:
+        raise NotFoundError(f"{run}: reads item codes but carries no quantiser (quantizer.index) and records none that "
+                            "exists, so a new catalogue could not be coded; pre-train it again with this textrec")
+    return found
 
 
 def _stored(t: torch.Tensor, dtype: str) -> torch.Tensor:
@@ -235,7 +251,8 @@ def pretrain_command(config: dict) -> str:
 
 
 def make_card(run: Path, cfg, config: dict, name: str, dtype: str, gaps: dict, tolerance: float, check_users: int,
-              kept: dict, dropped: list[str], size: int, terms: str, command: str | None, packaged_with: str | None) -> dict:
+              kept: dict, dropped: list[str], quantizer: Path | None, size: int, terms: str, command: str | None,
+              packaged_with: str | None) -> dict:
     """The card: what the checkpoint is, where it came from, how it did, and on what terms (card.json)."""
     metrics = read_json(run / "metrics.json")
     curve = []
@@ -245,10 +262,9 @@ def make_card(run: Path, cfg, config: dict, name: str, dtype: str, gaps: dict, t
             curve.append({k: r[k] for k in ("epoch", "loss", "valid", "train_seconds") if k in r})
     datasets = config["pretrain"]["datasets"]
     nc = config.get("new_catalogue") or {}
-    quantizer = None
-    if (run / "quantizer.index").is_file():
+    if quantizer is not None:
         quantizer = {"file": "quantizer.index", "sha1": nc.get("quantizer_sha1"), "codes": nc.get("codes"),
-                     "bytes": (run / "quantizer.index").stat().st_size}
+                     "bytes": quantizer.stat().st_size}
     return {
         "name": name,
         "model": cfg.model,
