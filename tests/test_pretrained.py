@@ -21,6 +21,7 @@ from textrec.cli import main
 from textrec.data.dataset import Dataset
 from textrec.data.split import eval_examples
 from textrec.data.synthetic import WorldSpec, make_domain
+from textrec.errors import TextrecError
 from textrec.io import checksummed_path
 from textrec.models import model_class
 from textrec.models.spec import score, spec_of
@@ -163,6 +164,51 @@ def test_the_size_budget_refuses_in_one_line_and_writes_nothing(runs, tmp_path):
     package(runs["vqrec"], "b", root, terms=TERMS)  # within the default budget
 
 
+def _edited_run(run, tmp_path, edit):
+    copy = tmp_path / run.name
+    shutil.copytree(run, copy)
+    config = json.loads((copy / "config.json").read_text())
+    edit(config)
+    (copy / "config.json").write_text(json.dumps(config))
+    return copy
+
+
+def test_packaging_refuses_what_cannot_ship_in_one_line(runs, tmp_path):
+    root = tmp_path / "root"
+
+    def refused(run, *fragments, name="x", **kw):
+        before = _snapshot(root) if root.exists() else None
+        with pytest.raises(TextrecError) as e:
+            package(run, name, root, **{"terms": TERMS, **kw})
+        assert "\n" not in str(e.value) and all(f in str(e.value) for f in fragments), str(e.value)
+        assert (_snapshot(root) if root.exists() else None) == before  # nothing written, nothing replaced
+
+    refused(runs["vqrec"], "lower-case letters", name="My Model")
+    refused(runs["vqrec"], "terms of use", terms=" ")
+    refused(_edited_run(runs["vqrec"], tmp_path / "a", lambda c: c.pop("pretrain")), "not a pre-training run")
+    no_quantiser = _edited_run(runs["vqrec"], tmp_path / "b", lambda c: c["new_catalogue"].update(quantizer_source="gone.index"))
+    (no_quantiser / "quantizer.index").unlink()
+    refused(no_quantiser, "carries no quantiser")
+    package(runs["unisrec"], "x", root, terms=TERMS)
+    refused(runs["vqrec"], "already exists", "overwrite")
+    assert package(runs["vqrec"], "x", root, terms=TERMS, overwrite=True).model == "vqrec"
+    assert json.loads((root / "x" / "card.json").read_text())["model"] == "vqrec"
+
+
+def test_the_precision_check_runs_on_other_datasets_when_the_sources_are_gone(runs, tmp_path):
+    sources = [d["path"] for d in json.loads((runs["unisrec"] / "config.json").read_text())["pretrain"]["datasets"]]
+
+    def moved(config):
+        for d in config["pretrain"]["datasets"]:
+            d["path"] = str(tmp_path / "gone" / d["name"])
+
+    run = _edited_run(runs["unisrec"], tmp_path, moved)
+    with pytest.raises(TextrecError, match="not found.*--check-data"):
+        package(run, "x", tmp_path / "root", terms=TERMS)
+    res = package(run, "x", tmp_path / "root", terms=TERMS, check_data=sources[:1])
+    assert res.dtype == "float16" and res.score_gaps["float16"] <= 1e-3
+
+
 def test_the_script_packages_and_refuses_over_budget(runs, tmp_path, capsys):
     from doubles import benchmark_script
 
@@ -266,4 +312,4 @@ def test_finetune_from_a_shipped_name(shipped, csv_data, tmp_path, capsys):
 
 def test_serve_and_export_by_name_say_a_pretraining_run_needs_a_dataset(shipped, capsys):
     for argv in (["serve", "tiny-unisrec"], ["export", "tiny-unisrec", "--out", "x"]):
-        one_line_error(capsys, argv, "tiny-unisrec: a pre-training run", "--data DIR")
+        one_line_error(capsys, argv, "error: tiny-unisrec: a pre-training run", "--init tiny-unisrec`", "--data DIR")

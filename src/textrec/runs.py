@@ -284,7 +284,8 @@ def load_run(run_dir: str | Path, data_dir: str | Path | None = None, device: st
     if not (run / "model.safetensors").exists():
         raise NotFoundError(f"{run}: no model.safetensors yet (the run has not finished an evaluation)")
     if "dataset" not in config and data_dir is None:
-        raise NotFoundError(f"{run}: a pre-training run; fine-tune it on a dataset with `textrec finetune DIR --init {run}`, "
+        name = (config.get("shipped") or {}).get("name") or run  # a shipped checkpoint is named by its name
+        raise NotFoundError(f"{name}: a pre-training run; fine-tune it on a dataset with `textrec finetune DIR --init {name}`, "
                             "or rank a dataset's items with it zero-shot with --data DIR")
     data_path = Path(data_dir) if data_dir is not None else Path(config["dataset"]["path"])
     ds = Dataset.load(data_path)
