@@ -38,7 +38,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """VQ-Rec and UniSRec pre-trained on two encoded, jointly quantised synthetic sources."""
+    """VQ-Rec, UniSRec and MISSRec (text only) pre-trained on two encoded, jointly quantised synthetic sources."""
     root = tmp_path_factory.mktemp("shipped")
     sources = []
     for name, n_items, n_users, seed in (("tools", 30, 80, 0), ("garden", 36, 70, 3)):
@@ -47,7 +47,8 @@ def runs(tmp_path_factory):
         assert main(["encode", str(sources[-1]), "--encoder", "hashing-64", "--json"]) == 0
     quantize_datasets(sources, n_codebooks=4, codebook_size=16, out_index=root / "joint.index", name="joint", opq_iterations=3)
     out = {}
-    for model, extra in (("vqrec", ["data.codes=joint"]), ("unisrec", [])):
+    missrec = ["model.mode=inductive", "model.text_feature=embeddings", "model.image_feature="]  # the corpus recipe's
+    for model, extra in (("vqrec", ["data.codes=joint"]), ("unisrec", []), ("missrec", missrec)):
         out[model] = root / f"{model}-pt"
         assert main(["pretrain", *map(str, sources), "--model", model, "--out", str(out[model]), *extra, *SMALL]) == 0
     return out
@@ -108,7 +109,7 @@ def _scores(run, data) -> torch.Tensor:
 # ---- packaging ------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", ["vqrec", "unisrec"])
+@pytest.mark.parametrize("model", ["vqrec", "unisrec", "missrec"])
 def test_packaging_strips_the_catalogue_tensors_and_keeps_everything_else(runs, shipped, model):
     root, made = shipped
     folder = root / f"tiny-{model}"
@@ -229,7 +230,7 @@ def test_textrec_pretrained_lists_them(shipped, runs, capsys):
     out = cli_json(capsys, ["pretrained", "--json"])
     assert out["root"] == str(root)
     rows = {r["name"]: r for r in out["checkpoints"]}
-    assert set(rows) == {"tiny-vqrec", "tiny-unisrec"}
+    assert set(rows) == {"tiny-vqrec", "tiny-unisrec", "tiny-missrec"}
     best = json.loads((runs["vqrec"] / "metrics.json").read_text())["valid"]["ndcg@10"]
     assert rows["tiny-vqrec"]["model"] == "vqrec" and rows["tiny-vqrec"]["best_valid"] == pytest.approx(best)
     assert rows["tiny-unisrec"]["corpus"] == ["synthetic-tools", "synthetic-garden"]
@@ -253,7 +254,7 @@ def test_an_existing_path_wins_over_a_name_and_an_unknown_name_lists_the_shipped
     assert resolve_run("tiny-vqrec") == Path("tiny-vqrec")  # the folder here, not the shipped one
     assert resolve_run("runs/missing") == Path("runs/missing")  # a path: the loader says what is wrong with it
     one_line_error(capsys, ["evaluate", "tiny-vqrc", "--data", str(tmp_path)], "tiny-vqrc",
-                   "shipped: tiny-unisrec, tiny-vqrec")
+                   "shipped: tiny-missrec, tiny-unisrec, tiny-vqrec")
 
 
 def test_a_tampered_file_fails_its_checksum_in_one_line(shipped, runs, csv_data, tmp_path, monkeypatch, capsys):
@@ -281,7 +282,7 @@ def test_recommend_by_name_zero_shot_on_a_fresh_csv_dataset_writes_only_into_the
     before = _snapshot(root)
     data = _fresh(csv_data, tmp_path)
     user = Dataset.load(data).user_keys[0]
-    for name in ("tiny-unisrec", "tiny-vqrec"):
+    for name in ("tiny-unisrec", "tiny-vqrec", "tiny-missrec"):
         out = cli_json(capsys, ["recommend", name, "--data", str(data), "--user", user, "-k", "5", "--json"])
         assert len(out["recommendations"]) == 5 and all(r["item"].startswith("kitchen") for r in out["recommendations"])
     assert (data / "embeddings" / "hashing-64-mean.npy").exists() and (data / "codes" / "joint.npy").exists()
@@ -289,7 +290,7 @@ def test_recommend_by_name_zero_shot_on_a_fresh_csv_dataset_writes_only_into_the
     assert _snapshot(root) == before  # nothing written into the shipped folders
 
 
-@pytest.mark.parametrize("model", ["vqrec", "unisrec"])
+@pytest.mark.parametrize("model", ["vqrec", "unisrec", "missrec"])
 def test_shipped_scores_match_the_original_run_zero_shot(shipped, runs, csv_data, tmp_path, model):
     data = _fresh(csv_data, tmp_path)
     assert main(["evaluate", str(runs[model]), "--data", str(data), "--quiet"]) == 0  # completes the dataset
