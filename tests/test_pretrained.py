@@ -185,6 +185,7 @@ def test_packaging_refuses_what_cannot_ship_in_one_line(runs, tmp_path):
         assert (_snapshot(root) if root.exists() else None) == before  # nothing written, nothing replaced
 
     refused(runs["vqrec"], "lower-case letters", name="My Model")
+    refused(runs["vqrec"], "lower-case letters", name="packaging.py")  # never a file of the package folder
     refused(runs["vqrec"], "terms of use", terms=" ")
     refused(_edited_run(runs["vqrec"], tmp_path / "a", lambda c: c.pop("pretrain")), "not a pre-training run")
     no_quantiser = _edited_run(runs["vqrec"], tmp_path / "b", lambda c: c["new_catalogue"].update(quantizer_source="gone.index"))

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 BUDGET_MB = 60.0
 TOLERANCE = 1e-3
 HALF_DTYPES = ("float16", "bfloat16")
-_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")  # no dot: never a module's file name in the package folder
 
 
 @dataclass
@@ -119,7 +119,7 @@ def package(
 
 def _check_can_package(run: Path, cfg, config: dict, name: str, terms: str) -> None:
     if not _NAME.match(name):
-        raise TextrecError(f"{name!r}: a shipped checkpoint's name is lower-case letters, digits, '.', '_' and '-' "
+        raise TextrecError(f"{name!r}: a shipped checkpoint's name is lower-case letters, digits, '_' and '-' "
                            "(e.g. seqrecbench-vqrec)")
     if "pretrain" not in config:
         raise TextrecError(f"{run}: not a pre-training run (made by `textrec pretrain`); only those are shipped")
