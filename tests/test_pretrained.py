@@ -27,7 +27,9 @@ from textrec.models import model_class
 from textrec.models.spec import score, spec_of
 from textrec.pretrained import ENV_DIR, list_shipped, shipped_root
 from textrec.pretrained.packaging import package
-from textrec.quant.codes import quantize_datasets
+from textrec.quant.codes import _file_sha1, quantize_datasets
+from textrec.quant.faiss_io import import_index
+from textrec.quant.pq import ItemQuantizer
 from textrec.runs import load_run, resolve_run
 
 SMALL = ["model.hidden_size=32", "model.inner_size=32", "train.batch_size=256", "train.epochs=2", *CLI_CPU]
@@ -124,6 +126,11 @@ def test_packaging_strips_the_catalogue_tensors_and_keeps_everything_else(runs, 
     assert str(runs[model].parent) not in text and "quantizer_source" not in text and "path" not in text  # no machine path
     assert config["shipped"]["name"] == f"tiny-{model}"
     assert (folder / "quantizer.index").is_file() == (model == "vqrec")
+    if model == "vqrec":  # the quantiser's codebooks and rotation without the corpus's item codes stored in it
+        mine, theirs = (ItemQuantizer.load(f / "quantizer.index") for f in (folder, runs[model]))
+        assert len(import_index(runs[model] / "quantizer.index").codes) == 66 and not len(import_index(folder / "quantizer.index").codes)
+        assert np.array_equal(mine.codebooks, theirs.codebooks) and np.array_equal(mine.rotation, theirs.rotation)
+        assert config["new_catalogue"]["quantizer_sha1"] == _file_sha1(folder / "quantizer.index")
     card = json.loads((folder / "card.json").read_text())
     assert [d["name"] for d in card["corpus"]["datasets"]] == ["synthetic-tools", "synthetic-garden"]
     assert card["encoder"]["identity"] == "hashing-v1:64" and card["terms"] == TERMS
@@ -293,10 +300,14 @@ def test_recommend_by_name_zero_shot_on_a_fresh_csv_dataset_writes_only_into_the
 
 @pytest.mark.parametrize("model", ["vqrec", "unisrec", "missrec"])
 def test_shipped_scores_match_the_original_run_zero_shot(shipped, runs, csv_data, tmp_path, model):
-    data = _fresh(csv_data, tmp_path)
-    assert main(["evaluate", str(runs[model]), "--data", str(data), "--quiet"]) == 0  # completes the dataset
-    original = _scores(runs[model], data)
-    mine = _scores(f"tiny-{model}", data)  # the library resolves the name as the CLI does
+    data = {run: _fresh(csv_data, tmp_path / run) for run in (str(runs[model]), f"tiny-{model}")}
+    for run, folder in data.items():
+        assert main(["evaluate", run, "--data", str(folder), "--quiet"]) == 0  # completes each dataset with its tools
+    if model == "vqrec":  # the shipped quantiser codes the new items as the run's own does
+        original, mine = (np.load(folder / "codes" / "joint.npy") for folder in data.values())
+        assert np.array_equal(original, mine)
+    original = _scores(runs[model], data[str(runs[model])])
+    mine = _scores(f"tiny-{model}", data[f"tiny-{model}"])  # the library resolves the name as the CLI does
     assert original.shape == mine.shape == (60, 28)
     assert float((original - mine).abs().max()) <= 1e-3
 

@@ -94,11 +94,11 @@ def package(
     try:
         save_file({k: _stored(v, dtype) for k, v in kept.items()}, str(staging / "model.safetensors"))
         os.chmod(staging / "model.safetensors", 0o666 & ~_umask())  # safetensors writes 0600: unreadable once installed
-        write_json(staging / "config.json", shipped_config(config, name))
-        if quantizer is not None:
-            shutil.copyfile(quantizer, staging / "quantizer.index")
+        q_sha1 = _write_quantizer(quantizer, staging / "quantizer.index") if quantizer is not None else None
+        write_json(staging / "config.json", shipped_config(config, name, q_sha1))
         size = sum(p.stat().st_size for p in staging.iterdir())
-        card = make_card(run, cfg, config, name, dtype, gaps, tolerance, n_checked, kept, dropped, quantizer, size, terms,
+        card = make_card(run, cfg, config, name, dtype, gaps, tolerance, n_checked, kept, dropped,
+                         staging / "quantizer.index" if quantizer is not None else None, size, terms,
                          command, packaged_with)
         write_json(staging / CARD, card)
         write_text(staging / "CARD.md", render_card(card))
@@ -144,6 +144,16 @@ def _quantizer(run: Path, cfg, config: dict) -> Path | None:
         raise NotFoundError(f"{run}: reads item codes but carries no quantiser (quantizer.index) and records none that "
                             "exists, so a new catalogue could not be coded; pre-train it again with this textrec")
     return found
+
+
+def _write_quantizer(source: Path, out: Path) -> str:
+    """Write the quantiser's trained parts (rotation, centroid, codebooks) to ``out`` without the item codes of the
+    corpus that pre-training stored in it (a code is the same either way); return the new file's sha1."""
+    from textrec.quant.codes import _file_sha1
+    from textrec.quant.pq import ItemQuantizer
+
+    ItemQuantizer.load(source).save(out)
+    return _file_sha1(out)
 
 
 def _stored(t: torch.Tensor, dtype: str) -> torch.Tensor:
@@ -218,14 +228,18 @@ def _largest_gap(a: torch.nn.Module, b: torch.nn.Module, examples, pick: np.ndar
 # ---- config and card --------------------------------------------------------------------------------
 
 
-def shipped_config(config: dict, name: str) -> dict:
-    """The run's config.json as shipped: no machine path; the quantiser named by its sha1 (the bundled copy)."""
+def shipped_config(config: dict, name: str, quantizer_sha1: str | None = None) -> dict:
+    """The run's config.json as shipped: no machine path; the quantiser named by its sha1: the run's, or that of the
+    shipped copy (``quantizer_sha1``), which item codes made for a new catalogue then record."""
     out = {k: config[k] for k in ("textrec_version", "model", "data", "train", "eval", "recipe") if k in config}
     pt = config["pretrain"]
     out["pretrain"] = {"datasets": [{k: d[k] for k in ("name", "content_hash", "n_items", "n_users") if k in d}
                                     for d in pt["datasets"]], "item_offsets": pt.get("item_offsets")}
     out["item_inputs"] = trained_inputs(config)
     out["new_catalogue"] = {k: v for k, v in (config.get("new_catalogue") or {}).items() if k != "quantizer_source"}
+    if quantizer_sha1 is not None:
+        out["new_catalogue"]["quantizer_sha1"] = quantizer_sha1
+        out["item_inputs"]["quantizer"] = f"quantizer:{quantizer_sha1}"
     out["shipped"] = {"name": name}
     return out
 
@@ -251,9 +265,11 @@ def pretrain_command(config: dict) -> str:
 
 
 def make_card(run: Path, cfg, config: dict, name: str, dtype: str, gaps: dict, tolerance: float, check_users: int,
-              kept: dict, dropped: list[str], quantizer: Path | None, size: int, terms: str, command: str | None,
+              kept: dict, dropped: list[str], shipped_quantizer: Path | None, size: int, terms: str, command: str | None,
               packaged_with: str | None) -> dict:
     """The card: what the checkpoint is, where it came from, how it did, and on what terms (card.json)."""
+    from textrec.quant.codes import _file_sha1
+
     metrics = read_json(run / "metrics.json")
     curve = []
     for line in (run / "log.jsonl").read_text(encoding="utf-8").splitlines():
@@ -262,9 +278,10 @@ def make_card(run: Path, cfg, config: dict, name: str, dtype: str, gaps: dict, t
             curve.append({k: r[k] for k in ("epoch", "loss", "valid", "train_seconds") if k in r})
     datasets = config["pretrain"]["datasets"]
     nc = config.get("new_catalogue") or {}
-    if quantizer is not None:
-        quantizer = {"file": "quantizer.index", "sha1": nc.get("quantizer_sha1"), "codes": nc.get("codes"),
-                     "bytes": quantizer.stat().st_size}
+    quantizer = None
+    if shipped_quantizer is not None:
+        quantizer = {"file": "quantizer.index", "sha1": _file_sha1(shipped_quantizer), "codes": nc.get("codes"),
+                     "pretraining_sha1": nc.get("quantizer_sha1"), "bytes": shipped_quantizer.stat().st_size}
     return {
         "name": name,
         "model": cfg.model,
@@ -310,7 +327,8 @@ def render_card(card: dict) -> str:
     lines.append(f"- encoder: {enc['name']} (identity `{enc['identity']}`, pooling {enc['pooling']}, max length "
                  f"{enc['max_length']}), embeddings named `{card['embeddings']}`" if enc else "- encoder: none recorded")
     q = card["quantizer"]
-    lines.append(f"- quantiser: `{q['file']}` (sha1 `{q['sha1']}`), codes named `{q['codes']}`" if q else "- quantiser: none")
+    lines.append(f"- quantiser: `{q['file']}` (sha1 `{q['sha1']}`; the pre-training's file, which also held the corpus's "
+                 f"item codes: `{q['pretraining_sha1']}`), codes named `{q['codes']}`" if q else "- quantiser: none")
     gaps = ", ".join(f"{d} {g:.2e}" for d, g in w["score_gaps"].items()) or "not checked"
     lines += [
         "", "## Weights", "",
