@@ -9,7 +9,8 @@ catalogue in it::
                        name and content hash; the encoder and, for item codes, the quantiser a new catalogue needs)
     model.safetensors  the weights without the model's ``SPEC.catalogue_keys``, in float16 or bfloat16 only where
                        the scores they give matched float32 within 1e-3 when packaged (else float32)
-    quantizer.index    the joint quantiser that coded the corpus (models that read item codes)
+    quantizer.index    the rotation and codebooks of the joint quantiser that coded the corpus, without the corpus's
+                       item codes (models that read item codes); named in config.json by this file's sha1
     card.json          what it is: corpus, encoder, quantiser, recipe, validation curve, size, the data's terms,
                        the commands that made it; ``CARD.md`` the same for a reader
     checksums.json     sha256 of every other file, checked each time a name is resolved (``shipped_dir``)

@@ -2,7 +2,7 @@
 
 ``package(run_dir, name)`` keeps what another catalogue needs and nothing of the pre-training one: the weights less
 the model's ``SPEC.catalogue_keys`` (UniSRec's text table of the corpus alone would be 300 MB), the bundled
-quantiser of a code model, the config without machine paths. The weights are stored in the first of float16 and
+quantiser of a code model less the corpus's item codes stored in it, the config without machine paths. The weights are stored in the first of float16 and
 bfloat16 whose scores match float32 within 1e-3 (the largest absolute difference, over every item of the run's
 merged pre-training catalogue, for a seeded sample of its validation users), else in float32; the card records the
 differences measured. The folder is staged next to its destination and moved into place once complete, and only
