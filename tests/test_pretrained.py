@@ -128,7 +128,8 @@ def test_packaging_strips_the_catalogue_tensors_and_keeps_everything_else(runs, 
     assert (folder / "quantizer.index").is_file() == (model == "vqrec")
     if model == "vqrec":  # the quantiser's codebooks and rotation without the corpus's item codes stored in it
         mine, theirs = (ItemQuantizer.load(f / "quantizer.index") for f in (folder, runs[model]))
-        assert len(import_index(runs[model] / "quantizer.index").codes) == 66 and not len(import_index(folder / "quantizer.index").codes)
+        assert len(import_index(runs[model] / "quantizer.index").codes) == 66
+        assert not len(import_index(folder / "quantizer.index").codes)
         assert np.array_equal(mine.codebooks, theirs.codebooks) and np.array_equal(mine.rotation, theirs.rotation)
         assert config["new_catalogue"]["quantizer_sha1"] == _file_sha1(folder / "quantizer.index")
     card = json.loads((folder / "card.json").read_text())

@@ -54,7 +54,8 @@ def verify_shipped(folder: Path) -> None:
     """Refuse a shipped checkpoint whose files are not those it was packaged with (one line naming the file)."""
     sums_path = folder / CHECKSUMS
     if not sums_path.is_file():
-        raise CheckpointError(f"{folder}: no {CHECKSUMS}; not a complete shipped checkpoint (reinstall textrec or package it again)")
+        raise CheckpointError(f"{folder}: no {CHECKSUMS}; not a complete shipped checkpoint (reinstall textrec or "
+                              "package it again)")
     sums = read_json(sums_path)
     for name, entry in sorted(sums.items()):
         path = folder / name

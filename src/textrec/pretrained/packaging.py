@@ -2,11 +2,12 @@
 
 ``package(run_dir, name)`` keeps what another catalogue needs and nothing of the pre-training one: the weights less
 the model's ``SPEC.catalogue_keys`` (UniSRec's text table of the corpus alone would be 300 MB), the bundled
-quantiser of a code model less the corpus's item codes stored in it, the config without machine paths. The weights are stored in the first of float16 and
-bfloat16 whose scores match float32 within 1e-3 (the largest absolute difference, over every item of the run's
-merged pre-training catalogue, for a seeded sample of its validation users), else in float32; the card records the
-differences measured. The folder is staged next to its destination and moved into place once complete, and only
-while every shipped checkpoint under the root together stays within the size budget (60 MB by default).
+quantiser of a code model less the corpus's item codes stored in it, the config without machine paths. The weights
+are stored in the first of float16 and bfloat16 whose scores match float32 within 1e-3 (the largest absolute
+difference, over every item of the run's merged pre-training catalogue, for a seeded sample of its validation
+users), else in float32; the card records the differences measured. The folder is staged next to its destination
+and moved into place once complete, and only while every shipped checkpoint under the root together stays within
+the size budget (60 MB by default).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from textrec.errors import CheckpointError, DataError, NotFoundError, TextrecError
+from textrec.errors import DataError, NotFoundError, TextrecError
 from textrec.io import CHECKSUMS, _umask, read_json, sha256_file, write_json, write_text
 from textrec.models import model_class
 from textrec.models.spec import item_input_kinds, score, spec_of
