@@ -255,7 +255,7 @@ def resolve_run(arg: str | Path) -> Path:
     (``textrec.pretrained``), verified against its checksums. An existing path wins over a name; a bare word that is
     neither is one line listing the shipped names; any other path is returned for the loader to report."""
     path = Path(arg)
-    if path.exists() or len(path.parts) != 1 or str(arg) in (".", ".."):
+    if path.exists() or len(path.parts) != 1:
         return path
     return shipped_dir(str(arg))
 
