@@ -407,6 +407,23 @@ def cmd_recommend(args) -> None:
         print(f"new item {n['item']} {where}")
 
 
+def cmd_pretrained(args) -> None:
+    from textrec.pretrained import list_shipped, shipped_root
+
+    rows = list_shipped()
+    if args.json:
+        _print_json({"root": str(shipped_root()), "checkpoints": [r.to_dict() for r in rows]})
+        return
+    if not rows:
+        _err(f"no shipped checkpoints in {shipped_root()}")
+        return
+    print(f"{'name':<24}{'model':<10}{'corpus':<34}{'size':>9}  {'best valid':<18}card")
+    for r in rows:
+        corpus = f"{len(r.corpus)} datasets" if len(r.corpus) > 2 else " + ".join(r.corpus)
+        best = f"{r.select_metric} {r.best_valid:.4f}" if r.best_valid is not None else "-"
+        print(f"{r.name:<24}{r.model:<10}{corpus:<34}{r.size_bytes / 2**20:>6.1f} MB  {best:<18}{r.card}")
+
+
 # ---- demo --------------------------------------------------------------------------------------
 
 
@@ -445,7 +462,7 @@ def _parents() -> dict[str, argparse.ArgumentParser]:
     training.add_argument("--resume", action="store_true", help="continue an interrupted run in OUT")
     training.add_argument("--overwrite", action="store_true", help="start over in an existing OUT")
     reading = argparse.ArgumentParser(add_help=False)  # evaluate, recommend: read a finished run
-    reading.add_argument("run", help="run directory")
+    reading.add_argument("run", help="run directory, or a shipped checkpoint's name (textrec pretrained lists them)")
     reading.add_argument("overrides", nargs="*", metavar="key=value", help="settings of the run's data section, e.g. "
                          "data.codes=NAME (which item codes or embeddings of --data to read)")
     reading.add_argument("--data", help="dataset directory (default: the one the run was trained on)")
@@ -569,7 +586,8 @@ def _add_finetune(sub, parents) -> None:
     s = sub.add_parser("finetune", parents=[parents["common"], parents["training"]],
                        help="transfer a pre-trained run to a target dataset")
     s.add_argument("data", help="target dataset directory")
-    s.add_argument("--init", required=True, help="the pre-trained run directory")
+    s.add_argument("--init", required=True, help="the pre-trained run directory, or a shipped checkpoint's name "
+                   "(textrec pretrained lists them)")
     s.add_argument("--config", help="TOML config file, or a shipped config's short name (e.g. recformer-reference): its "
                    "values apply on top of the pre-trained run's model settings; --mode, --freeze-encoder and key=value "
                    "overrides on top of it")
@@ -608,6 +626,13 @@ def _add_recommend(sub, parents) -> None:
     s.set_defaults(func=cmd_recommend)
 
 
+def _add_pretrained(sub, parents) -> None:
+    s = sub.add_parser("pretrained", parents=[parents["common"]],
+                       help="list the shipped pre-trained checkpoints (a name stands for a run in finetune --init, "
+                            "evaluate, recommend, serve, export)")
+    s.set_defaults(func=cmd_pretrained)
+
+
 def _add_demo(sub, parents) -> None:
     s = sub.add_parser("demo", parents=[parents["common"]],
                        help="the whole pipeline end to end on the built-in synthetic world (or --data DIR)")
@@ -641,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
         add(sub, parents)
     _add_train(sub, parents, model_names)
     _add_pretrain(sub, parents, model_names)
-    for add in (_add_finetune, _add_evaluate, _add_recommend):
+    for add in (_add_finetune, _add_evaluate, _add_recommend, _add_pretrained):
         add(sub, parents)
     from textrec.serve.commands import add_export_parser, add_serve_parser
 
@@ -726,6 +751,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None  # SIGTERM cleans up as Ctrl-C does
     try:
         with _reporting(args):
+            _resolve_run_argument(args)
             args.func(args)
     except (TextrecError, FileExistsError) as e:
         print(f"textrec: error: {e}", file=sys.stderr)
@@ -740,6 +766,19 @@ def main(argv: list[str] | None = None) -> int:
         if on_main:
             signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+_RUN_ARGUMENTS = {"evaluate": "run", "recommend": "run", "serve": "run", "export": "run", "finetune": "init"}
+
+
+def _resolve_run_argument(args) -> None:
+    """The run argument of a command that reads a run (RUN, ``--init``) as a folder: a shipped checkpoint's name
+    becomes its verified folder (``textrec.runs.resolve_run``); a path stays as given."""
+    attr = _RUN_ARGUMENTS.get(args.command)
+    if attr is not None:
+        from textrec.runs import resolve_run
+
+        setattr(args, attr, str(resolve_run(getattr(args, attr))))
 
 
 class Terminated(KeyboardInterrupt):

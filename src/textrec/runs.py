@@ -8,7 +8,8 @@ the corrected command needs no ``--overwrite``.
 
 ``load_run`` rebuilds the model of a finished run for evaluation and recommendation, on its own dataset or on
 another one (``data_dir``): the same catalogue reloads the inputs the run recorded; another catalogue loads
-the run zero-shot (``load_zero_shot``). ``load_pretrained`` copies a pre-trained run's transferable weights
+the run zero-shot (``load_zero_shot``); ``resolve_run`` lets a shipped checkpoint's name (``textrec.pretrained``)
+stand for its folder. ``load_pretrained`` copies a pre-trained run's transferable weights
 into a model built for a new catalogue (fine-tuning and zero-shot). Loading is read-only: it never writes to the
 run or to the dataset. A dataset that lacks the inputs a pre-trained run reads (a bare, freshly prepared one)
 is completed by the separate step ``textrec.train.newcatalogue.complete_run_catalogue``, which the CLI runs and
@@ -39,6 +40,7 @@ from textrec.errors import CheckpointError, ConfigError, DataError, NotFoundErro
 from textrec.io import checksum_matches, locked, read_json, write_json
 from textrec.models import model_class
 from textrec.models.spec import ItemInputs, spec_of
+from textrec.pretrained import shipped_dir
 from textrec.train.inputs import build_model, load_item_inputs
 
 log = logging.getLogger(__name__)
@@ -248,6 +250,16 @@ class LoadedRun:
         return build_model(self.cfg, inputs)
 
 
+def resolve_run(arg: str | Path) -> Path:
+    """The run directory a command's RUN (or ``--init``) names: a path, or a shipped checkpoint's name
+    (``textrec.pretrained``), verified against its checksums. An existing path wins over a name; a bare word that is
+    neither is one line listing the shipped names; any other path is returned for the loader to report."""
+    path = Path(arg)
+    if path.exists() or len(path.parts) != 1:
+        return path
+    return shipped_dir(str(arg))
+
+
 def read_run_config(run_dir: str | Path) -> tuple[RunConfig, dict]:
     run = Path(run_dir)
     if not (run / "config.json").exists():
@@ -266,13 +278,14 @@ def load_run(run_dir: str | Path, data_dir: str | Path | None = None, device: st
     named there is read instead of the one the run recorded. Where ``data_dir`` holds several tables of a kind
     and none is named, the one from the run's own encoder or quantiser is read (``choose_matching_inputs``).
     """
-    run = Path(run_dir)
+    run = resolve_run(run_dir)
     cfg, config = read_run_config(run)
     cfg, chosen = data_overrides(cfg, overrides)
     if not (run / "model.safetensors").exists():
         raise NotFoundError(f"{run}: no model.safetensors yet (the run has not finished an evaluation)")
     if "dataset" not in config and data_dir is None:
-        raise NotFoundError(f"{run}: a pre-training run; fine-tune it on a dataset with `textrec finetune DIR --init {run}`, "
+        name = (config.get("shipped") or {}).get("name") or run  # a shipped checkpoint is named by its name
+        raise NotFoundError(f"{name}: a pre-training run; fine-tune it on a dataset with `textrec finetune DIR --init {name}`, "
                             "or rank a dataset's items with it zero-shot with --data DIR")
     data_path = Path(data_dir) if data_dir is not None else Path(config["dataset"]["path"])
     ds = Dataset.load(data_path)
