@@ -353,15 +353,20 @@ def main() -> None:
             from serve_load import bench_run
 
             run = bench_run(work, 64)
-        result = {"machine": machine(), "run": run.name, **soak(run, work / "soak", args.seconds, args.clients, mix, args.seed)}
+        result = {"machine": machine(), "revision": _revision("HEAD"), "run": run.name, **soak(run, work / "soak", args.seconds, args.clients, mix, args.seed)}
     result["held"] = held(result)
     print(json.dumps({k: v for k, v in result.items() if k != "memory"} | {"memory": {k: v for k, v in result["memory"].items() if k != "series"}}, indent=1))
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+        kept = {k: v for k, v in json.loads(RESULTS.read_text()).items() if k == "add_memory"} if RESULTS.exists() else {}
+        RESULTS.write_text(json.dumps({**result, **kept}, indent=1) + "\n")
         print(f"wrote {RESULTS.relative_to(ROOT)}", file=sys.stderr)
     if not result["held"]:
         sys.exit(1)
+
+
+def _revision(rev: str) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], capture_output=True, text=True, check=True).stdout.strip()
 
 
 def main_add_memory(args) -> None:
@@ -377,11 +382,11 @@ def main_add_memory(args) -> None:
             run = bench_run(work, 64)
         trees = {}
         if args.baseline:
-            rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.baseline], capture_output=True, text=True,
-                                 check=True).stdout.strip()
+            rev = _revision(args.baseline)
             (Path(tmp) / "baseline").mkdir()
             trees["baseline"] = (export_revision(args.baseline, Path(tmp) / "baseline"), rev)
-        trees["this checkout"] = (ROOT / "src", None)
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "src"], capture_output=True, text=True).stdout.strip()
+        trees["this checkout"] = (ROOT / "src", _revision("HEAD") + (" with uncommitted changes" if dirty else ""))
         measured = {}
         for name, (src, rev) in trees.items():
             measured[name] = {**({"revision": rev} if rev else {}), **add_memory(run, work / f"add-memory-{len(measured)}", args.add_memory, args.clients, src)}
