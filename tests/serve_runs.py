@@ -23,3 +23,17 @@ def make_world(root: Path) -> Path:
 def train(data: Path, out: Path, model: str, epochs: int = 4) -> Path:
     assert main(["train", str(data), "--model", model, "--out", str(out), "--quiet", *SMALL, f"train.epochs={epochs}"]) == 0
     return out
+
+
+_SHARED: dict = {}
+
+
+def shared_run(tmp_path_factory, model: str, epochs: int = 2) -> Path:
+    """A run of ``model`` on one garden world for the whole test session, trained the first time a test asks for it:
+    the serving fuzz and soak tests read the same VQ-Rec run (none writes into it: each service gets its own journal)."""
+    if "world" not in _SHARED:
+        _SHARED["world"] = make_world(tmp_path_factory.mktemp("serve-shared"))
+    world = _SHARED["world"]
+    if (model, epochs) not in _SHARED:
+        _SHARED[model, epochs] = train(world, world.parent / f"{model}-{epochs}-epochs", model, epochs)
+    return _SHARED[model, epochs]

@@ -1,6 +1,6 @@
 """A soak of a real ``textrec serve`` process on loopback (``benchmarks/serve_soak.py``): 16 clients of mixed
 recommend / search / add / delete traffic with zero errors, then a restart that keeps every added item (present,
-with its last text, recommendable) and none of the deleted ones. 10 s in the default run, 30 s under ``-m slow``;
+with its last text, recommendable) and none of the deleted ones. 5 s in the default run, 30 s under ``-m slow``;
 the benchmark runs the same harness for 10 minutes."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serve_runs import make_world, train
+from serve_runs import shared_run
 
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
@@ -22,8 +22,7 @@ from serve_soak import held, soak
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve-soak")
-    return train(make_world(root), root / "vqrec", "vqrec", epochs=2)
+    return shared_run(tmp_path_factory, "vqrec", epochs=2)  # the serving fuzz tests' run (tests/serve_runs.py)
 
 
 def _check(result: dict) -> None:
@@ -39,7 +38,7 @@ def _check(result: dict) -> None:
 
 
 def test_a_short_soak_loses_nothing(run, tmp_path):
-    _check(soak(run, tmp_path / "soak", seconds=10, clients=16))
+    _check(soak(run, tmp_path / "soak", seconds=5, clients=16))
 
 
 @pytest.mark.slow
