@@ -138,7 +138,6 @@ def _add_memory_note(a: dict) -> str:
     parts = [f"{r['kb_per_add']} KB per added item and {r['ms_per_add']} ms per add under "
              + (f"revision {r['revision']}" if "revision" in r else "the checkout") + (" (before)" if name == "baseline" else " (after)")
              for name, r in trees]
-    base = a["baseline"].get("revision") if "baseline" in a else None
     return (f"Server memory while items are added (`{_add_memory_command(a)}`: {first['adds']:,} `POST /items` of one new item each from "
             f"{first['clients']} clients to a fresh server, resident memory after 20 warm-up adds and at the end; "
             f"{a['run']}, {first['items_at_end']:,} items at the end; {a['machine'].get('note') or '2 CPU cores'}): "

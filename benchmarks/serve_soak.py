@@ -385,7 +385,8 @@ def main_add_memory(args) -> None:
             rev = _revision(args.baseline)
             (Path(tmp) / "baseline").mkdir()
             trees["baseline"] = (export_revision(args.baseline, Path(tmp) / "baseline"), rev)
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "src"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "src"], capture_output=True, text=True,
+                               check=False).stdout.strip()
         trees["this checkout"] = (ROOT / "src", _revision("HEAD") + (" with uncommitted changes" if dirty else ""))
         measured = {}
         for name, (src, rev) in trees.items():

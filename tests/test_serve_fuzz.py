@@ -3,7 +3,8 @@ schema, every schema-valid request accepted and every schema-violating one refus
 size bounded.
 
 Each route gets ``TEXTREC_SERVE_FUZZ_EXAMPLES`` generated requests (default 25) that follow the schema and as many
-that break it (fixed seeds); under ``-m slow`` ``TEXTREC_SERVE_FUZZ_EXAMPLES_SLOW`` (default 300) against a writable
+that break it (fixed seeds; the default run skips the schema-violating mode of a route that takes only path and
+header strings, which has no such request); under ``-m slow`` ``TEXTREC_SERVE_FUZZ_EXAMPLES_SLOW`` (default 300) against a writable
 VQ-Rec server, a SASRec server (which cannot add items: 409) and a read-only one behind an API key.
 ``TEXTREC_SERVE_FUZZ_REPORT`` names a JSON file that gets the cases tried and held per route
 (``benchmarks/reliability_table.py``).

@@ -5,6 +5,7 @@ the benchmark runs the same harness for 10 minutes."""
 
 from __future__ import annotations
 
+import itertools
 import sys
 import threading
 from pathlib import Path
@@ -83,10 +84,10 @@ def test_adding_items_one_by_one_grows_the_id_columns_by_doubling(run, tmp_path)
         for name, seen in columns.items():
             seen.append(getattr(live, name))  # kept alive, so a freed buffer's address cannot come back
     for name, seen in columns.items():
-        copies = sum(not np.shares_memory(a, b) for a, b in zip(seen, seen[1:]))
+        copies = sum(not np.shares_memory(a, b) for a, b in itertools.pairwise(seen))
         assert copies <= 3, f"{name}: {copies} whole-column copies for 60 adds"
     assert live.model_ids.tolist() == list(range(1, n0 + 61))
-    assert live.serve_ids.tolist() == list(range(0, n0 + 61))
+    assert live.serve_ids.tolist() == list(range(n0 + 61))
     assert live.recommend(["G59"], k=3)["recommendations"]
 
 
