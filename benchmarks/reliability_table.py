@@ -115,7 +115,7 @@ def _serve_note(r: dict, soak: dict | None) -> list[str]:
         out.append(f"The soak (`python benchmarks/serve_soak.py --seconds {soak['requested_s']:.0f} --clients {soak['clients']}`, "
                    f"{soak['req_per_s']} requests/s, {(soak['machine'].get('note') or '2 CPU cores')}): server memory "
                    f"{m['first_mb']} MB at the start, {m['last_mb']} MB at the end, {m['max_mb']} MB at most, "
-                   f"{m['slope_mb_per_min']} MB/min{': not flat' if m['slope_mb_per_min'] > 5 else ''}. "
+                   f"{m['slope_mb_per_min']} MB/min (least squares). "
                    f"{soak['by_kind']['add']['requests']:,} adds, about "
                    f"{(m['last_mb'] - m['first_mb']) * 1024 / soak['by_kind']['add']['requests']:.0f} KB per add; "
                    f"{soak['restart']['items_before']:,} items were served at the end (measured {soak['machine']['date']}"
