@@ -16,10 +16,17 @@ second: first, last, max and the least-squares slope in MB per minute. Then the 
 started again on the same journal, and every item the clients added and did not delete must be served with its
 last text, must rank when a recommendation is filtered to the added items, and every deleted one must be gone.
 
+``--add-memory N`` measures instead the server's memory per added item, under ``--baseline REV`` (the source
+tree of a git revision, exported with ``git archive``) and under this checkout in one run: a fresh server on a
+fresh journal, 20 warm-up adds, then N ``POST /items`` of one new item each from ``--clients`` threads and
+nothing else; the resident memory after the warm-up and after the N adds gives KB per added item. It goes into
+the same results file under ``add_memory`` (the soak's own figures are kept).
+
 Results go to ``benchmarks/results/serve_soak.json`` (``benchmarks/reliability_table.py`` reads it).
 
     python benchmarks/serve_soak.py                    # 10 minutes, 16 clients, a UniSRec trained here
     python benchmarks/serve_soak.py --seconds 60 --clients 32 --run RUN --no-write
+    python benchmarks/serve_soak.py --add-memory 2000 --baseline REV
 """
 
 from __future__ import annotations
@@ -47,12 +54,12 @@ RESULTS = ROOT / "benchmarks" / "results" / "serve_soak.json"
 class ServeProcess:
     """``textrec serve RUN`` on a free loopback port, ready once ``/healthz`` answers."""
 
-    def __init__(self, run: Path, journal: Path, log: Path) -> None:
+    def __init__(self, run: Path, journal: Path, log: Path, src: Path = ROOT / "src") -> None:
         from serve_load import free_port
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(src) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         cmd = [sys.executable, "-c", "import sys; from textrec.cli import main; sys.exit(main(sys.argv[1:]))", "serve", str(run), "--host", "127.0.0.1", "--port", str(self.port),
                "--journal", str(journal)]
         self.log = open(log, "ab")  # noqa: SIM115 (the server's output, open for its life; closed in stop)
@@ -269,6 +276,47 @@ def soak(run: Path, work: Path, seconds: float, clients: int = 16, mix=(70, 15, 
     }
 
 
+def add_memory(run: Path, work: Path, adds: int, clients: int = 16, src: Path = ROOT / "src") -> dict:
+    """The server (of the source tree ``src``) on a fresh journal: its resident memory after 20 warm-up adds and
+    after ``adds`` more, one new item per ``POST /items``, sent from ``clients`` threads."""
+    import httpx
+
+    work.mkdir(parents=True, exist_ok=True)
+    journal = work / "journal.jsonl"
+    journal.unlink(missing_ok=True)
+    _, words = _catalogue(run)
+    server = ServeProcess(run, journal, work / "server.log", src)
+    errors: list[str] = []
+
+    def post(c, n: int) -> None:
+        rng = np.random.default_rng(n)
+        key = f"MEM-{n:06d}"
+        r = c.post("/items", json={"items": [{"key": key, "text": f"{key} {' '.join(words[i] for i in rng.integers(len(words), size=6))}. Garden."}]})
+        if r.status_code != 200:
+            errors.append(f"{r.status_code} {r.text[:200]}")
+
+    def send(numbers) -> None:
+        with httpx.Client(base_url=server.url, timeout=120) as c:
+            for n in numbers:
+                post(c, n)
+
+    try:
+        send(range(20))
+        first = server.rss_mb()
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=send, args=(range(20 + i, 20 + adds, clients),)) for i in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        seconds = time.perf_counter() - t0
+        last, items = server.rss_mb(), server_items(server.url)
+    finally:
+        server.stop()
+    return {"adds": adds, "clients": clients, "errors": len(errors), "items_at_end": items, "first_mb": round(first, 1),
+            "last_mb": round(last, 1), "kb_per_add": round((last - first) * 1024 / adds, 1), "ms_per_add": round(seconds * 1000 / adds, 1)}
+
+
 def server_items(url: str) -> int:
     import httpx
 
@@ -290,9 +338,13 @@ def main() -> None:
     p.add_argument("--run", help="a trained text run (default: a UniSRec trained here on the synthetic garden world)")
     p.add_argument("--work", help="scratch folder (default a temporary one)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--add-memory", type=int, metavar="N", help="measure memory per added item over N adds instead of soaking")
+    p.add_argument("--baseline", help="with --add-memory: a git revision measured too, before this checkout")
     p.add_argument("--no-write", action="store_true", help=f"print; do not write {RESULTS.relative_to(ROOT)}")
     args = p.parse_args()
     mix = tuple(int(x) for x in args.mix.split(":"))
+    if args.add_memory:
+        return main_add_memory(args)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         if args.run:
@@ -301,14 +353,52 @@ def main() -> None:
             from serve_load import bench_run
 
             run = bench_run(work, 64)
-        result = {"machine": machine(), "run": run.name, **soak(run, work / "soak", args.seconds, args.clients, mix, args.seed)}
+        result = {"machine": machine(), "revision": _revision("HEAD"), "run": run.name, **soak(run, work / "soak", args.seconds, args.clients, mix, args.seed)}
     result["held"] = held(result)
     print(json.dumps({k: v for k, v in result.items() if k != "memory"} | {"memory": {k: v for k, v in result["memory"].items() if k != "series"}}, indent=1))
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+        kept = {k: v for k, v in json.loads(RESULTS.read_text()).items() if k == "add_memory"} if RESULTS.exists() else {}
+        RESULTS.write_text(json.dumps({**result, **kept}, indent=1) + "\n")
         print(f"wrote {RESULTS.relative_to(ROOT)}", file=sys.stderr)
     if not result["held"]:
+        sys.exit(1)
+
+
+def _revision(rev: str) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def main_add_memory(args) -> None:
+    from pretrain_throughput import export_revision
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work or tmp)
+        if args.run:
+            run = Path(args.run)
+        else:
+            from serve_load import bench_run
+
+            run = bench_run(work, 64)
+        trees = {}
+        if args.baseline:
+            rev = _revision(args.baseline)
+            (Path(tmp) / "baseline").mkdir()
+            trees["baseline"] = (export_revision(args.baseline, Path(tmp) / "baseline"), rev)
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "src"], capture_output=True, text=True,
+                               check=False).stdout.strip()
+        trees["this checkout"] = (ROOT / "src", _revision("HEAD") + (" with uncommitted changes" if dirty else ""))
+        measured = {}
+        for name, (src, rev) in trees.items():
+            measured[name] = {**({"revision": rev} if rev else {}), **add_memory(run, work / f"add-memory-{len(measured)}", args.add_memory, args.clients, src)}
+            print(name, json.dumps(measured[name]), file=sys.stderr)
+    result = {"machine": machine(), "run": run.name, **measured}
+    print(json.dumps(result, indent=1))
+    if not args.no_write:
+        saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        RESULTS.write_text(json.dumps({**saved, "add_memory": result}, indent=1) + "\n")
+        print(f"wrote add_memory into {RESULTS.relative_to(ROOT)}", file=sys.stderr)
+    if any(m["errors"] for m in measured.values()):
         sys.exit(1)
 
 

@@ -42,3 +42,17 @@ def train_missrec_on_features(root: Path, dim: int = 16):
                  'model.image_feature=""', "model.mode=inductive", "model.hidden_size=16", "model.n_heads=2", "model.inner_size=16",
                  "train.epochs=1", "train.batch_size=128", "train.device=cpu", "train.num_threads=1"]) == 0
     return root / "run", ds, feats
+
+
+_SHARED: dict = {}
+
+
+def shared_run(tmp_path_factory, model: str, epochs: int = 2) -> Path:
+    """A run of ``model`` on one garden world for the whole test session, trained the first time a test asks for it:
+    the serving fuzz and soak tests read the same VQ-Rec run (none writes into it: each service gets its own journal)."""
+    if "world" not in _SHARED:
+        _SHARED["world"] = make_world(tmp_path_factory.mktemp("serve-shared"))
+    world = _SHARED["world"]
+    if (model, epochs) not in _SHARED:
+        _SHARED[model, epochs] = train(world, world.parent / f"{model}-{epochs}-epochs", model, epochs)
+    return _SHARED[model, epochs]

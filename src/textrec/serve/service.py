@@ -12,6 +12,13 @@ for a benchmark (``pad_catalogue``) have a serve id but no model id (they can be
 New items go through ``textrec.serve.catalogue.grow_catalogue`` (encoded with the run's encoder, quantised
 with the run's quantiser for VQ-Rec, model rebuilt with the trained weights): no retraining. An update (an
 add of a key already served) retires the old version and adds the new one under the same key.
+
+Memory while items are added: growing the catalogue allocates, and frees, tables the size of the whole catalogue
+(the extended inputs, the rebuilt model, the item vectors). Done on whichever worker thread answered the request,
+each thread allocates from its own glibc arena, and the space one thread freed is not reused by the next add on
+another: the server's resident memory grew by about 100 KB per added item. Every growth therefore runs on one
+writer thread (``_on_writer``), whose arena reuses what the previous add freed, and the service's own per-item
+columns grow by doubling their capacity (``_Column``), not by copying the whole column per add.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +102,28 @@ def code_table(model) -> tuple[np.ndarray, np.ndarray] | None:
     return codes[1:], table
 
 
+class _Column:
+    """A growing int64 column: appends write into spare capacity, which doubles when full, so n appends copy
+    O(n) numbers in all rather than the whole column each time. ``values`` is a view of the filled part."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self._buf = np.asarray(values, dtype=np.int64).copy()
+        self.n = len(self._buf)
+
+    @property
+    def values(self) -> np.ndarray:
+        return self._buf[: self.n]
+
+    def append(self, values: np.ndarray) -> None:
+        need = self.n + len(values)
+        if need > len(self._buf):
+            buf = np.zeros(max(need, 2 * len(self._buf), 16), dtype=np.int64)
+            buf[: self.n] = self._buf[: self.n]
+            self._buf = buf
+        self._buf[self.n : need] = values
+        self.n = need
+
+
 @dataclass
 class Stats:
     adds: int = 0
@@ -116,8 +146,9 @@ class Service:
         self.keys: list[str] = list(ds.item_keys)  # serve id - 1 -> key
         self.texts: list[str] = list(ds.item_texts)
         self.attributes: list[dict] = list(ds.item_attributes or [{} for _ in ds.item_keys])
-        self.model_ids = np.arange(1, ds.n_items + 1, dtype=np.int64)  # serve id - 1 -> model id (0: none)
-        self.serve_ids = np.arange(0, ds.n_items + 1, dtype=np.int64)  # model id -> serve id
+        self._model_ids = _Column(np.arange(1, ds.n_items + 1))  # serve id - 1 -> model id (0: none)
+        self._serve_ids = _Column(np.arange(0, ds.n_items + 1))  # model id -> serve id
+        self._writer: ThreadPoolExecutor | None = None  # the one thread that grows the catalogue (module doc)
         self.live: dict[str, int] = {k: i + 1 for i, k in enumerate(self.keys)}  # key -> serve id
         self.added: set[int] = set()
         self.n_model_keys = 0  # internal keys handed to grow_catalogue for updates
@@ -129,6 +160,16 @@ class Service:
     @property
     def model(self):
         return self.run.model
+
+    @property
+    def model_ids(self) -> np.ndarray:
+        """(items served or retired,) the model id of each serve id - 1 (0: an item no model knows)."""
+        return self._model_ids.values
+
+    @property
+    def serve_ids(self) -> np.ndarray:
+        """(model items + 1,) the serve id of each model id."""
+        return self._serve_ids.values
 
     @property
     def can_add(self) -> bool:
@@ -171,7 +212,7 @@ class Service:
             self.keys += [f"{prefix}{i:07d}" for i in range(1, n + 1)]
             self.texts += [f"synthetic item {i}" for i in range(1, n + 1)]
             self.attributes += [{} for _ in range(n)]
-            self.model_ids = np.concatenate([self.model_ids, np.zeros(n, dtype=np.int64)])
+            self._model_ids.append(np.zeros(n, dtype=np.int64))
             self.live.update({k: start + i + 1 for i, k in enumerate(self.keys[start:])})
             table = np.zeros((len(self.keys), vectors.shape[1]), dtype=np.float32)  # by serve id - 1
             known = self.model_ids > 0
@@ -343,12 +384,18 @@ class Service:
         return {"deleted": key, "items": len(self.live)}
 
     def _apply_add(self, items: list[dict]) -> list[int]:
-        grown = self._grow(items)  # the slow part (encoding, rebuilding), while reads go on
+        grown = self._on_writer(self._grow, items)  # the slow part (encoding, rebuilding), while reads go on
         with self.lock:
             sids = self._append_rows(*grown)
             for key, sid in zip((it["key"] for it in items), sids):
                 self._go_live(key, sid)
             return sids
+
+    def _on_writer(self, fn, *args):
+        """``fn(*args)`` on the service's one writer thread (module doc: memory while items are added)."""
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="textrec-catalogue")
+        return self._writer.submit(fn, *args).result()
 
     def _grow(self, items: list[dict]) -> tuple:
         """The run grown by ``items`` (several versions of one key allowed, each its own row), and the new rows."""
@@ -383,8 +430,8 @@ class Service:
         self.keys += keys
         self.texts += texts
         self.attributes += attributes
-        self.model_ids = np.concatenate([self.model_ids, np.arange(n_old + 1, n_old + len(keys) + 1)])
-        self.serve_ids = np.concatenate([self.serve_ids, sids])
+        self._model_ids.append(np.arange(n_old + 1, n_old + len(keys) + 1))
+        self._serve_ids.append(sids)
         self.run = grown
         if self.index is not None and to_index:
             self.index.add(sids, **new_rows)
@@ -413,7 +460,7 @@ class Service:
         versions = [it for record in records if record["op"] == "add" for it in record["items"]]
         sids: list[int] = []
         if versions:
-            grown = self._grow(versions)
+            grown = self._on_writer(self._grow, versions)
             sids = self._append_rows(*grown, to_index=False)
         order = iter(sids)
         for record in records:
