@@ -327,3 +327,30 @@ def test_finetune_from_a_shipped_name(shipped, csv_data, tmp_path, capsys):
 def test_serve_and_export_by_name_say_a_pretraining_run_needs_a_dataset(shipped, capsys):
     for argv in (["serve", "tiny-unisrec"], ["export", "tiny-unisrec", "--out", "x"]):
         one_line_error(capsys, argv, "error: tiny-unisrec: a pre-training run", "--init tiny-unisrec`", "--data DIR")
+
+
+def test_serve_and_export_by_name_on_a_dataset_write_only_into_the_dataset(shipped, csv_data, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("onnx")
+    from fastapi.testclient import TestClient
+
+    import textrec.serve.app as app_module
+
+
+    root, _ = shipped
+    before = _snapshot(root)
+    data = _fresh(csv_data, tmp_path)
+    served = []
+    monkeypatch.setattr(app_module, "_fastapi", lambda: None)
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: served.append(app))  # what `textrec serve` would listen with
+    assert main(["serve", "tiny-vqrec", "--data", str(data)]) == 0  # the CLI completes the bare dataset's codes first
+    client = TestClient(served[0])
+    user = Dataset.load(data).user_keys[0]
+    assert len(client.post("/recommend", json={"user": user, "k": 3}).json()["recommendations"]) == 3
+    assert client.post("/items", json={"items": [{"key": "new-pan", "text": "a cast iron frying pan"}]}).status_code == 200
+    assert (data / "serve" / "tiny-vqrec" / "journal.jsonl").is_file()  # the added item is kept with the dataset
+    out = tmp_path / "export"
+    assert main(["export", "tiny-unisrec", "--data", str(data), "--out", str(out)]) == 0
+    assert (out / "encoder.onnx").is_file() and np.load(out / "items.npy").shape[0] == Dataset.load(data).n_items + 1
+    assert _snapshot(root) == before  # nothing written into the shipped folders
+

@@ -779,6 +779,8 @@ def _resolve_run_argument(args) -> None:
         from textrec.runs import resolve_run
 
         setattr(args, attr, str(resolve_run(getattr(args, attr))))
+    if args.command in ("serve", "export"):  # evaluate and recommend complete it themselves (cmd_evaluate, cmd_recommend)
+        _complete_catalogue(args)
 
 
 class Terminated(KeyboardInterrupt):

@@ -354,5 +354,6 @@ def app_from_env():
     import os
 
     service = Service(os.environ["TEXTREC_SERVE_RUN"], index_kind=os.environ.get("TEXTREC_SERVE_INDEX", "auto"), read_only=True,
-                      journal=os.environ.get("TEXTREC_SERVE_JOURNAL") or None, device=os.environ.get("TEXTREC_SERVE_DEVICE", "cpu"))
+                      journal=os.environ.get("TEXTREC_SERVE_JOURNAL") or None, device=os.environ.get("TEXTREC_SERVE_DEVICE", "cpu"),
+                      data=os.environ.get("TEXTREC_SERVE_DATA") or None)
     return create_app(service)

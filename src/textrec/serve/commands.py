@@ -24,7 +24,9 @@ def add_serve_parser(sub) -> None:
     s.add_argument("--api-key-file", help="a file holding the key that writes must send in X-API-Key")
     s.add_argument("--index", default="auto", choices=["auto", "exact", "ivf", "hnsw", "pq"],
                    help="item index: exact below 100k items, faiss IVF above (auto); pq: VQ-Rec scored from its codes")
-    s.add_argument("--journal", help="where added items are kept (default RUN/serve/journal.jsonl)")
+    s.add_argument("--data", help="serve a pre-trained run (or a shipped checkpoint) zero-shot on this dataset's catalogue")
+    s.add_argument("--journal", help="where added items are kept (default RUN/serve/journal.jsonl; with --data, "
+                   "DATA/serve/<run name>/journal.jsonl)")
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_serve)
 
@@ -46,12 +48,14 @@ def cmd_serve(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.workers > 1:
         os.environ.update({"TEXTREC_SERVE_RUN": str(args.run), "TEXTREC_SERVE_INDEX": args.index,
-                           "TEXTREC_SERVE_DEVICE": args.device, "TEXTREC_SERVE_JOURNAL": args.journal or ""})
+                           "TEXTREC_SERVE_DEVICE": args.device, "TEXTREC_SERVE_JOURNAL": args.journal or "",
+                           "TEXTREC_SERVE_DATA": args.data or ""})
         print(f"serving {args.run} on http://{args.host}:{args.port}/ with {args.workers} workers (read-only)", file=sys.stderr)
         uvicorn.run("textrec.serve.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
                     log_level="warning")
         return
-    service = Service(args.run, index_kind=args.index, read_only=args.read_only, journal=args.journal, device=args.device)
+    service = Service(args.run, index_kind=args.index, read_only=args.read_only, journal=args.journal, device=args.device,
+                      data=args.data)
     print(f"serving {args.run} ({service.run.cfg.model}, {len(service.live):,} items, index {service.stats_dict()['index']['kind']}) "
           f"on http://{args.host}:{args.port}/  (API docs at /docs; added items kept in {service.journal.path})", file=sys.stderr)
     uvicorn.run(create_app(service, api_key), host=args.host, port=args.port, log_level="warning")
@@ -62,6 +66,7 @@ def add_export_parser(sub) -> None:
     s.add_argument("run")
     s.add_argument("--format", default="onnx", choices=["onnx"])
     s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--data", help="export a pre-trained run (or a shipped checkpoint) with this dataset's catalogue")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_export)
 
@@ -74,7 +79,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         import onnx  # noqa: F401
     except ImportError:
         raise TextrecError("textrec export needs onnx: pip install 'textrec[serve]'") from None
-    result = export_onnx(load_run_for_serving(args.run, "cpu"), args.out)
+    result = export_onnx(load_run_for_serving(args.run, "cpu", args.data), args.out)
     if args.json:
         print(json.dumps(result.to_dict()))
     print(f"wrote {args.out}/encoder.onnx (history -> {result.dim}-d vector) and items.npy ({result.n_items:,} items + padding)",

@@ -65,11 +65,20 @@ class FieldError(DataError):
         self.field = field
 
 
-def load_run_for_serving(run_dir: str | Path, device: str = "cpu"):
-    """The run, loaded read-only (``textrec.runs``)."""
+def load_run_for_serving(run_dir: str | Path, device: str = "cpu", data: str | Path | None = None):
+    """The run, loaded read-only (``textrec.runs``); with ``data``, zero-shot on that dataset's catalogue (a
+    pre-trained run or a shipped checkpoint)."""
     from textrec.runs import load_run
 
-    return load_run(run_dir, None, device)
+    return load_run(run_dir, data, device)
+
+
+def default_journal(run_dir: str | Path, data: str | Path | None = None) -> Path:
+    """Where added items are kept unless told: beside the run, or, serving a run on another dataset (``data``),
+    in that dataset's ``serve/<run name>/`` folder: a shipped checkpoint's folder is never written to."""
+    if data is None:
+        return Path(run_dir) / "serve" / "journal.jsonl"
+    return Path(data) / "serve" / Path(run_dir).name / "journal.jsonl"
 
 
 @torch.inference_mode()
@@ -132,13 +141,14 @@ class Stats:
 
 class Service:
     def __init__(self, run_dir: str | Path, index_kind: str = "auto", read_only: bool = False,
-                 journal: str | Path | None = None, device: str = "cpu", replay: bool = True) -> None:
+                 journal: str | Path | None = None, device: str = "cpu", replay: bool = True,
+                 data: str | Path | None = None) -> None:
         self.run_dir = Path(run_dir)
-        self.run = load_run_for_serving(run_dir, device)
+        self.run = load_run_for_serving(run_dir, device, data)
         self.run.model.eval()
         self.read_only = read_only
         self.index_kind = index_kind
-        self.journal = Journal(journal if journal is not None else self.run_dir / "serve" / "journal.jsonl")
+        self.journal = Journal(journal if journal is not None else default_journal(run_dir, data))
         self.lock = threading.RLock()  # held briefly: reads, and swapping in a grown catalogue
         self.write_lock = threading.Lock()  # one write at a time; encoding new items happens outside ``lock``
         self.stats = Stats()
