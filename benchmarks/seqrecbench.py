@@ -391,7 +391,7 @@ def record(recipe: Recipe) -> dict:
             "curve": [{"epoch": r["epoch"], "loss": r.get("loss"), "valid_ndcg@10": (r.get("valid") or {}).get("ndcg@10")}
                       for r in log]}
     return {"section": recipe.section, "machine": machine(), "work": recipe.work.name, "max_users": recipe.args.max_users,
-            "domains": domains, "steps": steps, "runs": {}, "commands": [], "argv": [shorten(a, recipe) for a in sys.argv]}
+            "domains": domains, "steps": steps, "runs": {}, "commands": [], "argv": [Path(sys.argv[0]).name] + [shorten(a, recipe) for a in sys.argv[1:]]}
 
 
 def render(r: dict) -> str:
@@ -429,7 +429,7 @@ def render(r: dict) -> str:
         lines += ["", "A step marked (running) has not finished: its seconds are its epochs so far (training and validation), "
                       "its peak memory that of the run's rank-0 process as its log records it."]
     lines += ["", "Commands (`textrec prepare` and `encode` are run once per domain, as for the first):", "", "```",
-              *[x["command"] for x in r["steps"].values() if not x.get("running")], "```"]
+              *[x["command"] for x in r["steps"].values()], "```"]
     return "\n".join(lines)
 
 
