@@ -83,7 +83,7 @@ def test_cli_pretrain_takes_the_pretraining_defaults_and_records_them(two_domain
     assert "recipe" in err and "data.long_sequences=chunked" in err and "train.patience=5" in err
     config = json.loads((run / "config.json").read_text())
     assert config["data"]["long_sequences"] == "chunked" and config["train"]["patience"] == 5
-    assert config["recipe"] == {"data.long_sequences": "chunked", "train.patience": 5}  # train.epochs was the user's
+    assert config["recipe"] == {"data.long_sequences": "chunked", "train.patience": 5, "eval.valid_users": 20_000}  # train.epochs was the user's
     assert main([*argv, "--resume"]) == 0  # the recorded recipe does not stand in the way of resuming
 
 
