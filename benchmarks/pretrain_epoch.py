@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, machine, machine_line, save_result, update_results  # noqa: E402
 from pretrain_throughput import COMMON, MODEL_SETTINGS, default_data  # noqa: E402
 
-SECTION = "Pre-training epoch on the 2-core CPU: processes and threads"
+SECTION = "pretrain_epoch"
+TITLE = "Pre-training epoch on the 2-core CPU: processes and threads"
 
 
 def run_setup(model: str, procs: int, threads: int, data: list[Path], batches: int, out: Path) -> dict:
@@ -51,7 +52,7 @@ def run_setup(model: str, procs: int, threads: int, data: list[Path], batches: i
 
 
 def render(res: dict) -> str:
-    lines = [f"Machine: {machine_line(res['machine'])}. Command: `{res['command']}`. One epoch cut to {res['batches']} "
+    lines = [f"## {TITLE}", "",f"Machine: {machine_line(res['machine'])}. Command: `{res['command']}`. One epoch cut to {res['batches']} "
              "batches of 2,048 targets (the same batches in every setup), the ten domains of `seqrecbench`; the projection "
              "is seconds per batch x the epoch's batches (training only; validation of 20,000 users adds 2-3 minutes).", "",
              "| model | processes x threads | s / batch | projected training minutes an epoch | peak memory GiB (rank 0) | load average before |",
@@ -79,7 +80,8 @@ def main() -> None:
                 rows.append(run_setup(model, procs, threads, data, a.batches, Path(tmp) / f"{model}-{setup}"))
                 print(json.dumps(rows[-1]), flush=True)
     res = {"command": "python benchmarks/pretrain_epoch.py " + " ".join(x for x in sys.argv[1:] if "/" not in x),
-           "batches": a.batches, "rows": rows, "machine": machine()}
+           "batches": a.batches, "rows": rows,
+           "machine": {**machine(), "torch_threads": "/".join(sorted({str(r["threads"]) for r in rows})) + " per process"}}
     print(render(res))
     if not a.no_write:
         save_result(ROOT / "benchmarks" / "results" / "pretrain_epoch.json", res)

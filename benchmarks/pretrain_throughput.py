@@ -33,7 +33,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, machine, machine_line, save_result, update_results  # noqa: E402
 
-SECTION = "Pre-training throughput (the ten-domain corpus)"
+SECTION = "pretrain_throughput"
+TITLE = "Pre-training throughput (the ten-domain corpus)"
 MODEL_SETTINGS = {  # the corpus recipe's per-model settings (seqrecbench.PRETRAIN_MODEL), inputs named
     "unisrec": ["data.embeddings=minilm-mean"],
     "vqrec": ["data.embeddings=minilm-mean", "data.codes=minilm-mean-opq32x256-joint"],
@@ -157,7 +158,7 @@ def interactions_of(data: list[Path]) -> int:
 
 
 def render(res: dict) -> str:
-    lines = [
+    lines = [f"## {TITLE}", "",
         f"Machine: {machine_line(res['machine'])}. Command: `{res['command']}`; baseline = git revision "
         f"`{res['baseline']}` (before), this checkout = `{res['revision']}` (after), each model in its own process with "
         f"{res['threads']} torch thread(s), the same {res['batches']} batches spread over one epoch's plan, after two "

@@ -153,11 +153,20 @@ def scale_lines() -> list[str]:
             epochs.append(f"{model} {train / 60:.0f} min of training and {(step['seconds_per_epoch'] - train) / 60:.0f} of "
                           f"validation an epoch{f' on {threads.group(1)} thread(s)' if threads else ''}, "
                           f"peak {step['peak_rss_mb'] / 1024:.1f} GiB")
+    idle = ""
+    if (RESULTS / "pretrain_epoch.json").exists():
+        best = {}
+        for r in load("pretrain_epoch")["rows"]:
+            if r["model"] not in best or r["projected_epoch_seconds"] < best[r["model"]]["projected_epoch_seconds"]:
+                best[r["model"]] = r
+        idle = ("; with the machine otherwise idle, an epoch's training projects to " + ", ".join(
+            f"{m} {r['projected_epoch_seconds'] / 60:.1f} min on {r['processes']} process(es)" for m, r in best.items())
+            + " (section `pretrain_epoch`)")
     big = max(load("scaling")["rows"], key=lambda r: r["users"])
     peak = max(r["peak_memory_mb"] for r in load("scaling")["rows"] if r["users"] == big["users"])
     return ["", f"**Scale**: pre-training on the ten-domain corpus (4,088,624 interactions, 195,979 items) computes "
                 f"{speed} more training targets per CPU second than before (padding removed; section `pretrain_throughput`); "
-                f"its first whole-corpus epochs on the shared 2-core CPU: {'; '.join(epochs)} (section `seqrecbench`); "
+                f"its first whole-corpus epochs on the shared 2-core CPU: {'; '.join(epochs)} (section `seqrecbench`){idle}; "
                 f"a {big['users']:,}-user, {big['items']:,}-item synthetic corpus pre-trains in at most "
                 f"{peak / 1024:.1f} GiB (section `scaling`)."]
 

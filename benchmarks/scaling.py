@@ -30,7 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, machine, machine_line, save_result, update_results  # noqa: E402
 
-SECTION = "Pre-training cost against corpus size (synthetic corpora)"
+SECTION = "scaling"
+TITLE = "Pre-training cost against corpus size (synthetic corpora)"
 VALID_USERS = 2000
 
 
@@ -71,7 +72,7 @@ def measure(data: Path, model: str, batches: int, threads: int, work: Path) -> d
 
 
 def render(res: dict) -> str:
-    lines = [
+    lines = [f"## {TITLE}", "",
         f"Machine: {machine_line(res['machine'])}. Command: `{res['command']}`. Each row: `textrec pretrain` for one "
         f"epoch cut to {res['batches']} batches of 2,048 targets (`train.limit_batches`), {res['threads']} thread(s), "
         f"then one validation of {VALID_USERS:,} users against the whole catalogue; peak memory is the process's "
