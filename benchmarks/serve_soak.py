@@ -347,12 +347,7 @@ def main() -> None:
         return main_add_memory(args)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
-        if args.run:
-            run = Path(args.run)
-        else:
-            from serve_load import bench_run
-
-            run = bench_run(work, 64)
+        run = _bench_run(args, work)
         result = {"machine": machine(), "revision": _revision("HEAD"), "run": run.name, **soak(run, work / "soak", args.seconds, args.clients, mix, args.seed)}
     result["held"] = held(result)
     print(json.dumps({k: v for k, v in result.items() if k != "memory"} | {"memory": {k: v for k, v in result["memory"].items() if k != "series"}}, indent=1))
@@ -365,6 +360,15 @@ def main() -> None:
         sys.exit(1)
 
 
+def _bench_run(args, work: Path) -> Path:
+    """The run to serve: ``--run``, else serve_load.py's small UniSRec trained in ``work``."""
+    if args.run:
+        return Path(args.run)
+    from serve_load import bench_run
+
+    return bench_run(work, 64)
+
+
 def _revision(rev: str) -> str:
     return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], capture_output=True, text=True, check=True).stdout.strip()
 
@@ -374,12 +378,7 @@ def main_add_memory(args) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
-        if args.run:
-            run = Path(args.run)
-        else:
-            from serve_load import bench_run
-
-            run = bench_run(work, 64)
+        run = _bench_run(args, work)
         trees = {}
         if args.baseline:
             rev = _revision(args.baseline)
